@@ -1,0 +1,328 @@
+/**
+ * Assembles one gate from its configuration: the public listener (gate endpoints under the
+ * prefix, everything else proxied) and the admin listener. No `listen` happens here until
+ * {@link Gate.listen} is called, so tests can build, inject and close freely.
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import type { ServerOptions as HttpsServerOptions } from 'node:https';
+import { randomBytes } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions, type onRequestHookHandler } from 'fastify';
+import type { LoggerOptions } from 'pino';
+import { challengeRoutes } from './challenge/index.js';
+import type { ConfigViolation, GateConfig } from './config/index.js';
+import { GateError } from './errors.js';
+import { makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
+import { decodeRequestPath, isGatePath } from './http/path.js';
+import './http/types.js';
+import { DirectIdentityResolver, identityHook, TrustBundle } from './identity/index.js';
+import { createMetrics, type GateMetrics, type LabelOf } from './metrics/index.js';
+import { Forwarder, proxyRoutes } from './proxy/index.js';
+import { MemoryStore, RedisStore, type GateStore } from './store/index.js';
+import { KeySourceError, loadSigningKeys, TokenService, tokenGuard, type SigningKeySet } from './tokens/index.js';
+
+/** Subject marker of the generated dev CA; prod refuses a trust bundle that contains it. */
+export const DEV_CA_MARKER = /agent-gate dev CA/;
+
+/** A startup problem that names the variable to change (same shape as config violations). */
+export class StartupError extends Error {
+  constructor(readonly violations: ConfigViolation[]) {
+    super(violations.map((v) => `config violation: ${v.variable}: ${v.why}`).join('\n'));
+    this.name = 'StartupError';
+  }
+}
+
+/** Things a caller may supply instead of the defaults derived from config (tests, embedding). */
+export interface GateDeps {
+  store?: GateStore;
+  now?: () => number;
+  /** pino options or `false` to silence; default: JSON to stdout at the configured level. */
+  logger?: LoggerOptions | false;
+  /** Called once with a warning line for stderr (ephemeral key notice). */
+  warn?: (line: string) => void;
+}
+
+/** A built gate. */
+export interface Gate {
+  config: GateConfig;
+  metrics: GateMetrics;
+  store: GateStore;
+  tokens: TokenService;
+  publicApp: FastifyInstance;
+  adminApp: FastifyInstance;
+  /** Binds both listeners; returns the actual ports (0 in config means random). */
+  listen(): Promise<{ publicPort: number; adminPort: number }>;
+  /** SIGTERM behaviour: readiness 503, stop accepting, let in-flight requests finish (bounded). */
+  drain(): Promise<void>;
+  /** Closes listeners, store and upstream pool. */
+  close(): Promise<void>;
+}
+
+const REDACT = [
+  'req.headers.authorization',
+  'req.headers["x-gate-fwd-sig"]',
+  'req.headers["x-gate-fwd-cert"]',
+  'headers.authorization',
+  'proof',
+  'access_token',
+  'attestation',
+];
+
+function readFileFor(variable: string, path: string | undefined): string {
+  if (!path) throw new StartupError([{ variable, why: 'required' }]);
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new StartupError([{ variable, why: `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }]);
+  }
+}
+
+/** Loads files and keys named by the config; throws {@link StartupError} naming variables. */
+export async function loadMaterials(config: GateConfig, warn: (line: string) => void): Promise<{ trust: TrustBundle; tls: HttpsServerOptions; keys: SigningKeySet }> {
+  const violations: ConfigViolation[] = [];
+  const caPem = readFileFor('GATE_CLIENT_CA', config.tls.clientCaFile);
+  let trust: TrustBundle;
+  try {
+    trust = new TrustBundle(caPem);
+  } catch (err) {
+    throw new StartupError([{ variable: 'GATE_CLIENT_CA', why: (err as Error).message }]);
+  }
+  if (config.env === 'prod' && trust.hasSubjectName(DEV_CA_MARKER)) violations.push({ variable: 'GATE_CLIENT_CA', why: 'contains the agent-gate dev CA' });
+  const tls: HttpsServerOptions = {
+    cert: readFileFor('GATE_TLS_CERT', config.tls.certFile),
+    key: readFileFor('GATE_TLS_KEY', config.tls.keyFile),
+    // `ca` only makes the server name acceptable issuers in the handshake; the gate verifies
+    // the chain itself so every failure gets a contract error instead of a TLS alert.
+    ca: caPem,
+    requestCert: true,
+    rejectUnauthorized: false,
+    minVersion: config.tls.minVersion,
+  };
+  let keys: SigningKeySet;
+  try {
+    keys = await loadSigningKeys({ jwk: config.signing.jwk, keyFile: config.signing.keyFile, allowEphemeral: config.env === 'dev' });
+  } catch (err) {
+    if (err instanceof KeySourceError) throw new StartupError([...violations, { variable: err.variable, why: err.message }]);
+    throw err;
+  }
+  if (keys.source === 'ephemeral') {
+    warn('agent-gate: using an ephemeral token-signing key (dev only): tokens die with this process. Persist one with `agent-gate keygen --out signing.jwk` and GATE_SIGNING_KEY_FILE=signing.jwk');
+  }
+  if (violations.length > 0) throw new StartupError(violations);
+  return { trust, tls, keys };
+}
+
+/** Builds a gate from a validated config. */
+export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promise<Gate> {
+  const now = deps.now ?? Date.now;
+  const metrics = createMetrics();
+  const { trust, tls, keys } = await loadMaterials(config, deps.warn ?? ((l) => process.stderr.write(l + '\n')));
+  const logger: FastifyServerOptions['logger'] =
+    deps.logger === false ? false : { level: config.logLevel, redact: { paths: REDACT, censor: '[redacted]' }, ...(deps.logger ?? {}) };
+  const store =
+    deps.store ??
+    (config.store.kind === 'memory'
+      ? new MemoryStore(config.store.memoryMax, now)
+      : new RedisStore({
+          url: config.store.redisUrl,
+          clusterNodes: config.store.clusterNodes,
+          timeoutMs: config.store.timeoutMs,
+          onError: () => metrics.storeErrors.inc(),
+        }));
+  const tokens = new TokenService({ keys, issuer: config.issuer, audience: config.audience, ttlS: config.tokenTtlS, skewS: config.maxSkewS, now });
+  const forwarder = new Forwarder({ upstreamUrl: config.upstream.url!, timeoutMs: config.upstream.timeoutMs, maxBodyBytes: config.upstream.maxBodyBytes });
+  const resolver = new DirectIdentityResolver(trust, now);
+  let draining = false;
+
+  const publicApp = Fastify({
+    https: tls,
+    logger,
+    disableRequestLogging: true,
+    requestIdHeader: false,
+    genReqId: () => randomBytes(8).toString('hex'),
+    return503OnClosing: false,
+    // Slow clients: whole request within 30 s, headers within 10 s, idle keep-alive 65 s.
+    requestTimeout: 30_000,
+    keepAliveTimeout: 65_000,
+    http2SessionTimeout: 65_000,
+    routerOptions: { maxParamLength: 2048 },
+    frameworkErrors: (err, request, reply) => {
+      sendRefusal(request, reply, toGateError(err) ?? new GateError('request_malformed', { cause: err }), metrics);
+    },
+  } as FastifyServerOptions & { https: HttpsServerOptions });
+  publicApp.server.headersTimeout = 10_000;
+
+  publicApp.decorateRequest('agent', null);
+  publicApp.decorateRequest('accessToken', null);
+  publicApp.decorateRequest('receivedAt', 0);
+  publicApp.decorateRequest('refusedWith', null);
+  publicApp.setErrorHandler(makeErrorHandler(metrics));
+
+  const prefix = config.pathPrefix;
+  const healthPaths = new Set([`${prefix}/healthz`, `${prefix}/readyz`]);
+
+  // Global steps 1-2: shedding (draining for now) and the path policy, before routing matters.
+  publicApp.addHook('onRequest', (request, reply, done) => {
+    request.receivedAt = now();
+    metrics.inflight.inc();
+    const started = process.hrtime.bigint();
+    reply.raw.once('close', () => {
+      metrics.inflight.dec();
+      const route = ((request.routeOptions.config as { route?: LabelOf<'route'> } | undefined)?.route ?? 'other') as LabelOf<'route'>;
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      metrics.requestDuration.observe({ route }, seconds);
+      request.log.info(
+        { event: 'request', method: request.method, status: reply.statusCode, code: request.refusedWith ?? undefined, agent_id: request.agent?.agentId, thumbprint: request.agent?.thumbprint, ms: Math.round(seconds * 1e4) / 10 },
+        'request',
+      );
+    });
+    let path: string;
+    try {
+      path = decodeRequestPath(request.raw.url ?? '/');
+    } catch (err) {
+      return done(err as Error);
+    }
+    if (draining && !healthPaths.has(path)) {
+      reply.header('connection', 'close');
+      return done(new GateError('overloaded', { detail: 'draining', headers: { 'retry-after': '5' } }));
+    }
+    // Routing and decoding agree (find-my-way decodes the same way), but never let a gate
+    // path reach the upstream if they ever disagree.
+    if (isGatePath(path, prefix) && (request.routeOptions.config as { route?: string } | undefined)?.route === 'proxy') {
+      return done(new GateError('not_found'));
+    }
+    done();
+  });
+
+  const identify = identityHook(resolver);
+  const readiness = async (): Promise<GateError | undefined> => {
+    if (draining) return new GateError('overloaded', { detail: 'draining', headers: { 'retry-after': '5' } });
+    try {
+      await store.ping();
+      return undefined;
+    } catch (err) {
+      return toGateError(err) ?? new GateError('store_unavailable', { cause: err, headers: { 'retry-after': '1' } });
+    }
+  };
+
+  await publicApp.register(
+    async (app) => {
+      await app.register(challengeRoutes, {
+        store,
+        tokens,
+        metrics,
+        audience: config.audience,
+        challengeTtlMs: config.challengeTtlMs,
+        skewS: config.maxSkewS,
+        identify,
+        now,
+      });
+      registerInfoRoutes(app, { tokens, readiness, withJwks: true });
+      const allowed: Record<string, string> = {
+        '/v1/challenge': 'POST',
+        '/v1/token': 'POST',
+        '/jwks.json': 'GET, HEAD',
+        '/healthz': 'GET, HEAD',
+        '/readyz': 'GET, HEAD',
+      };
+      // Unknown paths under P are 404; known ones with the wrong method 405 (step 2).
+      const unmatched = async (request: FastifyRequest) => {
+        const path = decodeRequestPath(request.raw.url ?? '/').slice(prefix.length);
+        const allow = allowed[path];
+        if (allow) throw new GateError('method_not_allowed', { headers: { allow } });
+        throw new GateError('not_found');
+      };
+      app.all('', unmatched);
+      app.all('/*', unmatched);
+    },
+    { prefix },
+  );
+
+  const guards: onRequestHookHandler[] = [identify, tokenGuard(tokens)];
+  await publicApp.register(proxyRoutes, { forwarder, guards });
+
+  const adminApp = Fastify({ logger, disableRequestLogging: true, return503OnClosing: false, ...adminHttps(config) });
+  adminApp.decorateRequest('agent', null);
+  adminApp.decorateRequest('refusedWith', null);
+  adminApp.setErrorHandler(makeErrorHandler(metrics));
+  adminApp.setNotFoundHandler(async () => {
+    throw new GateError('not_found');
+  });
+  adminApp.get('/metrics', async (_req, reply) => {
+    reply.header('content-type', metrics.registry.contentType).header('cache-control', 'no-store');
+    return metrics.registry.metrics();
+  });
+  registerInfoRoutes(adminApp, { tokens, readiness, withJwks: false });
+
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await Promise.allSettled([publicApp.close(), adminApp.close()]);
+    await Promise.allSettled([forwarder.close(), store.close()]);
+  };
+
+  return {
+    config,
+    metrics,
+    store,
+    tokens,
+    publicApp,
+    adminApp,
+    async listen() {
+      await publicApp.listen({ host: config.listen.host, port: config.listen.port });
+      await adminApp.listen({ host: config.adminListen.host, port: config.adminListen.port });
+      return { publicPort: portOf(publicApp), adminPort: portOf(adminApp) };
+    },
+    async drain() {
+      draining = true;
+      const timer = setTimeout(() => {
+        // In-flight requests past the drain deadline are cut: the process must exit in time.
+        publicApp.server.closeAllConnections();
+      }, config.drainTimeoutMs);
+      timer.unref();
+      try {
+        await close();
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+    close,
+  };
+}
+
+function adminHttps(config: GateConfig): Partial<FastifyServerOptions> {
+  const { tlsCertFile, tlsKeyFile, clientCaFile } = config.admin;
+  if (!tlsCertFile || !tlsKeyFile) return {};
+  const https: HttpsServerOptions = {
+    cert: readFileFor('GATE_ADMIN_TLS_CERT', tlsCertFile),
+    key: readFileFor('GATE_ADMIN_TLS_KEY', tlsKeyFile),
+  };
+  if (clientCaFile) Object.assign(https, { ca: readFileFor('GATE_ADMIN_CLIENT_CA', clientCaFile), requestCert: true, rejectUnauthorized: false });
+  return { https } as Partial<FastifyServerOptions>;
+}
+
+function registerInfoRoutes(app: FastifyInstance, opts: { tokens: TokenService; readiness: () => Promise<GateError | undefined>; withJwks: boolean }): void {
+  const health = { config: { route: 'health' } };
+  app.get('/healthz', health, async (_req, reply: FastifyReply) => {
+    reply.header('cache-control', 'no-store');
+    return { status: 'ok' };
+  });
+  app.get('/readyz', health, async (_req, reply: FastifyReply) => {
+    const problem = await opts.readiness();
+    if (problem) throw problem;
+    reply.header('cache-control', 'no-store');
+    return { status: 'ready' };
+  });
+  if (opts.withJwks) {
+    app.get('/jwks.json', { config: { route: 'jwks' } }, async (_req, reply: FastifyReply) => {
+      reply.header('cache-control', 'no-store');
+      return opts.tokens.jwks();
+    });
+  }
+}
+
+function portOf(app: FastifyInstance): number {
+  const a = app.server.address();
+  return typeof a === 'object' && a ? a.port : 0;
+}

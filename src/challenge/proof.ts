@@ -1,0 +1,77 @@
+/**
+ * Step 10 of PROTOCOL.md section 4: the proof JWS, verified with the certificate's own key.
+ * The header can never choose the key (RFC 8725 section 3.1): kid/jwk/jku/x5c/x5u are ignored
+ * and `crit` is refused outright.
+ * @module
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { compactVerify, decodeProtectedHeader } from 'jose';
+import { GateError } from '../errors.js';
+import type { AgentIdentity } from '../identity/index.js';
+
+/** The `typ` a proof must carry, exactly. */
+export const PROOF_TYP = 'agent-gate-proof+jwt';
+
+/** What the proof must match. */
+export interface ProofExpectation {
+  cid: string;
+  nonce: string;
+  aud: string;
+  /** Allowed |now - iat| in seconds. */
+  skewS: number;
+  nowMs: number;
+}
+
+const MAX_PROOF_LENGTH = 12 * 1024;
+
+function invalid(detail: string, cause?: unknown): GateError {
+  return new GateError('proof_invalid', { detail, cause });
+}
+
+function sameString(a: unknown, b: string): boolean {
+  if (typeof a !== 'string') return false;
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/**
+ * Verifies `proof` for `agent`; throws `proof_invalid`. `observe` receives the signature
+ * verification time in seconds (for `signature_verification_seconds`).
+ */
+export async function verifyProof(proof: string, agent: AgentIdentity, want: ProofExpectation, observe?: (seconds: number) => void): Promise<void> {
+  if (proof.length > MAX_PROOF_LENGTH || proof.split('.').length !== 3) throw invalid('not a compact JWS');
+  let header: Record<string, unknown>;
+  try {
+    header = decodeProtectedHeader(proof) as Record<string, unknown>;
+  } catch (err) {
+    throw invalid('header does not decode', err);
+  }
+  if ('crit' in header) throw invalid('crit header refused');
+  if (header.alg !== agent.alg) throw invalid(`alg ${String(header.alg)} not allowed for this key (${agent.alg})`);
+  if (header.typ !== PROOF_TYP) throw invalid('wrong typ');
+
+  let payloadBytes: Uint8Array;
+  const started = process.hrtime.bigint();
+  try {
+    ({ payload: payloadBytes } = await compactVerify(proof, agent.publicKey, { algorithms: [agent.alg] }));
+  } catch (err) {
+    throw invalid('signature does not verify', err);
+  } finally {
+    observe?.(Number(process.hrtime.bigint() - started) / 1e9);
+  }
+  let payload: Record<string, unknown>;
+  try {
+    const v: unknown = JSON.parse(Buffer.from(payloadBytes).toString('utf8'));
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
+    payload = v as Record<string, unknown>;
+  } catch (err) {
+    throw invalid('payload is not a JSON object', err);
+  }
+  if (!sameString(payload.cid, want.cid)) throw invalid('cid mismatch');
+  if (!sameString(payload.nonce, want.nonce)) throw invalid('nonce mismatch');
+  if (!sameString(payload.aud, want.aud)) throw invalid('aud mismatch');
+  const iat = payload.iat;
+  if (typeof iat !== 'number' || !Number.isFinite(iat)) throw invalid('iat missing');
+  if (Math.abs(want.nowMs / 1000 - iat) > want.skewS) throw invalid('iat outside the allowed skew');
+}

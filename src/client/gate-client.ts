@@ -1,0 +1,440 @@
+/**
+ * The agent-side client of agent-gate: mutual TLS with the agent's certificate, the
+ * challenge → proof → token flow (PROTOCOL.md sections 3 and 4) with token caching, and
+ * gated requests with `Authorization: Bearer` (section 5).
+ *
+ * One undici `Pool` per client keeps connections alive and resumes TLS sessions (undici's
+ * per-connector session cache), because a new mTLS handshake costs more CPU than a whole
+ * token flow (PERFORMANCE.md).
+ * @module
+ */
+import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Pool } from 'undici';
+import { GateClientError } from './client-error.js';
+import { solvePowAsync } from './pow.js';
+import { createProof, proofAlgFor, type ProofAlg, type ProofOverrides } from './proof.js';
+import {
+  GATE_MAX_RESPONSE_BYTES,
+  headerValue,
+  isGateProblem,
+  parseProblem,
+  rawResponse,
+  readBounded,
+  REQUEST_MAX_RESPONSE_BYTES,
+  retryAfterSeconds,
+  type RawResponse,
+} from './response.js';
+
+/** Options of a {@link GateClient}. */
+export interface GateClientOptions {
+  /** Gate base URL, https://host:port (the gate's path prefix is appended for gate endpoints). */
+  baseUrl: string;
+  /** Agent certificate chain, PEM (leaf first). */
+  cert: string | Buffer;
+  /** Agent private key, PEM (PKCS#8 or traditional), unencrypted. */
+  key: string | Buffer;
+  /** CA bundle (PEM) to verify the gate's server certificate; the system roots when absent. */
+  ca?: string | Buffer;
+  /** The gate's path prefix, default `/.agent-gate`. */
+  pathPrefix?: string;
+  /**
+   * Refresh a cached token this many seconds before it expires. Default 30, or 10% of the
+   * token's lifetime when that is shorter; an explicit value is capped at half the lifetime.
+   */
+  refreshBeforeExpiryS?: number;
+  /** Timeout of one HTTP exchange (headers and body), default 30000. */
+  requestTimeoutMs?: number;
+  /** Longest `Retry-After` (seconds) that is waited out before one retry, default 10. */
+  maxRetryAfterS?: number;
+  /** SNI and the name the gate's certificate must match; default the host of `baseUrl`. */
+  servername?: string;
+}
+
+/** The challenge of PROTOCOL.md section 3, as returned by the gate. */
+export interface Challenge {
+  challenge_id: string;
+  nonce: string;
+  aud: string;
+  /** Unix milliseconds. */
+  issued_at: number;
+  /** Unix milliseconds. */
+  expires_at: number;
+  algs: string[];
+  pow: { alg: string; difficulty: number } | null;
+}
+
+/** The token response of PROTOCOL.md section 4. */
+export interface TokenResponse {
+  access_token: string;
+  token_type: string;
+  expires_in: number;
+}
+
+/** Options of {@link GateClient.request}. */
+export interface GateRequestInit {
+  method?: string;
+  headers?: Record<string, string>;
+  body?: string | Buffer;
+}
+
+const DEFAULT_PREFIX = '/.agent-gate';
+const DEFAULT_REFRESH_BEFORE_S = 30;
+const DEFAULT_TIMEOUT_MS = 30_000;
+const DEFAULT_MAX_RETRY_AFTER_S = 10;
+const USER_AGENT = 'agent-gate-client/1';
+/** 401 codes a fresh token can cure; any other gate 401 is returned as is. */
+const TOKEN_CODES = new Set(['token_missing', 'token_invalid', 'token_expired']);
+
+interface CachedToken {
+  token: TokenResponse;
+  /** Local time (ms) after which the token is no longer handed out. */
+  refreshAt: number;
+}
+
+function fail(what: string): never {
+  throw new TypeError(`GateClient: ${what}`);
+}
+
+function toPem(v: string | Buffer): string {
+  return typeof v === 'string' ? v : v.toString('utf8');
+}
+
+function unexpected(status: number, what: string): GateClientError {
+  return new GateClientError('unexpected_response', status, { message: `unexpected_response (${status}): ${what}` });
+}
+
+function parseJsonObject(res: RawResponse, what: string): Record<string, unknown> {
+  let doc: unknown;
+  try {
+    doc = res.json();
+  } catch {
+    throw unexpected(res.status, `${what} body is not JSON`);
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
+    throw unexpected(res.status, `${what} body is not a JSON object`);
+  }
+  return doc as Record<string, unknown>;
+}
+
+function parseChallenge(res: RawResponse): Challenge {
+  const d = parseJsonObject(res, 'challenge');
+  const str = (k: string) => typeof d[k] === 'string' && (d[k] as string).length > 0;
+  const num = (k: string) => typeof d[k] === 'number' && Number.isFinite(d[k]);
+  if (!str('challenge_id') || !str('nonce') || !str('aud') || !num('issued_at') || !num('expires_at')) {
+    throw unexpected(res.status, 'challenge is missing challenge_id, nonce, aud, issued_at or expires_at');
+  }
+  if (!Array.isArray(d.algs) || !d.algs.every((a) => typeof a === 'string')) {
+    throw unexpected(res.status, 'challenge algs is not a list of strings');
+  }
+  const pow = d.pow;
+  if (pow !== null && pow !== undefined) {
+    const p = pow as Record<string, unknown>;
+    if (typeof pow !== 'object' || typeof p.alg !== 'string' || !Number.isInteger(p.difficulty)) {
+      throw unexpected(res.status, 'challenge pow is neither null nor { alg, difficulty }');
+    }
+  }
+  return { ...d, pow: pow ?? null } as unknown as Challenge;
+}
+
+function parseToken(res: RawResponse): TokenResponse {
+  const d = parseJsonObject(res, 'token');
+  if (typeof d.access_token !== 'string' || d.access_token.length === 0) {
+    throw unexpected(res.status, 'token response has no access_token');
+  }
+  if (typeof d.token_type !== 'string' || d.token_type.toLowerCase() !== 'bearer') {
+    throw unexpected(res.status, 'token_type is not Bearer');
+  }
+  if (typeof d.expires_in !== 'number' || !Number.isFinite(d.expires_in) || d.expires_in <= 0) {
+    throw unexpected(res.status, 'expires_in is not a positive number');
+  }
+  return d as unknown as TokenResponse;
+}
+
+/**
+ * A client of one gate, authenticating with one agent certificate. Safe for concurrent
+ * use; call {@link GateClient.close} when done so keep-alive sockets are released.
+ */
+export class GateClient {
+  /** The gate origin, `https://host:port`. */
+  readonly origin: string;
+  /** The gate's path prefix, without a trailing slash. */
+  readonly pathPrefix: string;
+  /** The proof algorithm of the agent key. */
+  readonly proofAlg: ProofAlg;
+  /** base64url SHA-256 of the leaf certificate's DER (the token's `cnf.x5t#S256`). */
+  readonly thumbprint: string;
+
+  readonly #key: KeyObject;
+  readonly #pool: Pool;
+  readonly #timeoutMs: number;
+  readonly #maxRetryAfterS: number;
+  readonly #refreshBeforeS: number;
+  readonly #refreshExplicit: boolean;
+  /** Aborts Retry-After waits and proof-of-work on close(). */
+  readonly #closing = new AbortController();
+  #closed = false;
+  #cached: CachedToken | undefined;
+  #inflight: Promise<string> | undefined;
+
+  constructor(opts: GateClientOptions) {
+    let url: URL;
+    try {
+      url = new URL(opts.baseUrl);
+    } catch {
+      fail(`baseUrl is not a URL: ${String(opts.baseUrl)}`);
+    }
+    if (url.protocol !== 'https:') fail(`baseUrl must be https:// (got ${url.protocol})`);
+    if (url.username || url.password) fail('baseUrl must not carry credentials');
+    if (url.pathname !== '/' || url.search || url.hash) {
+      fail('baseUrl must be an origin (https://host:port) without path, query or fragment');
+    }
+    this.origin = url.origin;
+
+    const prefix = opts.pathPrefix ?? DEFAULT_PREFIX;
+    if (!prefix.startsWith('/') || /[?#\s]/.test(prefix)) fail('pathPrefix must be an absolute path');
+    this.pathPrefix = prefix.replace(/\/+$/, '');
+
+    try {
+      this.#key = createPrivateKey(opts.key);
+    } catch (err) {
+      throw new TypeError('GateClient: key is not a readable unencrypted private key', { cause: err });
+    }
+    this.proofAlg = proofAlgFor(this.#key);
+    let leaf: X509Certificate;
+    try {
+      leaf = new X509Certificate(opts.cert);
+    } catch (err) {
+      throw new TypeError('GateClient: cert is not a PEM certificate', { cause: err });
+    }
+    if (!leaf.checkPrivateKey(this.#key)) fail('key does not belong to the (first) certificate of cert');
+    this.thumbprint = createHash('sha256').update(leaf.raw).digest('base64url');
+
+    const num = (v: number | undefined, dflt: number, name: string, min: number): number => {
+      if (v === undefined) return dflt;
+      if (typeof v !== 'number' || !Number.isFinite(v) || v < min) fail(`${name} must be a number >= ${min}`);
+      return v;
+    };
+    this.#timeoutMs = num(opts.requestTimeoutMs, DEFAULT_TIMEOUT_MS, 'requestTimeoutMs', 1);
+    this.#maxRetryAfterS = num(opts.maxRetryAfterS, DEFAULT_MAX_RETRY_AFTER_S, 'maxRetryAfterS', 0);
+    this.#refreshBeforeS = num(opts.refreshBeforeExpiryS, DEFAULT_REFRESH_BEFORE_S, 'refreshBeforeExpiryS', 0);
+    this.#refreshExplicit = opts.refreshBeforeExpiryS !== undefined;
+
+    this.#pool = new Pool(this.origin, {
+      connect: {
+        cert: toPem(opts.cert),
+        key: opts.key,
+        ...(opts.ca !== undefined ? { ca: toPem(opts.ca) } : {}),
+        ...(opts.servername !== undefined ? { servername: opts.servername } : {}),
+        rejectUnauthorized: true,
+        minVersion: 'TLSv1.2',
+        // undici resumes TLS sessions through this cache (default 100); one origin needs few.
+        maxCachedSessions: 16,
+        timeout: Math.min(this.#timeoutMs, 10_000),
+        keepAlive: true,
+      },
+      // Idle keep-alive when the server sends no Keep-Alive hint; a hint wins.
+      keepAliveTimeout: 10_000,
+      headersTimeout: this.#timeoutMs,
+      bodyTimeout: this.#timeoutMs,
+    });
+  }
+
+  /**
+   * A valid access token: the cached one until shortly before it expires, else one from a
+   * new challenge flow. Concurrent callers share one in-flight flow. Throws
+   * {@link GateClientError} when the gate refuses.
+   */
+  async getToken(): Promise<string> {
+    this.#assertOpen();
+    const c = this.#cached;
+    if (c && Date.now() < c.refreshAt) return c.token.access_token;
+    if (!this.#inflight) {
+      const p = this.fetchToken().then((t) => t.access_token);
+      this.#inflight = p;
+      const clear = () => {
+        if (this.#inflight === p) this.#inflight = undefined;
+      };
+      p.then(clear, clear);
+    }
+    return this.#inflight;
+  }
+
+  /**
+   * Runs a fresh challenge → proof → token flow (never shared, never from cache), caches its
+   * token and returns the full token response. When the gate answers 429 or 503 with a
+   * Retry-After of at most `maxRetryAfterS`, waits and runs the flow once more.
+   */
+  async fetchToken(): Promise<TokenResponse> {
+    try {
+      return await this.#flow();
+    } catch (err) {
+      const wait = err instanceof GateClientError && (err.status === 429 || err.status === 503) ? err.retryAfterS : undefined;
+      if (wait === undefined || wait > this.#maxRetryAfterS) throw err;
+      await this.#sleep(wait * 1000);
+      return this.#flow();
+    }
+  }
+
+  async #flow(): Promise<TokenResponse> {
+    this.#assertOpen();
+    const started = Date.now();
+    const ch = await this.challenge();
+    if (!ch.algs.includes(this.proofAlg)) {
+      throw new Error(`the gate does not offer ${this.proofAlg}, the algorithm of this agent key (offers: ${ch.algs.join(', ')})`);
+    }
+    let work: string | undefined;
+    if (ch.pow) {
+      if (ch.pow.alg !== 'sha256') throw new Error(`unsupported proof-of-work alg: ${ch.pow.alg}`);
+      work = await solvePowAsync(ch.nonce, ch.pow.difficulty, undefined, this.#closing.signal);
+    }
+    const proof = await this.signProof(ch);
+    const res = await this.submitProof({ challenge_id: ch.challenge_id, proof, ...(work !== undefined ? { work } : {}) });
+    if (res.status !== 200) throw GateClientError.fromResponse(res, 'token');
+    const token = parseToken(res);
+    this.#cached = { token, refreshAt: started + (token.expires_in - this.#marginS(token.expires_in)) * 1000 };
+    return token;
+  }
+
+  #marginS(lifetimeS: number): number {
+    return this.#refreshExplicit
+      ? Math.min(this.#refreshBeforeS, lifetimeS / 2)
+      : Math.min(this.#refreshBeforeS, lifetimeS / 10);
+  }
+
+  /** `POST {prefix}/v1/challenge`; the parsed 201 body. Throws {@link GateClientError} otherwise. */
+  async challenge(): Promise<Challenge> {
+    const res = await this.#exchange(`${this.pathPrefix}/v1/challenge`, {
+      method: 'POST',
+      headers: { accept: 'application/json, application/problem+json' },
+    }, GATE_MAX_RESPONSE_BYTES);
+    if (res.status !== 201) throw GateClientError.fromResponse(res, 'challenge');
+    return parseChallenge(res);
+  }
+
+  /** The compact JWS proof for `ch` (section 4), with optional header/payload overrides for tests. */
+  signProof(ch: Challenge, overrides?: ProofOverrides): Promise<string> {
+    return createProof(this.#key, this.proofAlg, ch, overrides);
+  }
+
+  /** `POST {prefix}/v1/token` with `body` as JSON; the raw response, whatever its status. */
+  submitProof(body: Record<string, unknown>): Promise<RawResponse> {
+    return this.#exchange(`${this.pathPrefix}/v1/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json, application/problem+json' },
+      body: JSON.stringify(body),
+    }, GATE_MAX_RESPONSE_BYTES);
+  }
+
+  /**
+   * Calls `path` (absolute path with optional query, outside the gate prefix) on the protected
+   * upstream through the gate, with `Authorization: Bearer <token>`. Redirects are returned,
+   * not followed. On a 401 that a new token can cure, refreshes the token and retries once; on
+   * 429/503 with a Retry-After of at most `maxRetryAfterS`, waits and retries once. The body is
+   * read completely, up to {@link REQUEST_MAX_RESPONSE_BYTES} (64 MiB; more is an error).
+   * A caller-supplied `Authorization` header is replaced; a `Host` header is refused.
+   */
+  async request(path: string, init: GateRequestInit = {}): Promise<RawResponse> {
+    if (typeof path !== 'string' || !path.startsWith('/')) throw new TypeError('request path must start with "/"');
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(init.headers ?? {})) {
+      const n = name.toLowerCase();
+      if (n === 'host') throw new TypeError('request: the Host header is set from baseUrl');
+      if (n === 'authorization') continue;
+      headers[n] = value;
+    }
+    const method = init.method ?? 'GET';
+    const send = (token: string) =>
+      this.#exchange(path, {
+        method,
+        headers: { ...headers, authorization: `Bearer ${token}` },
+        ...(init.body !== undefined ? { body: init.body } : {}),
+      }, REQUEST_MAX_RESPONSE_BYTES);
+
+    let token = await this.getToken();
+    let res = await send(token);
+    let refreshed = false;
+    let waited = false;
+    for (;;) {
+      if (res.status === 401 && !refreshed && this.#tokenCanCure(res)) {
+        refreshed = true;
+        this.#invalidate(token);
+        token = await this.getToken();
+        res = await send(token);
+        continue;
+      }
+      if ((res.status === 429 || res.status === 503) && !waited) {
+        const wait = retryAfterSeconds(headerValue(res.headers, 'retry-after'));
+        if (wait !== undefined && wait <= this.#maxRetryAfterS) {
+          waited = true;
+          await this.#sleep(wait * 1000);
+          token = await this.getToken();
+          res = await send(token);
+          continue;
+        }
+      }
+      return res;
+    }
+  }
+
+  /**
+   * Stops the client: later calls fail, Retry-After waits and proof-of-work are abandoned,
+   * in-flight HTTP exchanges finish, then the connections are closed. Idempotent.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#cached = undefined;
+    this.#closing.abort(new Error('GateClient closed'));
+    await this.#pool.close();
+  }
+
+  /** A 401 from the gate with a non-token code (e.g. client_cert_required) is not retried. */
+  #tokenCanCure(res: RawResponse): boolean {
+    const problem = parseProblem(res);
+    return !isGateProblem(problem) || TOKEN_CODES.has(problem.code);
+  }
+
+  #invalidate(token: string): void {
+    if (this.#cached?.token.access_token === token) this.#cached = undefined;
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new Error('GateClient is closed');
+  }
+
+  async #sleep(ms: number): Promise<void> {
+    if (ms > 0) await sleep(ms, undefined, { signal: this.#closing.signal });
+    this.#assertOpen();
+  }
+
+  async #exchange(
+    path: string,
+    req: { method: string; headers: Record<string, string>; body?: string | Buffer },
+    limit: number,
+  ): Promise<RawResponse> {
+    this.#assertOpen();
+    const timeout = AbortSignal.timeout(this.#timeoutMs);
+    try {
+      const res = await this.#pool.request({
+        path,
+        method: req.method,
+        headers: { 'user-agent': USER_AGENT, ...req.headers },
+        body: req.body ?? null,
+        signal: timeout,
+      });
+      const body = await readBounded(res.body, limit, headerValue(res.headers, 'content-length'));
+      // undici hands a keep-alive socket back to the pool only one event-loop turn after a
+      // response completes (setImmediate); a request dispatched before that opens a second
+      // connection, i.e. a new mTLS handshake. Yielding once keeps sequential use
+      // (challenge -> token -> request -> ...) on one connection.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      return rawResponse(res.statusCode, res.headers, body);
+    } catch (err) {
+      if (timeout.aborted) {
+        throw new Error(`agent-gate request ${req.method} ${path} timed out after ${this.#timeoutMs} ms`, { cause: err });
+      }
+      throw err;
+    }
+  }
+}

@@ -1,0 +1,263 @@
+/**
+ * Turns the environment into one frozen {@link GateConfig}, resolving the per-environment
+ * defaults of PROTOCOL.md sections 1, 7, 11 and collecting every violation of section 11 as
+ * `config violation: <VARIABLE>: <why>`.
+ * @module
+ */
+import { statSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { envSchema, type RawEnv } from './schema.js';
+
+/** Deployment profile. */
+export type GateEnv = 'dev' | 'staging' | 'prod';
+
+/** One refusal of the configuration, naming the variable to change. */
+export interface ConfigViolation {
+  variable: string;
+  why: string;
+}
+
+/** A host and port to listen on. */
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+/** A rate limit: at most `points` requests per `durationS` seconds. */
+export interface RateSpec {
+  points: number;
+  durationS: number;
+}
+
+/** The effective configuration of one gate. */
+export interface GateConfig {
+  /** dev, staging or prod (`GATE_ENV`). */
+  env: GateEnv;
+  /** direct (gate terminates mTLS) or forwarded (behind nginx) (`GATE_MODE`). */
+  mode: 'direct' | 'forwarded';
+  /** The gate's own path prefix P (`GATE_PATH_PREFIX`). */
+  pathPrefix: string;
+  /** Public listener (`GATE_LISTEN`). */
+  listen: ListenAddress;
+  /** Admin listener (`GATE_ADMIN_LISTEN`). */
+  adminListen: ListenAddress;
+  /** Server TLS material and client trust bundle, as file paths. */
+  tls: { certFile?: string; keyFile?: string; minVersion: 'TLSv1.2' | 'TLSv1.3'; clientCaFile?: string };
+  /** Admin listener TLS and credentials. */
+  admin: { tlsCertFile?: string; tlsKeyFile?: string; clientCaFile?: string; public: boolean; tokenFile?: string };
+  /** Challenge store. */
+  store: { kind: 'redis' | 'memory'; memoryMax: number; redisUrl?: string; clusterNodes?: string[]; timeoutMs: number };
+  /** The protected service. */
+  upstream: { url?: string; timeoutMs: number; allowHttp: boolean; maxBodyBytes: number };
+  /** Token and proof audience, token issuer. */
+  audience: string;
+  issuer: string;
+  /** Challenge lifetime in milliseconds (`GATE_CHALLENGE_TTL_MS`). */
+  challengeTtlMs: number;
+  /** Access token lifetime in seconds (`GATE_TOKEN_TTL_S`). */
+  tokenTtlS: number;
+  /** Allowed clock skew for proof `iat` and token times (`GATE_MAX_SKEW_S`). */
+  maxSkewS: number;
+  /** Token-signing key sources, first found wins. */
+  signing: { jwk?: string; keyFile?: string };
+  /** Revocation policy (section 7). */
+  revocation: { mode: 'off' | 'crl' | 'ocsp' | 'ocsp,crl'; fail: 'closed' | 'open'; crlFiles: string[]; ocspUrl?: string; maxStaleS: number; timeoutMs: number; crlMaxBytes: number };
+  /** Forwarded mode (section 6). */
+  forwarded: { hmacKeys?: string; maxSkewS: number; trustedProxies?: string; replayCheck: 'all' | 'v1' };
+  /** Load shedding and proof-of-work. */
+  maxInflight: number;
+  pow: 'off' | 'on' | 'adaptive';
+  /** Rate limits. */
+  rateLimits: { enabled: boolean; challengeIp: RateSpec; challengeIdentity: RateSpec; tokenIdentity: RateSpec; proxyIdentity: RateSpec; failedProofs: RateSpec };
+  /** Audit trail. */
+  audit: { file?: string; keyFile?: string };
+  /** Attestation (section 8). */
+  attestation: { registry?: string; required?: number };
+  /** Log level (`GATE_LOG_LEVEL`). */
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** How long in-flight requests may take to finish after SIGTERM (`GATE_DRAIN_TIMEOUT_MS`). */
+  drainTimeoutMs: number;
+}
+
+/** The outcome of {@link loadConfig}: a config when the variables parse, and every violation. */
+export interface LoadedConfig {
+  config: GateConfig | undefined;
+  violations: ConfigViolation[];
+}
+
+/** Formats a violation as the contract's stderr line. */
+export function formatViolation(v: ConfigViolation): string {
+  return `config violation: ${v.variable}: ${v.why}`;
+}
+
+/** True for loopback hosts (names that cannot leave the machine). */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  if (h === 'localhost' || h === '::1') return true;
+  return isIP(h) === 4 && h.startsWith('127.');
+}
+
+/**
+ * Parses and checks `env` (normally `process.env`). Never throws for bad values: every
+ * problem becomes a violation so `config check` can list them all at once.
+ */
+export function loadConfig(env: Record<string, string | undefined>): LoadedConfig {
+  const gateVars: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) {
+    // An empty variable means unset: shells and compose files produce them easily.
+    if (k.startsWith('GATE_') && v !== undefined && v !== '') gateVars[k] = v;
+  }
+  const parsed = envSchema.safeParse(gateVars);
+  if (!parsed.success) {
+    const violations = parsed.error.issues.map((issue) => ({
+      variable: String(issue.path[0] ?? 'GATE_*'),
+      why: issue.message,
+    }));
+    return { config: undefined, violations };
+  }
+  const config = resolve(parsed.data);
+  const unknown = Object.keys(gateVars).filter((k) => !(k in envSchema.shape));
+  const violations = [
+    ...unknown.map((variable) => ({ variable, why: 'unknown variable (typo?)' })),
+    ...checkPolicy(config),
+  ];
+  return { config: deepFreeze(config), violations };
+}
+
+function resolve(r: RawEnv): GateConfig {
+  const dev = r.GATE_ENV === 'dev';
+  return {
+    env: r.GATE_ENV,
+    mode: r.GATE_MODE,
+    pathPrefix: r.GATE_PATH_PREFIX,
+    listen: r.GATE_LISTEN,
+    adminListen: r.GATE_ADMIN_LISTEN,
+    tls: {
+      certFile: r.GATE_TLS_CERT,
+      keyFile: r.GATE_TLS_KEY,
+      minVersion: r.GATE_TLS_MIN_VERSION ?? (r.GATE_ENV === 'prod' ? 'TLSv1.3' : 'TLSv1.2'),
+      clientCaFile: r.GATE_CLIENT_CA,
+    },
+    admin: {
+      tlsCertFile: r.GATE_ADMIN_TLS_CERT,
+      tlsKeyFile: r.GATE_ADMIN_TLS_KEY,
+      clientCaFile: r.GATE_ADMIN_CLIENT_CA,
+      public: r.GATE_ADMIN_PUBLIC,
+      tokenFile: r.GATE_ADMIN_TOKEN_FILE,
+    },
+    store: {
+      kind: r.GATE_STORE ?? (dev ? 'memory' : 'redis'),
+      memoryMax: r.GATE_MEMORY_STORE_MAX,
+      redisUrl: r.GATE_REDIS_URL,
+      clusterNodes: r.GATE_REDIS_CLUSTER_NODES?.split(','),
+      timeoutMs: r.GATE_REDIS_TIMEOUT_MS,
+    },
+    upstream: {
+      url: r.GATE_UPSTREAM_URL,
+      timeoutMs: r.GATE_UPSTREAM_TIMEOUT_MS,
+      allowHttp: r.GATE_UPSTREAM_ALLOW_HTTP ?? false,
+      maxBodyBytes: r.GATE_PROXY_MAX_BODY_BYTES,
+    },
+    audience: r.GATE_AUDIENCE ?? 'agent-gate',
+    issuer: r.GATE_ISSUER ?? 'agent-gate',
+    challengeTtlMs: r.GATE_CHALLENGE_TTL_MS,
+    tokenTtlS: r.GATE_TOKEN_TTL_S,
+    maxSkewS: r.GATE_MAX_SKEW_S,
+    signing: { jwk: r.GATE_SIGNING_JWK, keyFile: r.GATE_SIGNING_KEY_FILE },
+    revocation: {
+      mode: r.GATE_REVOCATION ?? (dev ? 'off' : 'ocsp,crl'),
+      fail: r.GATE_REVOCATION_FAIL ?? (dev ? 'open' : 'closed'),
+      crlFiles: r.GATE_CRL_FILES ? r.GATE_CRL_FILES.split(',').filter(Boolean) : [],
+      ocspUrl: r.GATE_OCSP_URL,
+      maxStaleS: r.GATE_REVOCATION_MAX_STALE_S,
+      timeoutMs: r.GATE_REVOCATION_TIMEOUT_MS,
+      crlMaxBytes: r.GATE_CRL_MAX_BYTES,
+    },
+    forwarded: {
+      hmacKeys: r.GATE_FWD_HMAC_KEYS,
+      maxSkewS: r.GATE_FWD_MAX_SKEW_S,
+      trustedProxies: r.GATE_FWD_TRUSTED_PROXIES,
+      replayCheck: r.GATE_FWD_REPLAY_CHECK,
+    },
+    maxInflight: r.GATE_MAX_INFLIGHT,
+    pow: r.GATE_POW,
+    rateLimits: {
+      enabled: r.GATE_RATE_LIMITS === 'on',
+      challengeIp: r.GATE_RATE_CHALLENGE_IP,
+      challengeIdentity: r.GATE_RATE_CHALLENGE_IDENTITY,
+      tokenIdentity: r.GATE_RATE_TOKEN_IDENTITY,
+      proxyIdentity: r.GATE_RATE_PROXY_IDENTITY,
+      failedProofs: r.GATE_RATE_FAILED_PROOFS,
+    },
+    audit: { file: r.GATE_AUDIT_FILE, keyFile: r.GATE_AUDIT_KEY_FILE },
+    attestation: { registry: r.GATE_ATTESTATION_REGISTRY, required: r.GATE_ATTESTATION_REQUIRED },
+    logLevel: r.GATE_LOG_LEVEL,
+    drainTimeoutMs: r.GATE_DRAIN_TIMEOUT_MS,
+  };
+}
+
+/** The refusals of section 11 plus what this build cannot do yet (fail closed, never ignore). */
+function checkPolicy(c: GateConfig): ConfigViolation[] {
+  const out: ConfigViolation[] = [];
+  const add = (variable: string, why: string) => out.push({ variable, why });
+  const strict = c.env !== 'dev';
+
+  // Required everywhere.
+  if (!c.upstream.url) add('GATE_UPSTREAM_URL', 'required: the protected service the gate proxies to');
+  if (c.mode === 'direct') {
+    if (!c.tls.certFile) add('GATE_TLS_CERT', 'required in direct mode: the server certificate chain (PEM)');
+    if (!c.tls.keyFile) add('GATE_TLS_KEY', 'required in direct mode: the server private key (PEM)');
+    if (!c.tls.clientCaFile) add('GATE_CLIENT_CA', 'required: the CA bundle trusted to issue agent certificates');
+  }
+  if (c.store.kind === 'redis' && !c.store.redisUrl && !c.store.clusterNodes) {
+    add('GATE_REDIS_URL', 'required with GATE_STORE=redis (or set GATE_REDIS_CLUSTER_NODES)');
+  }
+  if (c.store.redisUrl && c.store.clusterNodes) add('GATE_REDIS_CLUSTER_NODES', 'set either GATE_REDIS_URL or GATE_REDIS_CLUSTER_NODES, not both');
+
+  // Features of the contract that later work brings; until then refuse rather than pretend.
+  if (c.mode === 'forwarded') add('GATE_MODE', 'forwarded mode is not available in this build yet; use direct');
+  if (c.revocation.mode !== 'off') add('GATE_REVOCATION', `${c.revocation.mode} checking is not available in this build yet; only off (dev) is`);
+  if (c.audit.file) add('GATE_AUDIT_FILE', 'the audit trail is not available in this build yet');
+  if (c.attestation.registry || c.attestation.required !== undefined) add('GATE_ATTESTATION_REGISTRY', 'attestation is not available in this build yet');
+  if (c.pow !== 'off') add('GATE_POW', 'proof-of-work is not available in this build yet; use off');
+
+  if (strict) {
+    if (c.store.kind === 'memory') add('GATE_STORE', `memory store is dev-only; use redis in ${c.env}`);
+    if (!c.signing.jwk && !c.signing.keyFile) add('GATE_SIGNING_KEY_FILE', `an ephemeral signing key is dev-only; set GATE_SIGNING_KEY_FILE or GATE_SIGNING_JWK in ${c.env}`);
+    if (c.revocation.mode === 'off') add('GATE_REVOCATION', `revocation off is dev-only; use ocsp,crl in ${c.env}`);
+    if (c.tokenTtlS > 900) add('GATE_TOKEN_TTL_S', `at most 900 outside dev (is ${c.tokenTtlS})`);
+    if (!c.rateLimits.enabled) add('GATE_RATE_LIMITS', 'off is dev-only');
+    if (c.mode === 'forwarded') {
+      if (!c.forwarded.hmacKeys) add('GATE_FWD_HMAC_KEYS', 'required in forwarded mode');
+      if (!c.forwarded.trustedProxies) add('GATE_FWD_TRUSTED_PROXIES', 'required in forwarded mode outside dev');
+    }
+  }
+  if (!isLoopbackHost(c.adminListen.host)) {
+    if (!c.admin.public) add('GATE_ADMIN_PUBLIC', `admin listener on non-loopback ${c.adminListen.host} needs GATE_ADMIN_PUBLIC=true`);
+    if (!c.admin.tlsCertFile || !c.admin.tlsKeyFile) add('GATE_ADMIN_TLS_CERT', 'admin listener on a non-loopback address needs GATE_ADMIN_TLS_CERT and GATE_ADMIN_TLS_KEY');
+  }
+  if (c.env === 'prod') {
+    if (c.revocation.fail === 'open') add('GATE_REVOCATION_FAIL', 'prod requires closed');
+    if (c.logLevel === 'debug' || c.logLevel === 'trace') add('GATE_LOG_LEVEL', `${c.logLevel} may log request details; use info or above in prod`);
+    if (c.upstream.url?.startsWith('http://') && !c.upstream.allowHttp) {
+      const host = new URL(c.upstream.url).hostname;
+      if (!isLoopbackHost(host)) add('GATE_UPSTREAM_URL', 'plain http:// to a non-loopback upstream; use https:// or set GATE_UPSTREAM_ALLOW_HTTP=true');
+    }
+    if (c.signing.keyFile && !c.signing.jwk) {
+      try {
+        if ((statSync(c.signing.keyFile).mode & 0o077) !== 0) add('GATE_SIGNING_KEY_FILE', 'readable by group or others; chmod 600 it');
+      } catch {
+        // A missing file is reported when the key is loaded, with the same variable.
+      }
+    }
+  }
+  return out;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}

@@ -1,0 +1,63 @@
+/**
+ * The one place where errors become responses: problem+json (RFC 9457) with a refusal id
+ * that also goes to the log line. Details stay in logs; clients get the code and title only.
+ * @module
+ */
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { GateError, isGateError, newRefusalId, problemFor, wwwAuthenticateFor, type ErrorCode } from '../errors.js';
+import type { GateMetrics } from '../metrics/index.js';
+
+const FASTIFY_CODES: Record<string, ErrorCode> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'body_too_large',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'request_malformed',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'request_malformed',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'request_malformed',
+  FST_ERR_BAD_URL: 'request_malformed',
+  FST_ERR_VALIDATION: 'request_malformed',
+  FST_ERR_NOT_FOUND: 'not_found',
+};
+
+/** Maps anything thrown to a GateError, or undefined when it is an internal fault. */
+export function toGateError(err: unknown): GateError | undefined {
+  if (isGateError(err)) return err;
+  const code = (err as FastifyError | undefined)?.code;
+  const mapped = code ? FASTIFY_CODES[code] : undefined;
+  return mapped ? new GateError(mapped, { cause: err }) : undefined;
+}
+
+/** Sends the problem+json refusal for `err`, logging it with its refusal id. */
+export function sendRefusal(request: FastifyRequest, reply: FastifyReply, err: GateError, metrics: GateMetrics): FastifyReply {
+  const id = newRefusalId();
+  const status = err.status;
+  request.refusedWith = err.code;
+  metrics.errors.inc({ code: err.code });
+  const log = {
+    event: 'refusal',
+    code: err.code,
+    status,
+    refusal_id: id,
+    detail: err.detail,
+    agent_id: request.agent?.agentId,
+    thumbprint: request.agent?.thumbprint,
+  };
+  if (status >= 500) request.log.warn(log, 'refused');
+  else request.log.info(log, 'refused');
+  reply.code(status).headers({ ...err.headers, 'cache-control': 'no-store', 'content-type': 'application/problem+json' });
+  if (status === 401) reply.header('www-authenticate', wwwAuthenticateFor(err.code));
+  // A Buffer keeps fastify from appending `; charset=utf-8` to the problem media type.
+  return reply.send(Buffer.from(JSON.stringify(problemFor(err.code, status, id))));
+}
+
+/** The fastify error handler for both listeners. */
+export function makeErrorHandler(metrics: GateMetrics) {
+  return function gateErrorHandler(this: unknown, err: unknown, request: FastifyRequest, reply: FastifyReply) {
+    const gateErr = toGateError(err);
+    if (gateErr) return sendRefusal(request, reply, gateErr, metrics);
+    // An internal fault: never echo it. Log it with its own id so the agent can quote it.
+    const id = newRefusalId();
+    request.log.error({ event: 'internal_error', err, refusal_id: id }, 'internal error');
+    reply.code(500).headers({ 'cache-control': 'no-store', 'content-type': 'application/problem+json' });
+    return reply.send(Buffer.from(JSON.stringify({ type: 'about:blank', title: 'Internal error', status: 500, instance: `urn:agent-gate:refusal:${id}` })));
+  };
+}

@@ -1,0 +1,34 @@
+/**
+ * Request-path policy of PROTOCOL.md (preamble): paths are judged after percent-decoding,
+ * and anything the gate and the upstream could read differently is refused.
+ * @module
+ */
+import { GateError } from '../errors.js';
+
+/**
+ * Returns the percent-decoded path of a raw request target, or throws `request_malformed`
+ * for `.`/`..` segments, an encoded `/`, a NUL (raw or encoded), or bad percent-encoding.
+ */
+export function decodeRequestPath(rawUrl: string): string {
+  const q = rawUrl.indexOf('?');
+  const raw = q === -1 ? rawUrl : rawUrl.slice(0, q);
+  if (!raw.startsWith('/')) throw new GateError('request_malformed', { detail: 'request target is not an absolute path' });
+  if (raw.includes('\0')) throw new GateError('request_malformed', { detail: 'NUL in path' });
+  if (/%2f|%00/i.test(raw)) throw new GateError('request_malformed', { detail: 'encoded / or NUL in path' });
+  let decoded: string;
+  try {
+    decoded = raw.includes('%') ? decodeURIComponent(raw) : raw;
+  } catch {
+    throw new GateError('request_malformed', { detail: 'bad percent-encoding in path' });
+  }
+  if (decoded.includes('\0')) throw new GateError('request_malformed', { detail: 'NUL in path' });
+  for (const seg of decoded.split('/')) {
+    if (seg === '.' || seg === '..') throw new GateError('request_malformed', { detail: 'dot segment in path' });
+  }
+  return decoded;
+}
+
+/** True when decoded `path` is the prefix `P` itself or below it. */
+export function isGatePath(path: string, prefix: string): boolean {
+  return path === prefix || path.startsWith(prefix + '/');
+}

@@ -1,0 +1,15 @@
+import type { AgentIdentity } from '../identity/index.js';
+import type { VerifiedToken } from '../tokens/index.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The verified agent identity, once the identity step has run. */
+    agent: AgentIdentity | null;
+    /** The verified access token on gated requests. */
+    accessToken: VerifiedToken | null;
+    /** Unix ms when the request headers were received (deadline of section 3). */
+    receivedAt: number;
+    /** The contract code this request was refused with, for the access log. */
+    refusedWith: string | null;
+  }
+}

@@ -1,0 +1,174 @@
+/**
+ * Agent certificate → verified identity, exactly as PROTOCOL.md section 2 says. Pure: no I/O.
+ * Node's X509Certificate (OpenSSL) verifies signatures synchronously and fast; @peculiar/x509
+ * parses the SAN list, which Node only offers as a display string.
+ * @module
+ */
+import { createHash, X509Certificate, type KeyObject } from 'node:crypto';
+import { x509 } from '../lib/x509.js';
+import { GateError } from '../errors.js';
+
+/** Proof algorithms of the contract, one per key type. */
+export type ProofAlg = 'EdDSA' | 'ES256' | 'ES384' | 'PS256';
+
+/** The verified identity of an agent. */
+export interface AgentIdentity {
+  /** First SAN URI, else first SAN DNS name, else subject CN. */
+  agentId: string;
+  /** base64url SHA-256 of the certificate DER (RFC 8705 `x5t#S256`). */
+  thumbprint: string;
+  /** The key the agent proves possession of. */
+  publicKey: KeyObject;
+  /** The one proof algorithm allowed for this key type. */
+  alg: ProofAlg;
+  /** Validity window, Unix milliseconds. */
+  notBefore: number;
+  notAfter: number;
+  /** Serial number, upper-case hex, for logs and revocation. */
+  serial: string;
+  /** The leaf certificate DER and the issuer that anchored it, for revocation checks. */
+  certDer: Buffer;
+  issuer: X509Certificate;
+}
+
+/** Limits of section 2. */
+export const CERT_LIMITS = { maxDerBytes: 16 * 1024, maxSans: 32, maxDepth: 4, maxAgentIdLength: 256 } as const;
+
+const OID_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+
+/** base64url (no padding) SHA-256 over DER bytes: the `x5t#S256` thumbprint. */
+export function thumbprintOf(der: Uint8Array): string {
+  return createHash('sha256').update(der).digest('base64url');
+}
+
+/** A parsed trust bundle (`GATE_CLIENT_CA`). */
+export class TrustBundle {
+  readonly anchors: readonly X509Certificate[];
+
+  /** Parses every certificate of a PEM bundle; throws TypeError when there is none. */
+  constructor(pem: string) {
+    const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+    if (blocks.length === 0) throw new TypeError('no certificate in the trust bundle');
+    this.anchors = blocks.map((b) => new X509Certificate(b));
+  }
+
+  /** The anchor that issued `cert` and whose key verifies its signature, if any. */
+  issuerOf(cert: X509Certificate): X509Certificate | undefined {
+    return this.anchors.find((a) => cert.checkIssued(a) && cert.verify(a.publicKey));
+  }
+
+  /** True when some anchor's subject matches `pattern` (used to spot the dev CA in prod). */
+  hasSubjectName(pattern: RegExp): boolean {
+    return this.anchors.some((a) => pattern.test(a.subject));
+  }
+}
+
+function invalid(detail: string): GateError {
+  return new GateError('client_cert_invalid', { detail });
+}
+
+/**
+ * Verifies `leafDer` (with the intermediates the agent sent) against `trust` at `now` and
+ * returns the identity; throws `client_cert_invalid` naming the reason in `detail`.
+ */
+export function verifyAgentCertificate(leafDer: Buffer, intermediatesDer: Buffer[], trust: TrustBundle, now: number = Date.now()): AgentIdentity {
+  if (leafDer.length > CERT_LIMITS.maxDerBytes) throw invalid(`certificate is ${leafDer.length} bytes, over ${CERT_LIMITS.maxDerBytes}`);
+  let leaf: X509Certificate;
+  try {
+    leaf = new X509Certificate(leafDer);
+  } catch (err) {
+    throw new GateError('client_cert_invalid', { detail: 'certificate does not parse', cause: err });
+  }
+  if (leaf.ca) throw invalid('a CA certificate cannot be an agent certificate');
+  checkValidity(leaf, now, 'certificate');
+
+  const eku = leaf.keyUsage; // Node names the extended key usage list `keyUsage`.
+  if (eku !== undefined && eku.length > 0 && !eku.includes(OID_CLIENT_AUTH)) throw invalid('extended key usage present without clientAuth');
+
+  const issuer = buildChain(leaf, intermediatesDer, trust, now);
+  const alg = algForKey(leaf.publicKey);
+  const { agentId, sanCount } = agentIdOf(leafDer);
+  if (sanCount > CERT_LIMITS.maxSans) throw invalid(`${sanCount} SANs, over ${CERT_LIMITS.maxSans}`);
+
+  return {
+    agentId,
+    thumbprint: thumbprintOf(leafDer),
+    publicKey: leaf.publicKey,
+    alg,
+    notBefore: Date.parse(leaf.validFrom),
+    notAfter: Date.parse(leaf.validTo),
+    serial: leaf.serialNumber.toUpperCase(),
+    certDer: leafDer,
+    issuer,
+  };
+}
+
+function checkValidity(cert: X509Certificate, now: number, what: string): void {
+  const from = Date.parse(cert.validFrom);
+  const to = Date.parse(cert.validTo);
+  if (!(from <= now)) throw invalid(`${what} not yet valid`);
+  if (!(now <= to)) throw invalid(`${what} expired`);
+}
+
+/** Walks from the leaf to an anchor through at most `maxDepth` links; returns the leaf's issuer. */
+function buildChain(leaf: X509Certificate, intermediatesDer: Buffer[], trust: TrustBundle, now: number): X509Certificate {
+  const intermediates: X509Certificate[] = [];
+  for (const der of intermediatesDer.slice(0, CERT_LIMITS.maxDepth * 2)) {
+    try {
+      intermediates.push(new X509Certificate(der));
+    } catch {
+      // A garbage extra certificate is ignored; the chain must still verify without it.
+    }
+  }
+  let cur = leaf;
+  let leafIssuer: X509Certificate | undefined;
+  for (let depth = 1; depth <= CERT_LIMITS.maxDepth; depth++) {
+    const anchor = trust.issuerOf(cur);
+    if (anchor) {
+      checkValidity(anchor, now, 'trust anchor');
+      return leafIssuer ?? anchor;
+    }
+    const next = intermediates.find((c) => c.ca && cur.checkIssued(c) && cur.verify(c.publicKey));
+    if (!next) throw invalid(depth === 1 ? 'not issued by a trusted CA' : 'chain does not reach a trusted CA');
+    checkValidity(next, now, 'intermediate certificate');
+    leafIssuer ??= next;
+    cur = next;
+  }
+  throw invalid(`chain longer than ${CERT_LIMITS.maxDepth}`);
+}
+
+/** The proof algorithm for a key, or `client_cert_invalid` for a key type outside the allow-list. */
+export function algForKey(key: KeyObject): ProofAlg {
+  const d = key.asymmetricKeyDetails ?? {};
+  switch (key.asymmetricKeyType) {
+    case 'ed25519':
+      return 'EdDSA';
+    case 'ec':
+      if (d.namedCurve === 'prime256v1') return 'ES256';
+      if (d.namedCurve === 'secp384r1') return 'ES384';
+      throw invalid(`EC curve ${d.namedCurve} not allowed`);
+    case 'rsa':
+      if (d.modulusLength !== undefined && d.modulusLength >= 2048 && d.modulusLength <= 4096) return 'PS256';
+      throw invalid(`RSA ${d.modulusLength}-bit key not allowed (2048-4096)`);
+    default:
+      throw invalid(`key type ${key.asymmetricKeyType} not allowed`);
+  }
+}
+
+function agentIdOf(der: Buffer): { agentId: string; sanCount: number } {
+  let cert: x509.X509Certificate;
+  try {
+    cert = new x509.X509Certificate(der);
+  } catch (err) {
+    throw new GateError('client_cert_invalid', { detail: 'certificate extensions do not parse', cause: err });
+  }
+  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
+  const names = san?.names.items ?? [];
+  const id =
+    names.find((n) => n.type === 'url')?.value ??
+    names.find((n) => n.type === 'dns')?.value ??
+    cert.subjectName.getField('CN')[0];
+  if (!id) throw invalid('no SAN URI, SAN DNS name or subject CN');
+  if (id.length > CERT_LIMITS.maxAgentIdLength || !/^[\x20-\x7e]+$/.test(id)) throw invalid('agent id is not 1-256 printable ASCII characters');
+  return { agentId: id, sanCount: names.length };
+}

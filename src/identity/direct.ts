@@ -1,0 +1,51 @@
+import type { TLSSocket } from 'node:tls';
+import { GateError } from '../errors.js';
+import { verifyAgentCertificate, type AgentIdentity, type TrustBundle } from './certificate.js';
+
+interface PeerCert {
+  raw?: Buffer;
+  issuerCertificate?: PeerCert;
+}
+
+/**
+ * Direct mode: the identity of the TLS peer. The verdict is computed once per connection
+ * (certificates cannot change on a connection) and the validity window rechecked per
+ * request, because a keep-alive connection may outlive the certificate.
+ */
+export class DirectIdentityResolver {
+  private readonly verdicts = new WeakMap<object, AgentIdentity | GateError>();
+
+  constructor(private readonly trust: TrustBundle, private readonly now: () => number = Date.now) {}
+
+  /** The verified identity of the peer of `socket`; throws `client_cert_required` or `client_cert_invalid`. */
+  resolve(socket: object): AgentIdentity {
+    let verdict = this.verdicts.get(socket);
+    if (verdict === undefined) {
+      verdict = this.verify(socket as Partial<TLSSocket>);
+      this.verdicts.set(socket, verdict);
+    }
+    if (verdict instanceof GateError) throw new GateError(verdict.code, { detail: verdict.detail });
+    const now = this.now();
+    if (now > verdict.notAfter || now < verdict.notBefore) throw new GateError('client_cert_invalid', { detail: 'certificate outside its validity window' });
+    return verdict;
+  }
+
+  private verify(socket: Partial<TLSSocket>): AgentIdentity | GateError {
+    if (typeof socket.getPeerCertificate !== 'function') return new GateError('client_cert_required', { detail: 'not a TLS connection' });
+    const peer = socket.getPeerCertificate(true) as PeerCert;
+    if (!peer || !peer.raw) return new GateError('client_cert_required', { detail: 'no client certificate presented' });
+    // Node links the chain OpenSSL saw through issuerCertificate; the root links to itself.
+    const chain: Buffer[] = [];
+    const seen = new Set<PeerCert>([peer]);
+    for (let c = peer.issuerCertificate; c && !seen.has(c) && chain.length < 8; c = c.issuerCertificate) {
+      seen.add(c);
+      if (c.raw) chain.push(c.raw);
+    }
+    try {
+      return verifyAgentCertificate(peer.raw, chain, this.trust, this.now());
+    } catch (err) {
+      if (err instanceof GateError) return err;
+      return new GateError('client_cert_invalid', { detail: 'certificate verification failed', cause: err });
+    }
+  }
+}

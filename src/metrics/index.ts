@@ -1,0 +1,91 @@
+/**
+ * Prometheus metrics of PROTOCOL.md section 10, on a registry owned by one app (no globals).
+ * Every label value comes from the fixed sets below, so cardinality is bounded.
+ * @module
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { ERROR_CODES } from '../errors.js';
+
+/** Label sets of section 10. */
+export const LABELS = {
+  proofResult: ['accepted', 'invalid', 'expired', 'replayed', 'unknown', 'binding_mismatch', 'pow_invalid', 'attestation_invalid'],
+  replayKind: ['challenge', 'forwarded'],
+  limiter: ['challenge_ip', 'challenge_identity', 'token_identity', 'proxy_identity', 'failed_proof'],
+  revocationMethod: ['ocsp', 'crl'],
+  revocationResult: ['good', 'revoked', 'unknown', 'error'],
+  forwardedResult: ['ok', 'missing', 'bad_signature', 'stale', 'unknown_kid', 'replayed', 'untrusted_proxy'],
+  shedReason: ['concurrency', 'event_loop'],
+  route: ['challenge', 'token', 'proxy', 'jwks', 'health', 'other'],
+  alg: ['EdDSA', 'ES256', 'ES384', 'PS256'],
+} as const;
+
+/** A label value of one of the sets above. */
+export type LabelOf<K extends keyof typeof LABELS> = (typeof LABELS)[K][number];
+
+/** The gate's metrics. */
+export interface GateMetrics {
+  registry: Registry;
+  challengesIssued: Counter;
+  tokensIssued: Counter;
+  proofs: Counter<'result'>;
+  replaysDetected: Counter<'kind'>;
+  rateLimited: Counter<'limiter'>;
+  revocationChecks: Counter<'method' | 'result'>;
+  revocationCacheHits: Counter<'method'>;
+  forwardedVerifications: Counter<'result'>;
+  errors: Counter<'code'>;
+  loadShed: Counter<'reason'>;
+  storeErrors: Counter;
+  inflight: Gauge;
+  requestDuration: Histogram<'route'>;
+  signatureVerification: Histogram<'alg'>;
+}
+
+/** Creates the metrics on a fresh registry, with every known label value present at 0. */
+export function createMetrics(opts: { defaultMetrics?: boolean } = {}): GateMetrics {
+  const registry = new Registry();
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+  const p = 'agent_gate_';
+  const counter = <L extends string>(name: string, help: string, labelNames: readonly L[] = []) =>
+    new Counter<L>({ name: p + name, help, labelNames: labelNames as L[], registers: [registry] });
+  const m: GateMetrics = {
+    registry,
+    challengesIssued: counter('challenges_issued_total', 'Challenges issued'),
+    tokensIssued: counter('tokens_issued_total', 'Access tokens issued'),
+    proofs: counter('proofs_total', 'Proofs submitted, by result', ['result']),
+    replaysDetected: counter('replays_detected_total', 'Replays refused, by kind', ['kind']),
+    rateLimited: counter('rate_limited_total', 'Requests refused by a rate limit', ['limiter']),
+    revocationChecks: counter('revocation_checks_total', 'Revocation checks, by method and result', ['method', 'result']),
+    revocationCacheHits: counter('revocation_cache_hits_total', 'Revocation answers served from cache', ['method']),
+    forwardedVerifications: counter('forwarded_verifications_total', 'Forwarded-header verifications, by result', ['result']),
+    errors: counter('errors_total', 'Refusals and errors answered, by contract code', ['code']),
+    loadShed: counter('load_shed_total', 'Requests shed, by reason', ['reason']),
+    storeErrors: counter('store_errors_total', 'Store commands that failed or timed out'),
+    inflight: new Gauge({ name: p + 'inflight_requests', help: 'Requests in flight on the public listener', registers: [registry] }),
+    requestDuration: new Histogram({
+      name: p + 'request_duration_seconds',
+      help: 'Request duration on the public listener, by route',
+      labelNames: ['route'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    signatureVerification: new Histogram({
+      name: p + 'signature_verification_seconds',
+      help: 'Proof signature verification time, by algorithm',
+      labelNames: ['alg'],
+      buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01],
+      registers: [registry],
+    }),
+  };
+  for (const v of LABELS.proofResult) m.proofs.inc({ result: v }, 0);
+  for (const v of LABELS.replayKind) m.replaysDetected.inc({ kind: v }, 0);
+  for (const v of LABELS.limiter) m.rateLimited.inc({ limiter: v }, 0);
+  for (const method of LABELS.revocationMethod) {
+    m.revocationCacheHits.inc({ method }, 0);
+    for (const result of LABELS.revocationResult) m.revocationChecks.inc({ method, result }, 0);
+  }
+  for (const v of LABELS.forwardedResult) m.forwardedVerifications.inc({ result: v }, 0);
+  for (const v of ERROR_CODES) m.errors.inc({ code: v }, 0);
+  for (const v of LABELS.shedReason) m.loadShed.inc({ reason: v }, 0);
+  return m;
+}

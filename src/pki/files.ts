@@ -1,0 +1,59 @@
+/**
+ * File helpers of the dev PKI: atomic writes with the final mode already set, and PEM loading.
+ * @module
+ */
+import { X509Certificate as NodeX509, randomBytes } from 'node:crypto';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import type { KeyAndCert } from './issue.js';
+
+/** Mode of private key and PKCS#12 files. */
+export const PRIVATE_FILE_MODE = 0o600;
+/** Mode of certificate files: public data. */
+export const PUBLIC_FILE_MODE = 0o644;
+/** Mode of directories the dev PKI creates. */
+export const PRIVATE_DIR_MODE = 0o700;
+
+/**
+ * Writes through a temporary file in the same directory, then renames: readers never see a
+ * half-written key, and the mode is set before any byte lands (open's mode alone is subject
+ * to the umask and ignored when the file already exists).
+ */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode: number): Promise<void> {
+  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  try {
+    const fh = await open(tmp, 'wx', mode);
+    try {
+      await fh.chmod(mode);
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** Creates `dir` (and missing parents) as 0700; an existing directory keeps its mode. */
+export async function ensureDir(dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
+}
+
+/** True when `path` exists (any type). */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+/** Loads a certificate and key pair from PEM files. */
+export async function loadKeyAndCert(certPath: string, keyPath: string): Promise<KeyAndCert> {
+  const [certPem, keyPem] = await Promise.all([readFile(certPath, 'utf8'), readFile(keyPath, 'utf8')]);
+  return { certPem, keyPem, certDer: new NodeX509(certPem).raw };
+}

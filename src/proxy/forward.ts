@@ -1,0 +1,150 @@
+/**
+ * The gated reverse proxy of PROTOCOL.md section 5: streams request and response bodies
+ * through a pooled undici client, with the contract's header hygiene.
+ * @module
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { errors as undiciErrors, Pool } from 'undici';
+import type { IncomingHttpHeaders } from 'node:http';
+import { GateError } from '../errors.js';
+
+/** Headers that describe one hop (RFC 9110 section 7.6.1), never forwarded. */
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection',
+  'te', 'trailer', 'transfer-encoding', 'upgrade', 'host', 'expect', 'http2-settings',
+]);
+/** Names reserved for the gate's own identity headers, any case, `-` or `_`. */
+const RESERVED = /^x[-_](agent|gate)[-_]/i;
+
+/** Options of {@link Forwarder}. */
+export interface ForwarderOptions {
+  /** `GATE_UPSTREAM_URL`. */
+  upstreamUrl: string;
+  timeoutMs: number;
+  maxBodyBytes: number;
+  /** Most connections to the upstream. */
+  connections?: number;
+}
+
+/** What the gate asserts about the caller to the upstream. */
+export interface ForwardIdentity {
+  agentId: string;
+  thumbprint: string;
+  tokenId: string;
+}
+
+/** Request headers as the upstream must see them (section 5). */
+export function upstreamRequestHeaders(incoming: IncomingHttpHeaders, who: ForwardIdentity, remoteAddress: string | undefined): Record<string, string | string[]> {
+  const named = new Set<string>();
+  const conn = incoming.connection;
+  if (typeof conn === 'string') for (const n of conn.split(',')) named.add(n.trim().toLowerCase());
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(incoming)) {
+    if (value === undefined) continue;
+    if (HOP_BY_HOP.has(name) || named.has(name) || name === 'authorization' || RESERVED.test(name)) continue;
+    out[name] = value;
+  }
+  out['x-agent-id'] = who.agentId;
+  out['x-agent-thumbprint'] = who.thumbprint;
+  out['x-agent-token-id'] = who.tokenId;
+  const prior = incoming['x-forwarded-for'];
+  if (remoteAddress) out['x-forwarded-for'] = typeof prior === 'string' ? `${prior}, ${remoteAddress}` : remoteAddress;
+  out['x-forwarded-proto'] = 'https';
+  return out;
+}
+
+/** Response headers minus hop-by-hop ones. */
+function downstreamHeaders(h: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
+  const named = new Set<string>();
+  const conn = h.connection;
+  if (typeof conn === 'string') for (const n of conn.split(',')) named.add(n.trim().toLowerCase());
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(h)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || named.has(name)) continue;
+    out[name] = value;
+  }
+  return out;
+}
+
+/** Counts bytes and fails the stream past the limit. */
+class ByteLimit extends Transform {
+  exceeded = false;
+  private seen = 0;
+  constructor(private readonly limit: number) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.seen += chunk.length;
+    if (this.seen > this.limit) {
+      this.exceeded = true;
+      cb(new GateError('body_too_large', { detail: `body over ${this.limit} bytes` }));
+      return;
+    }
+    cb(null, chunk);
+  }
+}
+
+/** Forwards gated requests to one upstream. */
+export class Forwarder {
+  private readonly pool: Pool;
+  private readonly basePath: string;
+
+  constructor(private readonly opts: ForwarderOptions) {
+    const url = new URL(opts.upstreamUrl);
+    this.basePath = url.pathname.replace(/\/+$/, '');
+    this.pool = new Pool(url.origin, {
+      connections: opts.connections ?? 128,
+      pipelining: 1,
+      keepAliveTimeout: 30_000,
+      headersTimeout: opts.timeoutMs,
+      bodyTimeout: opts.timeoutMs,
+      connectTimeout: Math.min(opts.timeoutMs, 10_000),
+    });
+  }
+
+  /** Sends `request` upstream and streams the answer into `reply`. */
+  async forward(request: FastifyRequest, reply: FastifyReply, who: ForwardIdentity): Promise<FastifyReply> {
+    const declared = request.headers['content-length'];
+    if (declared !== undefined && Number(declared) > this.opts.maxBodyBytes) {
+      throw new GateError('body_too_large', { detail: `content-length ${declared} over ${this.opts.maxBodyBytes}` });
+    }
+    const hasBody = declared !== undefined ? Number(declared) > 0 : request.headers['transfer-encoding'] !== undefined;
+    let limiter: ByteLimit | undefined;
+    if (hasBody) {
+      limiter = new ByteLimit(this.opts.maxBodyBytes);
+      request.raw.pipe(limiter);
+    }
+    const abort = new AbortController();
+    const onClose = () => {
+      if (!reply.raw.writableFinished) abort.abort();
+    };
+    reply.raw.once('close', onClose);
+    try {
+      const res = await this.pool.request({
+        method: request.method as 'GET',
+        path: this.basePath + request.url,
+        headers: upstreamRequestHeaders(request.headers, who, request.socket.remoteAddress),
+        body: limiter ?? null,
+        signal: abort.signal,
+      });
+      reply.code(res.statusCode).headers(downstreamHeaders(res.headers));
+      return reply.send(res.body);
+    } catch (err) {
+      if (limiter?.exceeded) throw new GateError('body_too_large', { cause: err });
+      throw upstreamError(err);
+    }
+  }
+
+  /** Closes upstream connections. */
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+}
+
+function upstreamError(err: unknown): GateError {
+  if (err instanceof undiciErrors.HeadersTimeoutError || err instanceof undiciErrors.ConnectTimeoutError || err instanceof undiciErrors.BodyTimeoutError) {
+    return new GateError('upstream_timeout', { cause: err, detail: (err as Error).message });
+  }
+  return new GateError('upstream_unavailable', { cause: err, detail: (err as Error)?.message });
+}

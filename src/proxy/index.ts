@@ -1,0 +1,32 @@
+/**
+ * The gated reverse proxy (PROTOCOL.md section 5) as a fastify plugin.
+ * @module
+ */
+import type { FastifyInstance, onRequestHookHandler } from 'fastify';
+import { GateError } from '../errors.js';
+import { Forwarder } from './forward.js';
+
+export { Forwarder, upstreamRequestHeaders, type ForwarderOptions, type ForwardIdentity } from './forward.js';
+
+/** Options of {@link proxyRoutes}. */
+export interface ProxyRoutesOptions {
+  forwarder: Forwarder;
+  /** Identity, token and limit hooks, in the contract's order. */
+  guards: onRequestHookHandler[];
+}
+
+/** Every path outside the gate prefix goes upstream once identity and token pass. */
+export async function proxyRoutes(app: FastifyInstance, opts: ProxyRoutesOptions): Promise<void> {
+  // Leave the body unread: it streams to the upstream only after the guards passed.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
+  const handler = async (request: import('fastify').FastifyRequest, reply: import('fastify').FastifyReply) => {
+    const agent = request.agent;
+    const token = request.accessToken;
+    if (!agent || !token) throw new GateError('token_missing');
+    return opts.forwarder.forward(request, reply, { agentId: agent.agentId, thumbprint: agent.thumbprint, tokenId: token.jti });
+  };
+  const route = { onRequest: opts.guards, config: { route: 'proxy' } };
+  app.all('/', route, handler);
+  app.all('/*', route, handler);
+}

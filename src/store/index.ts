@@ -1,0 +1,7 @@
+/**
+ * Challenge and replay state: one interface, a Redis and an in-memory implementation.
+ * @module
+ */
+export type { GateStore, ChallengeRecord, ConsumeResult } from './types.js';
+export { MemoryStore } from './memory.js';
+export { RedisStore, type RedisStoreOptions } from './redis.js';

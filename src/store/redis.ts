@@ -1,0 +1,104 @@
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import { GateError } from '../errors.js';
+import { keys, type ChallengeRecord, type ConsumeResult, type GateStore } from './types.js';
+
+/**
+ * Step 8 of section 4 in one script, so that of N concurrent consumers exactly one sees the
+ * record: KEYS[1] challenge, KEYS[2] tombstone, ARGV[1] tombstone TTL (ms).
+ * Returns {1, record} when consumed, {2} when a tombstone exists, {0} when unknown.
+ */
+const CONSUME_LUA = `
+local v = redis.call('GET', KEYS[1])
+if v then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+  return {1, v}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
+return {0}
+`;
+
+/** Options of {@link RedisStore}. */
+export interface RedisStoreOptions {
+  /** `redis://` or `rediss://` URL of a single Redis. */
+  url?: string;
+  /** Cluster seed nodes, `host:port`. */
+  clusterNodes?: string[];
+  /** Per-command timeout; a slower answer is `store_unavailable`. */
+  timeoutMs: number;
+  /** Called on every store error, for metrics and logs. */
+  onError?: (err: unknown) => void;
+}
+
+type Client = (Redis | Cluster) & {
+  agConsume(k1: string, k2: string, ttl: string): Promise<[number, string?]>;
+};
+
+/** Redis or Redis Cluster store (ioredis). */
+export class RedisStore implements GateStore {
+  private readonly client: Client;
+
+  constructor(private readonly opts: RedisStoreOptions) {
+    const common: RedisOptions = {
+      commandTimeout: opts.timeoutMs,
+      connectTimeout: Math.max(opts.timeoutMs, 2000),
+      // Fail fast while disconnected instead of queueing: a queued consume could run long
+      // after the agent gave up, and a 503 now is the honest answer.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      // Reconnect forever, at most a second apart, so the gate serves again as soon as
+      // Redis is back (section 12, GATE_REDIS_TIMEOUT_MS).
+      retryStrategy: (times) => Math.min(50 * times, 1000),
+      lazyConnect: false,
+    };
+    const client = opts.clusterNodes
+      ? new Cluster(opts.clusterNodes.map(parseNode), {
+          redisOptions: common,
+          enableOfflineQueue: false,
+          clusterRetryStrategy: (times) => Math.min(50 * times, 1000),
+        })
+      : new Redis(opts.url ?? 'redis://127.0.0.1:6379', common);
+    client.defineCommand('agConsume', { numberOfKeys: 2, lua: CONSUME_LUA });
+    // ioredis emits 'error' on every failed reconnect; without a listener Node would crash.
+    client.on('error', (err: unknown) => opts.onError?.(err));
+    this.client = client as Client;
+  }
+
+  async putChallenge(id: string, record: ChallengeRecord, ttlMs: number): Promise<boolean> {
+    const r = await this.run(() => this.client.set(keys.challenge(id), JSON.stringify(record), 'PX', ttlMs, 'NX'));
+    return r === 'OK';
+  }
+
+  async consumeChallenge(id: string, tombstoneTtlMs: number): Promise<ConsumeResult> {
+    const r = await this.run(() => this.client.agConsume(keys.challenge(id), keys.tombstone(id), String(tombstoneTtlMs)));
+    if (r[0] === 1 && typeof r[1] === 'string') return { status: 'consumed', record: JSON.parse(r[1]) as ChallengeRecord };
+    return r[0] === 2 ? { status: 'replayed' } : { status: 'unknown' };
+  }
+
+  async rememberOnce(key: string, ttlMs: number): Promise<boolean> {
+    const r = await this.run(() => this.client.set(keys.once(key), '1', 'PX', ttlMs, 'NX'));
+    return r === 'OK';
+  }
+
+  async ping(): Promise<void> {
+    await this.run(() => this.client.ping());
+  }
+
+  async close(): Promise<void> {
+    this.client.disconnect();
+  }
+
+  private async run<T>(op: () => Promise<T>): Promise<T> {
+    try {
+      return await op();
+    } catch (err) {
+      this.opts.onError?.(err);
+      throw new GateError('store_unavailable', { cause: err, detail: (err as Error)?.message, headers: { 'retry-after': '1' } });
+    }
+  }
+}
+
+function parseNode(s: string): { host: string; port: number } {
+  const i = s.lastIndexOf(':');
+  return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(s.slice(i + 1)) };
+}
