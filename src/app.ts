@@ -119,7 +119,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const { trust, tls, keys } = await loadMaterials(config, deps.warn ?? ((l) => process.stderr.write(l + '\n')));
   const logger: FastifyServerOptions['logger'] =
     deps.logger === false ? false : { level: config.logLevel, redact: { paths: REDACT, censor: '[redacted]' }, ...(deps.logger ?? {}) };
-  const store =
+  const store: GateStore =
     deps.store ??
     (config.store.kind === 'memory'
       ? new MemoryStore(config.store.memoryMax, now)
@@ -194,6 +194,13 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     done();
   });
 
+  // While draining, every response closes its connection, so keep-alive clients move on to
+  // another instance and the listener can finish closing.
+  publicApp.addHook('onSend', (_request, reply, payload, done) => {
+    if (draining) reply.header('connection', 'close');
+    done(null, payload);
+  });
+
   const identify = identityHook(resolver);
   const readiness = async (): Promise<GateError | undefined> => {
     if (draining) return new GateError('overloaded', { detail: 'draining', headers: { 'retry-after': '5' } });
@@ -254,13 +261,16 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   });
   registerInfoRoutes(adminApp, { tokens, readiness, withJwks: false });
 
-  let closed = false;
-  const close = async () => {
-    if (closed) return;
-    closed = true;
-    await Promise.allSettled([publicApp.close(), adminApp.close()]);
-    await Promise.allSettled([forwarder.close(), store.close()]);
+  // Each part closes once, whichever of drain() and close() gets there first.
+  const once = <T>(fn: () => Promise<T>) => {
+    let p: Promise<T> | undefined;
+    return () => (p ??= fn());
   };
+  const closePublic = once(() => publicApp.close());
+  const close = once(async () => {
+    await Promise.allSettled([closePublic(), adminApp.close()]);
+    await Promise.allSettled([forwarder.close(), store.close()]);
+  });
 
   return {
     config,
@@ -270,6 +280,9 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     publicApp,
     adminApp,
     async listen() {
+      // Give the store a moment to connect so the first requests are not refused; a store that
+      // is down does not stop the start (readiness reports it and the gate recovers by itself).
+      await store.waitReady?.(Math.max(2000, config.store.timeoutMs));
       await publicApp.listen({ host: config.listen.host, port: config.listen.port });
       await adminApp.listen({ host: config.adminListen.host, port: config.adminListen.port });
       return { publicPort: portOf(publicApp), adminPort: portOf(adminApp) };
@@ -282,9 +295,12 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
       }, config.drainTimeoutMs);
       timer.unref();
       try {
-        await close();
+        // The public listener stops accepting and waits for in-flight requests; meanwhile the
+        // admin listener keeps answering, with /readyz at 503, so probes see the drain.
+        await closePublic();
       } finally {
         clearTimeout(timer);
+        await close();
       }
     },
     close,

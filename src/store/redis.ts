@@ -84,6 +84,19 @@ export class RedisStore implements GateStore {
     await this.run(() => this.client.ping());
   }
 
+  async waitReady(timeoutMs: number): Promise<void> {
+    if (this.client.status === 'ready') return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.client.off('ready', done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      this.client.once('ready', done);
+    });
+  }
+
   async close(): Promise<void> {
     this.client.disconnect();
   }

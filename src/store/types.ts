@@ -34,6 +34,8 @@ export interface GateStore {
   rememberOnce(key: string, ttlMs: number): Promise<boolean>;
   /** Resolves when the store answers. */
   ping(): Promise<void>;
+  /** Resolves once connected, or after `timeoutMs` at the latest (never rejects). */
+  waitReady?(timeoutMs: number): Promise<void>;
   /** Releases connections and timers. */
   close(): Promise<void>;
 }
