@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import { randomBytes } from 'node:crypto';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions, type onRequestHookHandler } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions, type onRequestHookHandler } from 'fastify';
 import type { LoggerOptions } from 'pino';
 import { challengeRoutes } from './challenge/index.js';
 import type { ConfigViolation, GateConfig } from './config/index.js';
@@ -137,7 +137,8 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const publicApp = Fastify({
     https: tls,
     logger,
-    disableRequestLogging: true,
+    // One access-log line per request is written by the gate itself (with agent and outcome).
+    logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
     genReqId: () => randomBytes(8).toString('hex'),
     return503OnClosing: false,
@@ -248,7 +249,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const guards: onRequestHookHandler[] = [identify, tokenGuard(tokens)];
   await publicApp.register(proxyRoutes, { forwarder, guards });
 
-  const adminApp = Fastify({ logger, disableRequestLogging: true, return503OnClosing: false, ...adminHttps(config) });
+  const adminApp = Fastify({ logger, logController: new LogController({ disableRequestLogging: true }), return503OnClosing: false, ...adminHttps(config) });
   adminApp.decorateRequest('agent', null);
   adminApp.decorateRequest('refusedWith', null);
   adminApp.setErrorHandler(makeErrorHandler(metrics));
