@@ -107,20 +107,16 @@ export function loadConfig(env: Record<string, string | undefined>): LoadedConfi
     // An empty variable means unset: shells and compose files produce them easily.
     if (k.startsWith('GATE_') && v !== undefined && v !== '') gateVars[k] = v;
   }
+  const unknown = Object.keys(gateVars)
+    .filter((k) => !(k in envSchema.shape))
+    .map((variable) => ({ variable, why: 'unknown variable (typo?)' }));
   const parsed = envSchema.safeParse(gateVars);
   if (!parsed.success) {
-    const violations = parsed.error.issues.map((issue) => ({
-      variable: String(issue.path[0] ?? 'GATE_*'),
-      why: issue.message,
-    }));
-    return { config: undefined, violations };
+    const invalid = parsed.error.issues.map((issue) => ({ variable: String(issue.path[0] ?? 'GATE_*'), why: issue.message }));
+    return { config: undefined, violations: [...unknown, ...invalid] };
   }
   const config = resolve(parsed.data);
-  const unknown = Object.keys(gateVars).filter((k) => !(k in envSchema.shape));
-  const violations = [
-    ...unknown.map((variable) => ({ variable, why: 'unknown variable (typo?)' })),
-    ...checkPolicy(config),
-  ];
+  const violations = [...unknown, ...checkPolicy(config)];
   return { config: deepFreeze(config), violations };
 }
 

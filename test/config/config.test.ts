@@ -7,7 +7,8 @@ import { execFile } from 'node:child_process';
 import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fileURLToPath } from 'node:url';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { loadMaterials, StartupError } from '../../src/app.js';
 import { formatViolation, loadConfig, type ConfigViolation, type GateConfig } from '../../src/config/index.js';
 import { createCa } from '../../src/pki/index.js';
@@ -427,8 +428,6 @@ describe('agent-gate config check (CLI)', () => {
   beforeAll(async () => {
     fx = await makeFixtures();
   });
-  afterAll(() => {});
-
   function configCheck(env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
     // A clean environment: no GATE_* (or npm settings) of the test runner leak in.
     const base: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
@@ -436,7 +435,7 @@ describe('agent-gate config check (CLI)', () => {
       execFile(
         'npx',
         ['tsx', 'src/cli/main.ts', 'config', 'check'],
-        { cwd: join(import.meta.dirname, '..', '..'), env: { ...base, ...env }, timeout: 45_000 },
+        { cwd: fileURLToPath(new URL('../..', import.meta.url)), env: { ...base, ...env }, timeout: 45_000 },
         (err, stdout, stderr) => {
           if (err && typeof err.code !== 'number') return reject(err);
           resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout, stderr });

@@ -37,7 +37,7 @@ describe.runIf(protocol !== undefined)('contract catalog', () => {
       const m = exposed.find((e) => e.name === `agent_gate_${name}`);
       expect(m, name).toBeDefined();
       const seen = new Set(m!.values.flatMap((v) => Object.keys(v.labels)).filter((l) => l !== 'le'));
-      for (const l of labels) expect(seen.has(l) || m!.type === 'histogram', `${name} label ${l}`).toBe(true);
+      for (const l of labels) expect(seen.has(l) || String(m!.type) === 'histogram', `${name} label ${l}`).toBe(true);
     }
   });
 
