@@ -315,7 +315,8 @@ function adminHttps(config: GateConfig): Partial<FastifyServerOptions> {
     cert: readFileFor('GATE_ADMIN_TLS_CERT', tlsCertFile),
     key: readFileFor('GATE_ADMIN_TLS_KEY', tlsKeyFile),
   };
-  if (clientCaFile) Object.assign(https, { ca: readFileFor('GATE_ADMIN_CLIENT_CA', clientCaFile), requestCert: true, rejectUnauthorized: false });
+  // With a client CA, only holders of an admin certificate get past the handshake.
+  if (clientCaFile) Object.assign(https, { ca: readFileFor('GATE_ADMIN_CLIENT_CA', clientCaFile), requestCert: true, rejectUnauthorized: true });
   return { https } as Partial<FastifyServerOptions>;
 }
 

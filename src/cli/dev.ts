@@ -30,7 +30,7 @@ export async function runDev(opts: { pkiDir: string }): Promise<void> {
     const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host;
     const lines = [
       '',
-      `agent-gate dev is running: gate https://${host}:${publicPort}${config.pathPrefix}, admin http://127.0.0.1:${adminPort}/metrics`,
+      `agent-gate dev is running: gate https://${host}:${publicPort}${config.pathPrefix}, admin http://${config.adminListen.host}:${adminPort}/metrics`,
       upstream ? `demo upstream ${upstream.url} (echoes the identity headers the gate adds)` : `upstream ${config.upstream.url}`,
       '',
       'Complete the whole flow (challenge -> signed proof -> token -> gated call) with the dev agent certificate:',

@@ -5,7 +5,7 @@
  *
  * One undici `Pool` per client keeps connections alive and resumes TLS sessions (undici's
  * per-connector session cache), because a new mTLS handshake costs more CPU than a whole
- * token flow (PERFORMANCE.md).
+ * token flow (see load/RESULTS.md once benchmarks exist, and the shared PERFORMANCE figures).
  * @module
  */
 import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
