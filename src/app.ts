@@ -18,6 +18,7 @@ import './http/types.js';
 import { DirectIdentityResolver, identityHook, TrustBundle } from './identity/index.js';
 import { createMetrics, type GateMetrics, type LabelOf } from './metrics/index.js';
 import { Forwarder, proxyRoutes } from './proxy/index.js';
+import { RevocationChecker } from './revocation/index.js';
 import { MemoryStore, RedisStore, type GateStore } from './store/index.js';
 import { KeySourceError, loadSigningKeys, TokenService, tokenGuard, type SigningKeySet } from './tokens/index.js';
 
@@ -132,6 +133,17 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const tokens = new TokenService({ keys, issuer: config.issuer, audience: config.audience, ttlS: config.tokenTtlS, skewS: config.maxSkewS, now });
   const forwarder = new Forwarder({ upstreamUrl: config.upstream.url!, timeoutMs: config.upstream.timeoutMs, maxBodyBytes: config.upstream.maxBodyBytes });
   const resolver = new DirectIdentityResolver(trust, now);
+  let revocation: RevocationChecker;
+  try {
+    revocation = new RevocationChecker({
+      ...config.revocation,
+      metrics,
+      now,
+      log: (event) => publicApp.log.warn(event, String(event.event)),
+    });
+  } catch (err) {
+    throw new StartupError([{ variable: 'GATE_CRL_FILES', why: `cannot load a CRL: ${(err as Error).message}` }]);
+  }
   let draining = false;
 
   const publicApp = Fastify({
@@ -202,7 +214,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     done(null, payload);
   });
 
-  const identify = identityHook(resolver);
+  const identify = identityHook(resolver, revocation.enabled ? [(agent) => revocation.check(agent)] : []);
   const readiness = async (): Promise<GateError | undefined> => {
     if (draining) return new GateError('overloaded', { detail: 'draining', headers: { 'retry-after': '5' } });
     try {
@@ -270,7 +282,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const closePublic = once(() => publicApp.close());
   const close = once(async () => {
     await Promise.allSettled([closePublic(), adminApp.close()]);
-    await Promise.allSettled([forwarder.close(), store.close()]);
+    await Promise.allSettled([forwarder.close(), store.close(), revocation.close()]);
   });
 
   return {

@@ -212,7 +212,6 @@ function checkPolicy(c: GateConfig): ConfigViolation[] {
 
   // Features of the contract that later work brings; until then refuse rather than pretend.
   if (c.mode === 'forwarded') add('GATE_MODE', 'forwarded mode is not available in this build yet; use direct');
-  if (c.revocation.mode !== 'off') add('GATE_REVOCATION', `${c.revocation.mode} checking is not available in this build yet; only off (dev) is`);
   if (c.audit.file) add('GATE_AUDIT_FILE', 'the audit trail is not available in this build yet');
   if (c.attestation.registry || c.attestation.required !== undefined) add('GATE_ATTESTATION_REGISTRY', 'attestation is not available in this build yet');
   if (c.pow !== 'off') add('GATE_POW', 'proof-of-work is not available in this build yet; use off');

@@ -5,4 +5,4 @@
 export { TrustBundle, verifyAgentCertificate, thumbprintOf, algForKey, CERT_LIMITS } from './certificate.js';
 export type { AgentIdentity, ProofAlg } from './certificate.js';
 export { DirectIdentityResolver } from './direct.js';
-export { identityHook } from './hook.js';
+export { identityHook, type IdentityCheck } from './hook.js';

@@ -33,6 +33,49 @@ export interface AgentCertOptions extends ValidityOptions {
   eku?: 'clientAuth' | 'serverAuth' | 'none';
   /** Adds this many filler DNS SANs (`extra-<i>.invalid`), to test the SAN count limit. */
   extraSans?: number;
+  /** Where relying parties fetch the issuer's CRL: a CRL Distribution Points extension (URI). */
+  crlUrl?: string;
+  /** The issuer's OCSP responder: an Authority Information Access extension (OCSP URI). */
+  ocspUrl?: string;
+  /** Where the issuer certificate can be downloaded: AIA caIssuers (URI). */
+  caIssuersUrl?: string;
+}
+
+/**
+ * CRL Distribution Points and Authority Information Access for the given URLs, none when unset.
+ * Both non-critical (RFC 5280 4.2.1.13 and 4.2.2.1): a verifier that ignores revocation must
+ * still accept the certificate.
+ */
+export function revocationPointers(opts: { crlUrl?: string; ocspUrl?: string; caIssuersUrl?: string }): x509.Extension[] {
+  const out: x509.Extension[] = [];
+  if (opts.crlUrl) out.push(new x509.CRLDistributionPointsExtension([checkUrl('crlUrl', opts.crlUrl)]));
+  if (opts.ocspUrl || opts.caIssuersUrl) {
+    out.push(
+      new x509.AuthorityInfoAccessExtension({
+        ...(opts.ocspUrl ? { ocsp: [checkUrl('ocspUrl', opts.ocspUrl)] } : {}),
+        ...(opts.caIssuersUrl ? { caIssuers: [checkUrl('caIssuersUrl', opts.caIssuersUrl)] } : {}),
+      }),
+    );
+  }
+  return out;
+}
+
+/**
+ * Only absolute http(s) URLs: relying parties (the gate among them, PROTOCOL.md section 7)
+ * fetch CRLs and ask OCSP over HTTP, and a typo caught here is cheaper than certificates that
+ * point nowhere until they expire.
+ */
+export function checkUrl(what: string, value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new TypeError(`${what} must be an absolute http(s) URL, got ${JSON.stringify(value)}`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new TypeError(`${what} must be an http or https URL, got ${JSON.stringify(value)}`);
+  }
+  return value;
 }
 
 function leafBasics(keyUsage: x509.KeyUsageFlags): x509.Extension[] {
@@ -63,7 +106,8 @@ export async function issueServerCert(issuer: KeyAndCert, opts: ServerCertOption
 
 /**
  * In memory: an agent client cert: CN=name, SAN URI `urn:agent:<name>` (unless sanUri/sanDns
- * override), EKU clientAuth, keyUsage digitalSignature, AKI, random 16-byte positive serial.
+ * override), EKU clientAuth, keyUsage digitalSignature, AKI, random 16-byte positive serial;
+ * CRL Distribution Points and AIA (OCSP, caIssuers) when their URLs are given.
  */
 export async function issueAgentCert(issuer: KeyAndCert, name: string, opts: AgentCertOptions = {}): Promise<KeyAndCert> {
   const parsed = parseIssuer(issuer);
@@ -81,6 +125,7 @@ export async function issueAgentCert(issuer: KeyAndCert, name: string, opts: Age
   if (eku !== 'none') extensions.push(new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage[eku]]));
   // No SAN at all is legal (RFC 5280 4.2.1.6 with a non-empty subject): agent_id falls back to CN.
   if (sans.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(sans));
+  extensions.push(...revocationPointers(opts));
 
   return signCertificate(parsed, {
     commonName: name,
