@@ -123,18 +123,33 @@ function buildChain(leaf: X509Certificate, intermediatesDer: Buffer[], trust: Tr
   let cur = leaf;
   let leafIssuer: X509Certificate | undefined;
   for (let depth = 1; depth <= CERT_LIMITS.maxDepth; depth++) {
+    // `depth - 1` CA certificates stand between this issuer and the leaf.
     const anchor = trust.issuerOf(cur);
     if (anchor) {
       checkValidity(anchor, now, 'trust anchor');
+      checkCaConstraints(anchor, depth - 1, 'trust anchor');
       return leafIssuer ?? anchor;
     }
     const next = intermediates.find((c) => c.ca && cur.checkIssued(c) && cur.verify(c.publicKey));
     if (!next) throw invalid(depth === 1 ? 'not issued by a trusted CA' : 'chain does not reach a trusted CA');
     checkValidity(next, now, 'intermediate certificate');
+    checkCaConstraints(next, depth - 1, 'intermediate certificate');
     leafIssuer ??= next;
     cur = next;
   }
   throw invalid(`chain longer than ${CERT_LIMITS.maxDepth}`);
+}
+
+/**
+ * RFC 5280 sections 4.2.1.3 and 4.2.1.9: a CA key must be allowed to sign certificates, and
+ * no more CA certificates may follow it than its pathLenConstraint says.
+ */
+function checkCaConstraints(ca: X509Certificate, casBelow: number, what: string): void {
+  const cert = new x509.X509Certificate(new Uint8Array(ca.raw));
+  const bc = cert.getExtension(x509.BasicConstraintsExtension);
+  if (bc?.pathLength !== undefined && casBelow > bc.pathLength) throw invalid(`${what} path length ${bc.pathLength} exceeded`);
+  const ku = cert.getExtension(x509.KeyUsagesExtension);
+  if (ku && (ku.usages & x509.KeyUsageFlags.keyCertSign) === 0) throw invalid(`${what} may not sign certificates`);
 }
 
 /** The proof algorithm for a key, or `client_cert_invalid` for a key type outside the allow-list. */

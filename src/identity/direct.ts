@@ -1,6 +1,6 @@
 import type { TLSSocket } from 'node:tls';
 import { GateError } from '../errors.js';
-import { verifyAgentCertificate, type AgentIdentity, type TrustBundle } from './certificate.js';
+import { thumbprintOf, verifyAgentCertificate, type AgentIdentity, type TrustBundle } from './certificate.js';
 
 interface PeerCert {
   raw?: Buffer;
@@ -14,6 +14,13 @@ interface PeerCert {
  */
 export class DirectIdentityResolver {
   private readonly verdicts = new WeakMap<object, AgentIdentity | GateError>();
+  /**
+   * Intermediates seen in full handshakes, by leaf thumbprint. A resumed TLS session carries
+   * only the leaf (OpenSSL keeps no peer chain in the session), and resumption is only
+   * possible after a full handshake with this process, so the chain is here for it.
+   */
+  private readonly chains = new Map<string, Buffer[]>();
+  private static readonly CHAINS_MAX = 50_000;
 
   constructor(private readonly trust: TrustBundle, private readonly now: () => number = Date.now) {}
 
@@ -41,8 +48,16 @@ export class DirectIdentityResolver {
       seen.add(c);
       if (c.raw) chain.push(c.raw);
     }
+    const resumed = typeof socket.isSessionReused === 'function' && socket.isSessionReused();
+    const leafPrint = thumbprintOf(peer.raw);
+    if (resumed && chain.length === 0) chain.push(...(this.chains.get(leafPrint) ?? []));
     try {
-      return verifyAgentCertificate(peer.raw, chain, this.trust, this.now());
+      const identity = verifyAgentCertificate(peer.raw, chain, this.trust, this.now());
+      if (!resumed && chain.length > 0) {
+        if (this.chains.size >= DirectIdentityResolver.CHAINS_MAX) this.chains.delete(this.chains.keys().next().value!);
+        this.chains.set(leafPrint, chain);
+      }
+      return identity;
     } catch (err) {
       if (err instanceof GateError) return err;
       return new GateError('client_cert_invalid', { detail: 'certificate verification failed', cause: err });

@@ -3,9 +3,16 @@ import type { KeyAndCert } from '../../src/pki/index.js';
 import type { Fixtures } from './fixtures.js';
 
 /** An undici dispatcher presenting `who` (or no certificate) to a gate trusted via the fixture CA. */
-export function tlsAgent(fx: Fixtures, who?: KeyAndCert): Agent {
+export function tlsAgent(fx: Fixtures, who?: KeyAndCert, opts: { resumeSessions?: boolean } = {}): Agent {
   return new Agent({
-    connect: { ca: fx.ca.certPem, cert: who?.certPem, key: who?.keyPem, servername: 'localhost', rejectUnauthorized: true },
+    connect: {
+      ca: fx.ca.certPem,
+      cert: who?.certPem,
+      key: who?.keyPem,
+      servername: 'localhost',
+      rejectUnauthorized: true,
+      ...(opts.resumeSessions === false ? { maxCachedSessions: 0 } : {}),
+    },
   });
 }
 

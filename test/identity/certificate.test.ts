@@ -424,6 +424,14 @@ describe('issuer and chain', () => {
     expectInvalid(() => verifyAgentCertificate(below.certDer, [ee.certDer], trust), /not issued by a trusted CA/);
   });
 
+  it('honours pathLenConstraint: an intermediate with pathLen 0 cannot issue another CA (RFC 5280 4.2.1.9)', async () => {
+    // createIntermediateCa sets pathLen 0; issuing a second intermediate below it breaks that.
+    const sub = await createIntermediateCa(inter, { commonName: 'sub-CA below a pathLen 0 CA' });
+    const leaf = await issueAgentCert(sub, 'pathlen-violation');
+    expect(await opensslVerifies(root, [sub, inter], leaf)).toBe(false);
+    expectInvalid(() => verifyAgentCertificate(leaf.certDer, [sub.certDer, inter.certDer], trust));
+  });
+
   describe('depth limit (links from the leaf to the anchor, at most 4)', () => {
     // root ← i1 ← i2 ← i3 ← i4, openssl CAs without path length constraints.
     const ints: KeyAndCert[] = [];

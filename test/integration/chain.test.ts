@@ -80,7 +80,9 @@ describe('agent certificate issued by an intermediate, gate trusting only the ro
     expect((err as GateClientError).status).toBe(403);
     expect((err as GateClientError).code).toBe('client_cert_invalid');
 
-    const a = tlsAgent(fx, chained);
+    // Full handshakes only: a resumed session would reuse the chain the gate verified earlier
+    // for this very leaf (see the resumption tests below), which is sound but not this case.
+    const a = tlsAgent(fx, chained, { resumeSessions: false });
     agents.push(a);
     const ch = await call(a, `${gw.url}${P}/v1/challenge`, { method: 'POST' });
     expect(problemOf(ch)).toMatchObject({ status: 403, code: 'client_cert_invalid', contentType: 'application/problem+json' });
