@@ -15,7 +15,7 @@ import { GateError } from './errors.js';
 import { makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
 import { decodeRequestPath, isGatePath } from './http/path.js';
 import './http/types.js';
-import { DirectIdentityResolver, identityHook, TrustBundle } from './identity/index.js';
+import { DirectIdentityResolver, ForwardedVerifier, identityHook, parseHmacKeys, TrustBundle, type IdentitySource } from './identity/index.js';
 import { createMetrics, type GateMetrics, type LabelOf } from './metrics/index.js';
 import { Forwarder, proxyRoutes } from './proxy/index.js';
 import { RevocationChecker } from './revocation/index.js';
@@ -79,7 +79,7 @@ function readFileFor(variable: string, path: string | undefined): string {
 }
 
 /** Loads files and keys named by the config; throws {@link StartupError} naming variables. */
-export async function loadMaterials(config: GateConfig, warn: (line: string) => void): Promise<{ trust: TrustBundle; tls: HttpsServerOptions; keys: SigningKeySet }> {
+export async function loadMaterials(config: GateConfig, warn: (line: string) => void): Promise<{ trust: TrustBundle; tls: HttpsServerOptions | undefined; keys: SigningKeySet }> {
   const violations: ConfigViolation[] = [];
   const caPem = readFileFor('GATE_CLIENT_CA', config.tls.clientCaFile);
   let trust: TrustBundle;
@@ -89,16 +89,22 @@ export async function loadMaterials(config: GateConfig, warn: (line: string) => 
     throw new StartupError([{ variable: 'GATE_CLIENT_CA', why: (err as Error).message }]);
   }
   if (config.env === 'prod' && trust.hasSubjectName(DEV_CA_MARKER)) violations.push({ variable: 'GATE_CLIENT_CA', why: 'contains the agent-gate dev CA' });
-  const tls: HttpsServerOptions = {
-    cert: readFileFor('GATE_TLS_CERT', config.tls.certFile),
-    key: readFileFor('GATE_TLS_KEY', config.tls.keyFile),
-    // `ca` only makes the server name acceptable issuers in the handshake; the gate verifies
-    // the chain itself so every failure gets a contract error instead of a TLS alert.
-    ca: caPem,
-    requestCert: true,
-    rejectUnauthorized: false,
-    minVersion: config.tls.minVersion,
-  };
+  let tls: HttpsServerOptions | undefined;
+  if (config.mode === 'direct') {
+    tls = {
+      cert: readFileFor('GATE_TLS_CERT', config.tls.certFile),
+      key: readFileFor('GATE_TLS_KEY', config.tls.keyFile),
+      // `ca` only makes the server name acceptable issuers in the handshake; the gate verifies
+      // the chain itself so every failure gets a contract error instead of a TLS alert.
+      ca: caPem,
+      requestCert: true,
+      rejectUnauthorized: false,
+      minVersion: config.tls.minVersion,
+    };
+  } else if (config.tls.certFile) {
+    // Forwarded mode over TLS: nginx is the client; agents' certificates arrive in headers.
+    tls = { cert: readFileFor('GATE_TLS_CERT', config.tls.certFile), key: readFileFor('GATE_TLS_KEY', config.tls.keyFile), minVersion: config.tls.minVersion };
+  }
   let keys: SigningKeySet;
   try {
     keys = await loadSigningKeys({ jwk: config.signing.jwk, keyFile: config.signing.keyFile, allowEphemeral: config.env === 'dev' });
@@ -132,7 +138,22 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
         }));
   const tokens = new TokenService({ keys, issuer: config.issuer, audience: config.audience, ttlS: config.tokenTtlS, skewS: config.maxSkewS, now });
   const forwarder = new Forwarder({ upstreamUrl: config.upstream.url!, timeoutMs: config.upstream.timeoutMs, maxBodyBytes: config.upstream.maxBodyBytes });
-  const resolver = new DirectIdentityResolver(trust, now);
+  const source: IdentitySource =
+    config.mode === 'direct'
+      ? ((resolver) => (request: FastifyRequest) => resolver.resolve(request.raw.socket))(new DirectIdentityResolver(trust, now))
+      : ((verifier) => (request: FastifyRequest) => verifier.verify(request))(
+          new ForwardedVerifier({
+            keys: parseHmacKeys(config.forwarded.hmacKeys ?? ''),
+            maxSkewS: config.forwarded.maxSkewS,
+            trustedProxies: config.forwarded.trustedProxies,
+            replayCheck: config.forwarded.replayCheck,
+            pathPrefix: config.pathPrefix,
+            store,
+            trust,
+            metrics,
+            now,
+          }),
+        );
   let revocation: RevocationChecker;
   try {
     revocation = new RevocationChecker({
@@ -146,8 +167,10 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   }
   let draining = false;
 
+  // Forwarded mode: a URL-encoded 16 KiB certificate header is about 24 KB (section 12).
+  const maxHeaderSize = config.mode === 'forwarded' ? 32 * 1024 : 16 * 1024;
   const publicApp = Fastify({
-    https: tls,
+    ...(tls ? { https: { ...tls, maxHeaderSize } } : { http: { maxHeaderSize } }),
     logger,
     // One access-log line per request is written by the gate itself (with agent and outcome).
     logController: new LogController({ disableRequestLogging: true }),
@@ -157,12 +180,11 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     // Slow clients: whole request within 30 s, headers within 10 s, idle keep-alive 65 s.
     requestTimeout: 30_000,
     keepAliveTimeout: 65_000,
-    http2SessionTimeout: 65_000,
     routerOptions: { maxParamLength: 2048 },
     frameworkErrors: (err, request, reply) => {
       sendRefusal(request, reply, toGateError(err) ?? new GateError('request_malformed', { cause: err }), metrics);
     },
-  } as FastifyServerOptions & { https: HttpsServerOptions });
+  } as FastifyServerOptions);
   publicApp.server.headersTimeout = 10_000;
 
   publicApp.decorateRequest('agent', null);
@@ -214,7 +236,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     done(null, payload);
   });
 
-  const identify = identityHook(resolver, revocation.enabled ? [(agent) => revocation.check(agent)] : []);
+  const identify = identityHook(source, revocation.enabled ? [(agent) => revocation.check(agent)] : []);
   const readiness = async (): Promise<GateError | undefined> => {
     if (draining) return new GateError('overloaded', { detail: 'draining', headers: { 'retry-after': '5' } });
     try {

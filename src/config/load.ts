@@ -6,6 +6,7 @@
  */
 import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { parseHmacKeys, parseTrustedProxies } from '../identity/index.js';
 import { envSchema, type RawEnv } from './schema.js';
 
 /** Deployment profile. */
@@ -203,15 +204,34 @@ function checkPolicy(c: GateConfig): ConfigViolation[] {
   if (c.mode === 'direct') {
     if (!c.tls.certFile) add('GATE_TLS_CERT', 'required in direct mode: the server certificate chain (PEM)');
     if (!c.tls.keyFile) add('GATE_TLS_KEY', 'required in direct mode: the server private key (PEM)');
-    if (!c.tls.clientCaFile) add('GATE_CLIENT_CA', 'required: the CA bundle trusted to issue agent certificates');
+  } else {
+    if (!c.tls.certFile !== !c.tls.keyFile) add(c.tls.certFile ? 'GATE_TLS_KEY' : 'GATE_TLS_CERT', 'set both GATE_TLS_CERT and GATE_TLS_KEY, or neither');
+    // Section 1: plain HTTP behind nginx only in dev or when only trusted proxies can connect.
+    if (!c.tls.certFile && !plainHttpAllowed(c)) add('GATE_TLS_CERT', 'plain HTTP in forwarded mode needs GATE_ENV=dev or GATE_FWD_TRUSTED_PROXIES');
+    if (c.forwarded.hmacKeys) {
+      try {
+        parseHmacKeys(c.forwarded.hmacKeys);
+      } catch (err) {
+        add('GATE_FWD_HMAC_KEYS', (err as Error).message);
+      }
+    } else {
+      add('GATE_FWD_HMAC_KEYS', 'required in forwarded mode: kid:<base64 secret of at least 32 bytes>[,kid2:...]');
+    }
+    if (c.forwarded.trustedProxies) {
+      try {
+        parseTrustedProxies(c.forwarded.trustedProxies);
+      } catch (err) {
+        add('GATE_FWD_TRUSTED_PROXIES', (err as Error).message);
+      }
+    }
   }
+  if (!c.tls.clientCaFile) add('GATE_CLIENT_CA', 'required: the CA bundle trusted to issue agent certificates');
   if (c.store.kind === 'redis' && !c.store.redisUrl && !c.store.clusterNodes) {
     add('GATE_REDIS_URL', 'required with GATE_STORE=redis (or set GATE_REDIS_CLUSTER_NODES)');
   }
   if (c.store.redisUrl && c.store.clusterNodes) add('GATE_REDIS_CLUSTER_NODES', 'set either GATE_REDIS_URL or GATE_REDIS_CLUSTER_NODES, not both');
 
   // Features of the contract that later work brings; until then refuse rather than pretend.
-  if (c.mode === 'forwarded') add('GATE_MODE', 'forwarded mode is not available in this build yet; use direct');
   if (c.audit.file) add('GATE_AUDIT_FILE', 'the audit trail is not available in this build yet');
   if (c.attestation.registry || c.attestation.required !== undefined) add('GATE_ATTESTATION_REGISTRY', 'attestation is not available in this build yet');
   if (c.pow !== 'off') add('GATE_POW', 'proof-of-work is not available in this build yet; use off');
@@ -222,10 +242,7 @@ function checkPolicy(c: GateConfig): ConfigViolation[] {
     if (c.revocation.mode === 'off') add('GATE_REVOCATION', `revocation off is dev-only; use ocsp,crl in ${c.env}`);
     if (c.tokenTtlS > 900) add('GATE_TOKEN_TTL_S', `at most 900 outside dev (is ${c.tokenTtlS})`);
     if (!c.rateLimits.enabled) add('GATE_RATE_LIMITS', 'off is dev-only');
-    if (c.mode === 'forwarded') {
-      if (!c.forwarded.hmacKeys) add('GATE_FWD_HMAC_KEYS', 'required in forwarded mode');
-      if (!c.forwarded.trustedProxies) add('GATE_FWD_TRUSTED_PROXIES', 'required in forwarded mode outside dev');
-    }
+    if (c.mode === 'forwarded' && !c.forwarded.trustedProxies) add('GATE_FWD_TRUSTED_PROXIES', 'required in forwarded mode outside dev');
   }
   if (!isLoopbackHost(c.adminListen.host)) {
     if (!c.admin.public) add('GATE_ADMIN_PUBLIC', `admin listener on non-loopback ${c.adminListen.host} needs GATE_ADMIN_PUBLIC=true`);
@@ -247,6 +264,10 @@ function checkPolicy(c: GateConfig): ConfigViolation[] {
     }
   }
   return out;
+}
+
+function plainHttpAllowed(c: GateConfig): boolean {
+  return c.env === 'dev' || Boolean(c.forwarded.trustedProxies);
 }
 
 function deepFreeze<T>(o: T): T {

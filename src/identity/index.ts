@@ -5,4 +5,6 @@
 export { TrustBundle, verifyAgentCertificate, thumbprintOf, algForKey, CERT_LIMITS } from './certificate.js';
 export type { AgentIdentity, ProofAlg } from './certificate.js';
 export { DirectIdentityResolver } from './direct.js';
-export { identityHook, type IdentityCheck } from './hook.js';
+export { identityHook, type IdentityCheck, type IdentitySource } from './hook.js';
+export { ForwardedVerifier, parseTrustedProxies, type ForwardedOptions } from './forwarded.js';
+export { canonicalString, signCanonical, parseHmacKeys, certFromHeader, FWD_HEADERS, MIN_SECRET_BYTES, type ForwardedFields } from './forwarded-canonical.js';

@@ -205,9 +205,19 @@ describe('staging and prod refusals (section 11)', () => {
         expect(vars(added(base, strictEnv(env, { GATE_RATE_LIMITS: 'off' })))).toEqual(['GATE_RATE_LIMITS']);
       });
 
-      it('forwarded mode without HMAC keys or trusted proxies names both (and GATE_MODE, not built yet)', () => {
+      it('forwarded mode without HMAC keys or trusted proxies names both', () => {
         const v = added(base, strictEnv(env, { GATE_MODE: 'forwarded' }));
-        expect(vars(v).sort()).toEqual(['GATE_FWD_HMAC_KEYS', 'GATE_FWD_TRUSTED_PROXIES', 'GATE_MODE']);
+        expect(vars(v).sort()).toEqual(['GATE_FWD_HMAC_KEYS', 'GATE_FWD_TRUSTED_PROXIES']);
+      });
+      it('forwarded mode with a short HMAC secret or a bad CIDR names the variable', () => {
+        const short = Buffer.alloc(31, 1).toString('base64');
+        const v = added(base, strictEnv(env, { GATE_MODE: 'forwarded', GATE_FWD_HMAC_KEYS: `k1:${short}`, GATE_FWD_TRUSTED_PROXIES: '10.0.0.0/33' }));
+        expect(vars(v).sort()).toEqual(['GATE_FWD_HMAC_KEYS', 'GATE_FWD_TRUSTED_PROXIES']);
+      });
+      it('a complete forwarded configuration has no violations', () => {
+        const key = Buffer.alloc(32, 7).toString('base64');
+        const v = added(base, strictEnv(env, { GATE_MODE: 'forwarded', GATE_FWD_HMAC_KEYS: `k1:${key},k2:${key}`, GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32,::1' }));
+        expect(v).toEqual([]);
       });
     });
   }
@@ -303,7 +313,6 @@ describe('revocation modes', () => {
 
 describe('features not built yet are refused (fail closed)', () => {
   const cases: [string, Env, string][] = [
-    ['forwarded mode', { GATE_MODE: 'forwarded' }, 'GATE_MODE'],
     ['audit trail', { GATE_AUDIT_FILE: '/tmp/audit.log', GATE_AUDIT_KEY_FILE: '/tmp/audit.key' }, 'GATE_AUDIT_FILE'],
     ['attestation registry', { GATE_ATTESTATION_REGISTRY: '/tmp/registry.json' }, 'GATE_ATTESTATION_REGISTRY'],
     ['attestation required', { GATE_ATTESTATION_REQUIRED: '2' }, 'GATE_ATTESTATION_REGISTRY'],

@@ -1,0 +1,93 @@
+/**
+ * The forwarded-header signature of PROTOCOL.md section 6: canonical string, HMAC, key list.
+ * Pure: no I/O. nginx/gate_sign.js implements the same string; test/vectors/forwarded.json
+ * holds the vectors both are checked against.
+ * @module
+ */
+import { createHmac, timingSafeEqual, X509Certificate } from 'node:crypto';
+import { thumbprintOf } from './certificate.js';
+
+/** The eight headers nginx sets, in the contract's order. */
+export const FWD_HEADERS = [
+  'x-gate-fwd-kid',
+  'x-gate-fwd-ts',
+  'x-gate-fwd-id',
+  'x-gate-fwd-host',
+  'x-gate-fwd-addr',
+  'x-gate-fwd-verify',
+  'x-gate-fwd-cert',
+  'x-gate-fwd-sig',
+] as const;
+
+/** The signed fields. */
+export interface ForwardedFields {
+  kid: string;
+  ts: string;
+  id: string;
+  method: string;
+  /** `$request_uri`, raw. */
+  requestUri: string;
+  host: string;
+  addr: string;
+  verify: string;
+  /** Thumbprint of the client certificate, or `-` when none. */
+  thumbprint: string;
+}
+
+/** The canonical string: the fields joined by `\n`, no trailing newline. */
+export function canonicalString(f: ForwardedFields): string {
+  return ['agent-gate-fwd-v1', f.kid, f.ts, f.id, f.method, f.requestUri, f.host, f.addr, f.verify, f.thumbprint].join('\n');
+}
+
+/** base64url(HMAC-SHA256(secret, canonical)). */
+export function signCanonical(secret: Buffer, canonical: string): string {
+  return createHmac('sha256', secret).update(canonical, 'utf8').digest('base64url');
+}
+
+/** Constant-time comparison of a presented signature with the expected one. */
+export function signatureMatches(presented: string, expected: string): boolean {
+  // Pad both to the same length first, so the comparison time does not reveal the length.
+  const a = Buffer.alloc(64);
+  const b = Buffer.alloc(64);
+  const pa = Buffer.from(presented, 'utf8');
+  const pb = Buffer.from(expected, 'utf8');
+  pa.copy(a, 0, 0, 64);
+  pb.copy(b, 0, 0, 64);
+  return timingSafeEqual(a, b) && pa.length === pb.length;
+}
+
+/** Minimum HMAC secret length (section 6). */
+export const MIN_SECRET_BYTES = 32;
+
+/** Parses `kid1:<base64>,kid2:<base64>`; throws TypeError naming the problem. */
+export function parseHmacKeys(spec: string): Map<string, Buffer> {
+  const keys = new Map<string, Buffer>();
+  for (const part of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const i = part.indexOf(':');
+    if (i <= 0) throw new TypeError('each entry must be kid:<base64 secret>');
+    const kid = part.slice(0, i);
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(kid)) throw new TypeError(`kid "${kid}" must be 1-64 of [A-Za-z0-9._-]`);
+    const b64 = part.slice(i + 1);
+    if (!/^[A-Za-z0-9+/_-]+={0,2}$/.test(b64)) throw new TypeError(`secret of ${kid} is not base64`);
+    const secret = Buffer.from(b64, 'base64');
+    if (secret.length < MIN_SECRET_BYTES) throw new TypeError(`secret of ${kid} is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} required`);
+    if (keys.has(kid)) throw new TypeError(`kid ${kid} listed twice`);
+    keys.set(kid, secret);
+  }
+  if (keys.size === 0) throw new TypeError('no keys');
+  return keys;
+}
+
+/** The certificate of an `x-gate-fwd-cert` value (`$ssl_client_escaped_cert`), or undefined for `-`. */
+export function certFromHeader(value: string): { der: Buffer; thumbprint: string } | undefined {
+  if (value === '-') return undefined;
+  let pem: string;
+  try {
+    pem = decodeURIComponent(value);
+  } catch {
+    throw new TypeError('certificate header is not URL-encoded');
+  }
+  if (!pem.startsWith('-----BEGIN CERTIFICATE-----')) throw new TypeError('certificate header is not a PEM certificate');
+  const der = new X509Certificate(pem).raw;
+  return { der, thumbprint: thumbprintOf(der) };
+}

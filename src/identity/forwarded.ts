@@ -1,0 +1,132 @@
+/**
+ * Forwarded mode (PROTOCOL.md section 6): identity only from headers nginx signed, checked in
+ * the contract's order. Never falls back to the peer address or to unsigned headers.
+ * @module
+ */
+import { BlockList, isIP } from 'node:net';
+import type { FastifyRequest } from 'fastify';
+import { GateError } from '../errors.js';
+import type { GateMetrics, LabelOf } from '../metrics/index.js';
+import type { GateStore } from '../store/index.js';
+import { verifyAgentCertificate, type AgentIdentity, type TrustBundle } from './certificate.js';
+import { canonicalString, certFromHeader, FWD_HEADERS, signatureMatches, signCanonical } from './forwarded-canonical.js';
+
+/** Options of {@link ForwardedVerifier}. */
+export interface ForwardedOptions {
+  keys: Map<string, Buffer>;
+  maxSkewS: number;
+  /** CIDR list; when set, only these peers may speak for agents. */
+  trustedProxies?: string;
+  replayCheck: 'all' | 'v1';
+  pathPrefix: string;
+  store: GateStore;
+  trust: TrustBundle;
+  metrics: GateMetrics;
+  now?: () => number;
+}
+
+/** Parses a comma-separated CIDR (or single address) list into a BlockList; throws TypeError. */
+export function parseTrustedProxies(spec: string): BlockList {
+  const list = new BlockList();
+  for (const raw of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const [addr, bits] = raw.split('/') as [string, string | undefined];
+    const family = isIP(addr);
+    if (family === 0) throw new TypeError(`"${raw}" is not an IP address or CIDR`);
+    const type = family === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) list.addAddress(addr, type);
+    else {
+      const n = Number(bits);
+      if (!/^\d{1,3}$/.test(bits) || n > (family === 6 ? 128 : 32)) throw new TypeError(`"${raw}" has a bad prefix length`);
+      list.addSubnet(addr, n, type);
+    }
+  }
+  return list;
+}
+
+/** The values of one header across all its occurrences (Node joins duplicates in `headers`). */
+function occurrences(rawHeaders: string[], name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.toLowerCase() === name) out.push(rawHeaders[i + 1]!);
+  return out;
+}
+
+/** Verifies signed forwarded headers and returns the agent identity they carry. */
+export class ForwardedVerifier {
+  private readonly proxies: BlockList | undefined;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: ForwardedOptions) {
+    this.proxies = opts.trustedProxies ? parseTrustedProxies(opts.trustedProxies) : undefined;
+    this.now = opts.now ?? Date.now;
+  }
+
+  private fail(result: LabelOf<'forwardedResult'>, detail: string, status = 403): GateError {
+    this.opts.metrics.forwardedVerifications.inc({ result });
+    return new GateError('forwarded_signature_invalid', { detail, status });
+  }
+
+  /** True when `addr` is a trusted proxy (or no list is configured). */
+  peerTrusted(addr: string | undefined): boolean {
+    if (!this.proxies) return true;
+    if (!addr) return false;
+    const v4 = addr.startsWith('::ffff:') && isIP(addr.slice(7)) === 4 ? addr.slice(7) : addr;
+    return this.proxies.check(v4, isIP(v4) === 6 ? 'ipv6' : 'ipv4');
+  }
+
+  /** Checks the headers of `request` (section 6 order); throws the contract's refusals. */
+  async verify(request: FastifyRequest): Promise<AgentIdentity> {
+    if (!this.peerTrusted(request.socket.remoteAddress)) throw this.fail('untrusted_proxy', `peer ${request.socket.remoteAddress} is not a trusted proxy`);
+    const raw = request.raw.rawHeaders;
+    const v: Record<string, string> = {};
+    for (const name of FWD_HEADERS) {
+      const vals = occurrences(raw, name);
+      if (vals.length !== 1) throw this.fail('missing', `${name} present ${vals.length} times`, 401);
+      v[name] = vals[0]!;
+    }
+    const kid = v['x-gate-fwd-kid']!;
+    const ts = v['x-gate-fwd-ts']!;
+    const id = v['x-gate-fwd-id']!;
+    if (!/^[0-9]{1,12}$/.test(ts)) throw this.fail('bad_signature', 'ts is not 1-12 digits');
+    if (!/^[0-9a-f]{32}$/i.test(id)) throw this.fail('bad_signature', 'id is not 32 hex digits');
+    const secret = this.opts.keys.get(kid);
+    if (!secret) throw this.fail('unknown_kid', `unknown kid ${kid}`);
+    let cert: { der: Buffer; thumbprint: string } | undefined;
+    try {
+      cert = certFromHeader(v['x-gate-fwd-cert']!);
+    } catch (err) {
+      throw this.fail('bad_signature', `certificate header: ${(err as Error).message}`);
+    }
+    const host = v['x-gate-fwd-host']!;
+    const canonical = canonicalString({
+      kid,
+      ts,
+      id,
+      method: request.method,
+      requestUri: request.raw.url ?? '',
+      host,
+      addr: v['x-gate-fwd-addr']!,
+      verify: v['x-gate-fwd-verify']!,
+      thumbprint: cert?.thumbprint ?? '-',
+    });
+    if (!signatureMatches(v['x-gate-fwd-sig']!, signCanonical(secret, canonical))) throw this.fail('bad_signature', 'signature does not match');
+    // The signed host must be the host this request was sent to, so a capture cannot be
+    // replayed against another virtual host of the same gate.
+    const actualHost = (request.headers.host ?? '').toLowerCase().replace(/:\d+$/, '');
+    if (actualHost !== host.toLowerCase()) throw this.fail('bad_signature', 'signed host differs from Host');
+    const skew = this.opts.maxSkewS;
+    if (Math.abs(this.now() / 1000 - Number(ts)) > skew) throw this.fail('stale', `ts ${ts} outside ${skew} s`);
+    const path = request.raw.url ?? '';
+    if (this.opts.replayCheck === 'all' || path.startsWith(`${this.opts.pathPrefix}/v1/`)) {
+      if (!(await this.opts.store.rememberOnce(`fwd:${id}`, (2 * skew + 1) * 1000))) {
+        this.opts.metrics.replaysDetected.inc({ kind: 'forwarded' });
+        throw this.fail('replayed', `request id ${id} seen before`);
+      }
+    }
+    this.opts.metrics.forwardedVerifications.inc({ result: 'ok' });
+    // From here on the certificate is judged exactly as in direct mode.
+    const verify = v['x-gate-fwd-verify']!;
+    if (verify === 'NONE' || !cert) throw new GateError('client_cert_required', { detail: `nginx verify ${verify}` });
+    if (verify !== 'SUCCESS') throw new GateError('client_cert_invalid', { detail: `nginx verify ${verify}` });
+    return verifyAgentCertificate(cert.der, [], this.opts.trust, this.now());
+  }
+}
