@@ -19,6 +19,8 @@ import { DirectIdentityResolver, ForwardedVerifier, identityHook, parseHmacKeys,
 import { createMetrics, type GateMetrics, type LabelOf } from './metrics/index.js';
 import { Forwarder, proxyRoutes } from './proxy/index.js';
 import { RevocationChecker } from './revocation/index.js';
+import { GateRateLimits } from './ratelimit/index.js';
+import { LoadShedder, powDifficulty } from './http/shedding.js';
 import { MemoryStore, RedisStore, type GateStore } from './store/index.js';
 import { KeySourceError, loadSigningKeys, TokenService, tokenGuard, type SigningKeySet } from './tokens/index.js';
 
@@ -141,7 +143,12 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const source: IdentitySource =
     config.mode === 'direct'
       ? ((resolver) => (request: FastifyRequest) => resolver.resolve(request.raw.socket))(new DirectIdentityResolver(trust, now))
-      : ((verifier) => (request: FastifyRequest) => verifier.verify(request))(
+      : ((verifier) => async (request: FastifyRequest) => {
+          const agent = await verifier.verify(request);
+          // Per-address limits use the client address nginx signed, never the proxy's.
+          request.clientAddress = String(request.headers['x-gate-fwd-addr']);
+          return agent;
+        })(
           new ForwardedVerifier({
             keys: parseHmacKeys(config.forwarded.hmacKeys ?? ''),
             maxSkewS: config.forwarded.maxSkewS,
@@ -166,6 +173,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     throw new StartupError([{ variable: 'GATE_CRL_FILES', why: `cannot load a CRL: ${(err as Error).message}` }]);
   }
   let draining = false;
+  const shedder = new LoadShedder({ maxInflight: config.maxInflight, maxEventLoopDelayMs: config.maxEventLoopDelayMs, metrics });
 
   // Forwarded mode: a URL-encoded 16 KiB certificate header is about 24 KB (section 12).
   const maxHeaderSize = config.mode === 'forwarded' ? 32 * 1024 : 16 * 1024;
@@ -191,6 +199,8 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   publicApp.decorateRequest('accessToken', null);
   publicApp.decorateRequest('receivedAt', 0);
   publicApp.decorateRequest('refusedWith', null);
+  publicApp.decorateRequest('clientAddress', '');
+  publicApp.decorateRequest('ipLoad', 0);
   publicApp.setErrorHandler(makeErrorHandler(metrics));
 
   const prefix = config.pathPrefix;
@@ -199,10 +209,13 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   // Global steps 1-2: shedding (draining for now) and the path policy, before routing matters.
   publicApp.addHook('onRequest', (request, reply, done) => {
     request.receivedAt = now();
+    request.clientAddress = request.socket.remoteAddress ?? '';
     metrics.inflight.inc();
+    shedder.inflight++;
     const started = process.hrtime.bigint();
     reply.raw.once('close', () => {
       metrics.inflight.dec();
+      shedder.inflight--;
       const route = ((request.routeOptions.config as { route?: LabelOf<'route'> } | undefined)?.route ?? 'other') as LabelOf<'route'>;
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       metrics.requestDuration.observe({ route }, seconds);
@@ -215,7 +228,12 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     try {
       path = decodeRequestPath(request.raw.url ?? '/');
     } catch (err) {
-      return done(err as Error);
+      // Step 1 before step 2: an overloaded gate does not even parse bad paths.
+      return done(shedder.refusal() ?? (err as Error));
+    }
+    if (!healthPaths.has(path)) {
+      const shed = shedder.refusal();
+      if (shed) return done(shed);
     }
     if (draining && !healthPaths.has(path)) {
       reply.header('connection', 'close');
@@ -237,6 +255,14 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   });
 
   const identify = identityHook(source, revocation.enabled ? [(agent) => revocation.check(agent)] : []);
+  const limits = config.rateLimits.enabled
+    ? new GateRateLimits({
+        ...config.rateLimits,
+        redis: store instanceof RedisStore ? store.redis : undefined,
+        sink: (key, by, ttl) => store.incrementWindow(key, by, ttl),
+        metrics,
+      })
+    : undefined;
   const readiness = async (): Promise<GateError | undefined> => {
     if (draining) return new GateError('overloaded', { detail: 'draining', headers: { 'retry-after': '5' } });
     try {
@@ -258,6 +284,19 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
         skewS: config.maxSkewS,
         identify,
         now,
+        limits: limits && {
+          challenge: (request, _reply, done) => {
+            limits.challenge(request.clientAddress, request.agent!.thumbprint).then((ipLoad) => {
+              request.ipLoad = ipLoad;
+              done();
+            }, done);
+          },
+          token: (request, _reply, done) => {
+            limits.token(request.agent!.thumbprint).then(() => done(), done);
+          },
+        },
+        powDifficulty: config.pow === 'off' ? undefined : (request) => powDifficulty(config.pow, Math.max(shedder.load, request.ipLoad)),
+        onFailedProof: limits && ((agent) => void limits.failedProof(agent.thumbprint)),
       });
       registerInfoRoutes(app, { tokens, readiness, withJwks: true });
       const allowed: Record<string, string> = {
@@ -281,6 +320,17 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   );
 
   const guards: onRequestHookHandler[] = [identify, tokenGuard(tokens)];
+  // The proxy limit applies after the token check (section 12), and costs no store round trip.
+  if (limits) {
+    guards.push((request, _reply, done) => {
+      try {
+        limits.proxyRequest(request.agent!.thumbprint);
+        done();
+      } catch (err) {
+        done(err as Error);
+      }
+    });
+  }
   await publicApp.register(proxyRoutes, { forwarder, guards });
 
   const adminApp = Fastify({ logger, logController: new LogController({ disableRequestLogging: true }), return503OnClosing: false, ...adminHttps(config) });
@@ -304,6 +354,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const closePublic = once(() => publicApp.close());
   const close = once(async () => {
     await Promise.allSettled([closePublic(), adminApp.close()]);
+    shedder.close();
     await Promise.allSettled([forwarder.close(), store.close(), revocation.close()]);
   });
 

@@ -3,15 +3,41 @@
  * plugin. The checks run in the contract's order; each step is a small function below.
  * @module
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify';
 import { GateError } from '../errors.js';
 import { announcesBody, GATE_BODY_LIMIT, isJsonContentType, parseJsonObject, readLimited } from '../http/body.js';
 import type { AgentIdentity } from '../identity/index.js';
-import type { GateMetrics } from '../metrics/index.js';
+import type { GateMetrics, LabelOf } from '../metrics/index.js';
 import type { ChallengeRecord, GateStore } from '../store/index.js';
 import type { TokenService } from '../tokens/index.js';
 import { verifyProof } from './proof.js';
+
+/** proofs_total result for each refusal of steps 9-11. */
+const PROOF_RESULT: Partial<Record<string, LabelOf<'proofResult'>>> = {
+  challenge_expired: 'expired',
+  challenge_binding_mismatch: 'binding_mismatch',
+  pow_invalid: 'pow_invalid',
+  proof_invalid: 'invalid',
+  attestation_invalid: 'attestation_invalid',
+  attestation_required: 'attestation_invalid',
+};
+
+/** True when SHA-256(nonce + "." + work) starts with `bits` zero bits (section 3). */
+export function powSatisfied(nonce: string, work: string, bits: number): boolean {
+  const h = createHash('sha256').update(`${nonce}.${work}`).digest();
+  let left = bits;
+  for (const byte of h) {
+    if (left <= 0) return true;
+    if (left >= 8) {
+      if (byte !== 0) return false;
+      left -= 8;
+    } else {
+      return byte >> (8 - left) === 0;
+    }
+  }
+  return left <= 0;
+}
 
 /** How long past `expires_at` a challenge is kept, to tell a late proof (408) from an unknown one (404). */
 export const CHALLENGE_GRACE_MS = 30_000;
@@ -32,8 +58,12 @@ export interface ChallengeRoutesOptions {
   skewS: number;
   /** Step 3 (identity, revocation, deny list) as an onRequest hook; sets `request.agent`. */
   identify: onRequestHookHandler;
-  /** Steps 1-4 that run before identity-dependent work, e.g. rate limits; optional. */
-  limits?: onRequestHookHandler[];
+  /** Step 4 (rate limits) per endpoint, run after identity. */
+  limits?: { challenge?: onRequestHookHandler; token?: onRequestHookHandler };
+  /** Proof-of-work difficulty (leading zero bits) to demand of this request's challenge; 0 for none. */
+  powDifficulty?: (request: FastifyRequest) => number;
+  /** Told of every refusal at steps 9-11, for the failed-proof cooldown. */
+  onFailedProof?: (agent: AgentIdentity, code: string) => void;
   now?: () => number;
 }
 
@@ -43,9 +73,23 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
   // Bodies are read by the handlers themselves, so that 415 precedes 413 precedes 400.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
-  const onRequest = [opts.identify, ...(opts.limits ?? [])];
+  /** Steps 9-11 of section 4, in order. */
+  const checkProofSteps = async (receivedAt: number, rec: ChallengeRecord, agent: AgentIdentity, body: TokenBody): Promise<void> => {
+    if (receivedAt > rec.expiresAt) throw new GateError('challenge_expired', { detail: `received ${receivedAt - rec.expiresAt} ms late` });
+    if (rec.thumbprint !== agent.thumbprint) throw new GateError('challenge_binding_mismatch');
+    if (rec.powDifficulty > 0 && (body.work === undefined || !powSatisfied(rec.nonce, body.work, rec.powDifficulty))) {
+      throw new GateError('pow_invalid', { detail: `difficulty ${rec.powDifficulty} not met` });
+    }
+    await verifyProof(body.proof, agent, { cid: body.challengeId, nonce: rec.nonce, aud: rec.aud, skewS: opts.skewS, nowMs: now() }, (s) =>
+      opts.metrics.signatureVerification.observe({ alg: agent.alg }, s),
+    );
+    // No attestation registry in this build, so a presented attestation cannot be trusted.
+    if (body.attestation !== undefined) throw new GateError('attestation_invalid', { detail: 'no attestation issuers are configured' });
+  };
 
-  app.post('/v1/challenge', { onRequest, config: { route: 'challenge' } }, async (request, reply) => {
+  const hooks = (limit?: onRequestHookHandler) => (limit ? [opts.identify, limit] : [opts.identify]);
+
+  app.post('/v1/challenge', { onRequest: hooks(opts.limits?.challenge), config: { route: 'challenge' } }, async (request, reply) => {
     await readChallengeBody(request);
     const agent = requireAgent(request);
     const issuedAt = now();
@@ -55,7 +99,7 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
       issuedAt,
       expiresAt: issuedAt + opts.challengeTtlMs,
       thumbprint: agent.thumbprint,
-      powDifficulty: 0,
+      powDifficulty: opts.powDifficulty?.(request) ?? 0,
     };
     const id = await storeWithFreshId(opts.store, record, opts.challengeTtlMs + CHALLENGE_GRACE_MS);
     opts.metrics.challengesIssued.inc();
@@ -67,11 +111,11 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
       issued_at: record.issuedAt,
       expires_at: record.expiresAt,
       algs: PROOF_ALGS,
-      pow: null,
+      pow: record.powDifficulty > 0 ? { alg: 'sha256', difficulty: record.powDifficulty } : null,
     };
   });
 
-  app.post('/v1/token', { onRequest, config: { route: 'token' } }, async (request, reply) => {
+  app.post('/v1/token', { onRequest: hooks(opts.limits?.token), config: { route: 'token' } }, async (request, reply) => {
     const body = await readTokenBody(request);
     const agent = requireAgent(request);
     // Step 8: one atomic attempt per challenge, whatever follows.
@@ -85,29 +129,14 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
       opts.metrics.replaysDetected.inc({ kind: 'challenge' });
       throw new GateError('challenge_replayed');
     }
-    const rec = consumed.record;
-    // Step 9.
-    if (request.receivedAt > rec.expiresAt) {
-      opts.metrics.proofs.inc({ result: 'expired' });
-      throw new GateError('challenge_expired', { detail: `received ${request.receivedAt - rec.expiresAt} ms late` });
-    }
-    if (rec.thumbprint !== agent.thumbprint) {
-      opts.metrics.proofs.inc({ result: 'binding_mismatch' });
-      throw new GateError('challenge_binding_mismatch');
-    }
-    // Step 10.
     try {
-      await verifyProof(body.proof, agent, { cid: body.challengeId, nonce: rec.nonce, aud: rec.aud, skewS: opts.skewS, nowMs: now() }, (s) =>
-        opts.metrics.signatureVerification.observe({ alg: agent.alg }, s),
-      );
+      await checkProofSteps(request.receivedAt, consumed.record, agent, body);
     } catch (err) {
-      opts.metrics.proofs.inc({ result: 'invalid' });
+      if (err instanceof GateError) {
+        opts.metrics.proofs.inc({ result: PROOF_RESULT[err.code] ?? 'invalid' });
+        opts.onFailedProof?.(agent, err.code);
+      }
       throw err;
-    }
-    // Step 11: no attestation registry in this build, so a presented attestation cannot be trusted.
-    if (body.attestation !== undefined) {
-      opts.metrics.proofs.inc({ result: 'attestation_invalid' });
-      throw new GateError('attestation_invalid', { detail: 'no attestation issuers are configured' });
     }
     const issued = await opts.tokens.issue(agent.agentId, agent.thumbprint);
     opts.metrics.proofs.inc({ result: 'accepted' });

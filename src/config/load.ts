@@ -67,6 +67,8 @@ export interface GateConfig {
   forwarded: { hmacKeys?: string; maxSkewS: number; trustedProxies?: string; replayCheck: 'all' | 'v1' };
   /** Load shedding and proof-of-work. */
   maxInflight: number;
+  /** Mean event-loop delay that turns shedding on, 0 to disable (`GATE_MAX_EVENT_LOOP_DELAY_MS`, an extension of the contract). */
+  maxEventLoopDelayMs: number;
   pow: 'off' | 'on' | 'adaptive';
   /** Rate limits. */
   rateLimits: { enabled: boolean; challengeIp: RateSpec; challengeIdentity: RateSpec; tokenIdentity: RateSpec; proxyIdentity: RateSpec; failedProofs: RateSpec };
@@ -177,6 +179,7 @@ function resolve(r: RawEnv): GateConfig {
       replayCheck: r.GATE_FWD_REPLAY_CHECK,
     },
     maxInflight: r.GATE_MAX_INFLIGHT,
+    maxEventLoopDelayMs: r.GATE_MAX_EVENT_LOOP_DELAY_MS,
     pow: r.GATE_POW,
     rateLimits: {
       enabled: r.GATE_RATE_LIMITS === 'on',
@@ -234,7 +237,6 @@ function checkPolicy(c: GateConfig): ConfigViolation[] {
   // Features of the contract that later work brings; until then refuse rather than pretend.
   if (c.audit.file) add('GATE_AUDIT_FILE', 'the audit trail is not available in this build yet');
   if (c.attestation.registry || c.attestation.required !== undefined) add('GATE_ATTESTATION_REGISTRY', 'attestation is not available in this build yet');
-  if (c.pow !== 'off') add('GATE_POW', 'proof-of-work is not available in this build yet; use off');
 
   if (strict) {
     if (c.store.kind === 'memory') add('GATE_STORE', `memory store is dev-only; use redis in ${c.env}`);

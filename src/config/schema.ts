@@ -81,6 +81,7 @@ export const envSchema = z.object({
   GATE_FWD_TRUSTED_PROXIES: z.string().optional(),
   GATE_FWD_REPLAY_CHECK: z.enum(['all', 'v1']).default('all'),
   GATE_MAX_INFLIGHT: int(1, 1_000_000).default(1024),
+  GATE_MAX_EVENT_LOOP_DELAY_MS: int(0, 60_000).default(1000),
   GATE_POW: z.enum(['off', 'on', 'adaptive']).default('off'),
   GATE_RATE_LIMITS: z.enum(['on', 'off']).default('on'),
   GATE_RATE_CHALLENGE_IP: rate.default({ points: 120, durationS: 60 }),

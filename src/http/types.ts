@@ -9,6 +9,10 @@ declare module 'fastify' {
     accessToken: VerifiedToken | null;
     /** Unix ms when the request headers were received (deadline of section 3). */
     receivedAt: number;
+    /** The client's address: the TCP peer (direct) or the signed x-gate-fwd-addr (forwarded). */
+    clientAddress: string;
+    /** Fraction of the per-address challenge limit used, for adaptive proof-of-work. */
+    ipLoad: number;
     /** The contract code this request was refused with, for the access log. */
     refusedWith: string | null;
   }

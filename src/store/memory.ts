@@ -40,6 +40,18 @@ export class MemoryStore implements GateStore {
     return this.setNx(keys.once(key), '1', ttlMs);
   }
 
+  async incrementWindow(key: string, by: number, ttlMs: number): Promise<number> {
+    const k = keys.counter(key);
+    const cur = this.get(k);
+    if (cur === undefined) {
+      this.setNx(k, String(by), ttlMs);
+      return by;
+    }
+    const e = this.entries.get(k)!;
+    e.value = String(Number(cur) + by);
+    return Number(e.value);
+  }
+
   async ping(): Promise<void> {}
 
   async close(): Promise<void> {

@@ -30,13 +30,22 @@ export interface RedisStoreOptions {
   onError?: (err: unknown) => void;
 }
 
+/** INCRBY that sets the expiry only when it created the key: KEYS[1], ARGV[1] by, ARGV[2] ttl ms. */
+const INCR_WINDOW_LUA = `
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+if v == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return v
+`;
+
 type Client = (Redis | Cluster) & {
   agConsume(k1: string, k2: string, ttl: string): Promise<[number, string?]>;
+  agIncrWindow(k: string, by: string, ttl: string): Promise<number>;
 };
 
 /** Redis or Redis Cluster store (ioredis). */
 export class RedisStore implements GateStore {
   private readonly client: Client;
+
 
   constructor(private readonly opts: RedisStoreOptions) {
     const common: RedisOptions = {
@@ -59,6 +68,7 @@ export class RedisStore implements GateStore {
         })
       : new Redis(opts.url ?? 'redis://127.0.0.1:6379', common);
     client.defineCommand('agConsume', { numberOfKeys: 2, lua: CONSUME_LUA });
+    client.defineCommand('agIncrWindow', { numberOfKeys: 1, lua: INCR_WINDOW_LUA });
     // ioredis emits 'error' on every failed reconnect; without a listener Node would crash.
     client.on('error', (err: unknown) => opts.onError?.(err));
     this.client = client as Client;
@@ -78,6 +88,15 @@ export class RedisStore implements GateStore {
   async rememberOnce(key: string, ttlMs: number): Promise<boolean> {
     const r = await this.run(() => this.client.set(keys.once(key), '1', 'PX', ttlMs, 'NX'));
     return r === 'OK';
+  }
+
+  async incrementWindow(key: string, by: number, ttlMs: number): Promise<number> {
+    return this.run(() => this.client.agIncrWindow(keys.counter(key), String(by), String(ttlMs)));
+  }
+
+  /** The ioredis client, shared with the rate limiters so they ride the same connection. */
+  get redis(): Redis | Cluster {
+    return this.client;
   }
 
   async ping(): Promise<void> {

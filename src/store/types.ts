@@ -32,6 +32,11 @@ export interface GateStore {
   consumeChallenge(id: string, tombstoneTtlMs: number): Promise<ConsumeResult>;
   /** Remembers `key` for `ttlMs` if it is new (`SET NX PX`); false when already seen. */
   rememberOnce(key: string, ttlMs: number): Promise<boolean>;
+  /**
+   * Adds `by` to the counter `key` (created with a `ttlMs` lifetime) and returns the new
+   * total: the shared half of the batched proxy rate limit.
+   */
+  incrementWindow(key: string, by: number, ttlMs: number): Promise<number>;
   /** Resolves when the store answers. */
   ping(): Promise<void>;
   /** Resolves once connected, or after `timeoutMs` at the latest (never rejects). */
@@ -45,4 +50,5 @@ export const keys = {
   challenge: (id: string) => `ag:{${id}}:ch`,
   tombstone: (id: string) => `ag:{${id}}:used`,
   once: (key: string) => `ag:once:{${key}}`,
+  counter: (key: string) => `ag:rl:{${key}}`,
 };

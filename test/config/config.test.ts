@@ -316,8 +316,6 @@ describe('features not built yet are refused (fail closed)', () => {
     ['audit trail', { GATE_AUDIT_FILE: '/tmp/audit.log', GATE_AUDIT_KEY_FILE: '/tmp/audit.key' }, 'GATE_AUDIT_FILE'],
     ['attestation registry', { GATE_ATTESTATION_REGISTRY: '/tmp/registry.json' }, 'GATE_ATTESTATION_REGISTRY'],
     ['attestation required', { GATE_ATTESTATION_REQUIRED: '2' }, 'GATE_ATTESTATION_REGISTRY'],
-    ['proof-of-work on', { GATE_POW: 'on' }, 'GATE_POW'],
-    ['proof-of-work adaptive', { GATE_POW: 'adaptive' }, 'GATE_POW'],
   ];
   for (const [what, extra, variable] of cases) {
     it(`${what} -> ${variable}, even in dev`, () => {

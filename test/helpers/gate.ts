@@ -20,6 +20,8 @@ export function testEnv(fx: Fixtures, extra: Record<string, string>): Record<str
     GATE_TLS_KEY: fx.serverKeyFile,
     GATE_CLIENT_CA: fx.caFile,
     GATE_LOG_LEVEL: 'silent',
+    // Functional suites must not trip limits; the rate-limit suite turns them on.
+    GATE_RATE_LIMITS: 'off',
     ...extra,
   };
 }

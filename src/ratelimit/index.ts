@@ -1,0 +1,6 @@
+/**
+ * Rate limits (PROTOCOL.md section 12) and the batched limiter behind the proxy limit.
+ * @module
+ */
+export { GateRateLimits, rateLimited, type RateLimitOptions, type RateSpec } from './limits.js';
+export { BatchedLimiter, type BatchedLimiterOptions, type TakeResult } from './batched.js';
