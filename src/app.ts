@@ -41,6 +41,8 @@ export interface GateDeps {
   now?: () => number;
   /** pino options or `false` to silence; default: JSON to stdout at the configured level. */
   logger?: LoggerOptions | false;
+  /** Where log lines go instead of stdout (tests collect them to check redaction). */
+  logStream?: NodeJS.WritableStream;
   /** Called once with a warning line for stderr (ephemeral key notice). */
   warn?: (line: string) => void;
 }
@@ -127,7 +129,9 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const metrics = createMetrics();
   const { trust, tls, keys } = await loadMaterials(config, deps.warn ?? ((l) => process.stderr.write(l + '\n')));
   const logger: FastifyServerOptions['logger'] =
-    deps.logger === false ? false : { level: config.logLevel, redact: { paths: REDACT, censor: '[redacted]' }, ...(deps.logger ?? {}) };
+    deps.logger === false
+      ? false
+      : ({ level: config.logLevel, redact: { paths: REDACT, censor: '[redacted]' }, ...(deps.logger ?? {}), ...(deps.logStream ? { stream: deps.logStream } : {}) } as FastifyServerOptions['logger']);
   const store: GateStore =
     deps.store ??
     (config.store.kind === 'memory'

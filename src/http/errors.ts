@@ -18,6 +18,26 @@ const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_NOT_FOUND: 'not_found',
 };
 
+/** Log event names for refusals that are security events (the rest log as `refusal`). */
+const SECURITY_EVENT: Partial<Record<ErrorCode, string>> = {
+  challenge_replayed: 'security.replay',
+  challenge_binding_mismatch: 'security.binding_mismatch',
+  token_binding_mismatch: 'security.binding_mismatch',
+  client_cert_revoked: 'security.revoked',
+  forwarded_signature_invalid: 'security.forwarded_signature',
+  rate_limited: 'security.rate_limited',
+  agent_denied: 'security.denied',
+  proof_invalid: 'security.proof_invalid',
+  pow_invalid: 'security.proof_invalid',
+};
+
+/** The log event name of a refusal. */
+export function refusalEvent(err: GateError): string {
+  // A failed-proof cooldown is its own event: it is what an appeal is usually about.
+  if (err.code === 'rate_limited' && err.detail?.startsWith('failed_proof')) return 'security.cooldown';
+  return SECURITY_EVENT[err.code] ?? 'refusal';
+}
+
 /** Maps anything thrown to a GateError, or undefined when it is an internal fault. */
 export function toGateError(err: unknown): GateError | undefined {
   if (isGateError(err)) return err;
@@ -33,7 +53,7 @@ export function sendRefusal(request: FastifyRequest, reply: FastifyReply, err: G
   request.refusedWith = err.code;
   metrics.errors.inc({ code: err.code });
   const log = {
-    event: 'refusal',
+    event: refusalEvent(err),
     code: err.code,
     status,
     refusal_id: id,

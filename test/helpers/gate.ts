@@ -1,6 +1,21 @@
 import { buildGate, type Gate, type GateDeps } from '../../src/app.js';
 import { formatViolation, loadConfig } from '../../src/config/index.js';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import pino from 'pino';
 import type { Fixtures } from './fixtures.js';
+
+/** Log directory scanned by the global teardown. */
+export const TEST_LOG_DIR = process.env.AG_TEST_LOG_DIR ?? join(process.cwd(), '.tmp', 'test-logs', 'adhoc');
+let logStream: NodeJS.WritableStream | undefined;
+/** One append-only log file per test worker process, written synchronously so none is lost at exit. */
+function testLogStream(): NodeJS.WritableStream {
+  if (!logStream) {
+    mkdirSync(TEST_LOG_DIR, { recursive: true });
+    logStream = pino.destination({ dest: join(TEST_LOG_DIR, `worker-${process.pid}.log`), sync: true, append: true }) as unknown as NodeJS.WritableStream;
+  }
+  return logStream;
+}
 
 /** A gate listening on random loopback ports. */
 export interface RunningGate {
@@ -19,7 +34,9 @@ export function testEnv(fx: Fixtures, extra: Record<string, string>): Record<str
     GATE_TLS_CERT: fx.serverCertFile,
     GATE_TLS_KEY: fx.serverKeyFile,
     GATE_CLIENT_CA: fx.caFile,
-    GATE_LOG_LEVEL: 'silent',
+    // Every test gate logs at debug into .tmp/test-logs; the global teardown greps those
+    // logs for tokens, proofs, keys and certificates (test/setup/log-scan.ts).
+    GATE_LOG_LEVEL: 'debug',
     // Functional suites must not trip limits; the rate-limit suite turns them on.
     GATE_RATE_LIMITS: 'off',
     ...extra,
@@ -30,7 +47,7 @@ export function testEnv(fx: Fixtures, extra: Record<string, string>): Record<str
 export async function startGate(env: Record<string, string>, deps: GateDeps = {}): Promise<RunningGate> {
   const { config, violations } = loadConfig(env);
   if (!config || violations.length > 0) throw new Error(violations.map(formatViolation).join('\n'));
-  const gate = await buildGate(config, { warn: () => {}, ...deps });
+  const gate = await buildGate(config, { warn: () => {}, logStream: testLogStream(), ...deps });
   const { publicPort, adminPort } = await gate.listen();
   return { gate, url: `https://127.0.0.1:${publicPort}`, adminUrl: `http://127.0.0.1:${adminPort}`, close: () => gate.close() };
 }
