@@ -20,6 +20,7 @@ import { createMetrics, type GateMetrics, type LabelOf } from './metrics/index.j
 import { Forwarder, proxyRoutes } from './proxy/index.js';
 import { RevocationChecker } from './revocation/index.js';
 import { GateRateLimits } from './ratelimit/index.js';
+import { AttestationRegistry, checkAttestation } from './attestation/index.js';
 import { LoadShedder, powDifficulty } from './http/shedding.js';
 import { MemoryStore, RedisStore, type GateStore } from './store/index.js';
 import { KeySourceError, loadSigningKeys, TokenService, tokenGuard, type SigningKeySet } from './tokens/index.js';
@@ -177,6 +178,12 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     throw new StartupError([{ variable: 'GATE_CRL_FILES', why: `cannot load a CRL: ${(err as Error).message}` }]);
   }
   let draining = false;
+  let attestation: AttestationRegistry | undefined;
+  try {
+    attestation = config.attestation.registry ? AttestationRegistry.fromFile(config.attestation.registry) : undefined;
+  } catch (err) {
+    throw new StartupError([{ variable: 'GATE_ATTESTATION_REGISTRY', why: (err as Error).message }]);
+  }
   const shedder = new LoadShedder({ maxInflight: config.maxInflight, maxEventLoopDelayMs: config.maxEventLoopDelayMs, metrics });
 
   // Forwarded mode: a URL-encoded 16 KiB certificate header is about 24 KB (section 12).
@@ -301,6 +308,10 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
         },
         powDifficulty: config.pow === 'off' ? undefined : (request) => powDifficulty(config.pow, Math.max(shedder.load, request.ipLoad)),
         onFailedProof: limits && ((agent) => void limits.failedProof(agent.thumbprint)),
+        attest:
+          attestation || config.attestation.required !== undefined
+            ? (evidence, ctx) => checkAttestation(attestation, config.attestation.required, evidence, ctx)
+            : undefined,
       });
       registerInfoRoutes(app, { tokens, readiness, withJwks: true });
       const allowed: Record<string, string> = {

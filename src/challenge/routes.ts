@@ -20,7 +20,6 @@ const PROOF_RESULT: Partial<Record<string, LabelOf<'proofResult'>>> = {
   pow_invalid: 'pow_invalid',
   proof_invalid: 'invalid',
   attestation_invalid: 'attestation_invalid',
-  attestation_required: 'attestation_invalid',
 };
 
 /** True when SHA-256(nonce + "." + work) starts with `bits` zero bits (section 3). */
@@ -62,6 +61,8 @@ export interface ChallengeRoutesOptions {
   limits?: { challenge?: onRequestHookHandler; token?: onRequestHookHandler };
   /** Proof-of-work difficulty (leading zero bits) to demand of this request's challenge; 0 for none. */
   powDifficulty?: (request: FastifyRequest) => number;
+  /** Step 11: verifies a presented attestation and enforces the required level; resolves to the level. */
+  attest?: (evidence: string | undefined, ctx: { nonce: string; thumbprint: string; skewS: number; nowMs: number }) => Promise<number | undefined>;
   /** Told of every refusal at steps 9-11, for the failed-proof cooldown. */
   onFailedProof?: (agent: AgentIdentity, code: string) => void;
   now?: () => number;
@@ -74,7 +75,7 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
   /** Steps 9-11 of section 4, in order. */
-  const checkProofSteps = async (receivedAt: number, rec: ChallengeRecord, agent: AgentIdentity, body: TokenBody): Promise<void> => {
+  const checkProofSteps = async (receivedAt: number, rec: ChallengeRecord, agent: AgentIdentity, body: TokenBody): Promise<number | undefined> => {
     if (receivedAt > rec.expiresAt) throw new GateError('challenge_expired', { detail: `received ${receivedAt - rec.expiresAt} ms late` });
     if (rec.thumbprint !== agent.thumbprint) throw new GateError('challenge_binding_mismatch');
     if (rec.powDifficulty > 0 && (body.work === undefined || !powSatisfied(rec.nonce, body.work, rec.powDifficulty))) {
@@ -83,8 +84,10 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
     await verifyProof(body.proof, agent, { cid: body.challengeId, nonce: rec.nonce, aud: rec.aud, skewS: opts.skewS, nowMs: now() }, (s) =>
       opts.metrics.signatureVerification.observe({ alg: agent.alg }, s),
     );
-    // No attestation registry in this build, so a presented attestation cannot be trusted.
+    if (opts.attest) return opts.attest(body.attestation, { nonce: rec.nonce, thumbprint: agent.thumbprint, skewS: opts.skewS, nowMs: now() });
+    // Without a registry no attestation can be trusted (fail closed, never ignored).
     if (body.attestation !== undefined) throw new GateError('attestation_invalid', { detail: 'no attestation issuers are configured' });
+    return undefined;
   };
 
   const hooks = (limit?: onRequestHookHandler) => (limit ? [opts.identify, limit] : [opts.identify]);
@@ -129,8 +132,9 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
       opts.metrics.replaysDetected.inc({ kind: 'challenge' });
       throw new GateError('challenge_replayed');
     }
+    let att: number | undefined;
     try {
-      await checkProofSteps(request.receivedAt, consumed.record, agent, body);
+      att = await checkProofSteps(request.receivedAt, consumed.record, agent, body);
     } catch (err) {
       if (err instanceof GateError) {
         opts.metrics.proofs.inc({ result: PROOF_RESULT[err.code] ?? 'invalid' });
@@ -138,7 +142,7 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
       }
       throw err;
     }
-    const issued = await opts.tokens.issue(agent.agentId, agent.thumbprint);
+    const issued = await opts.tokens.issue(agent.agentId, agent.thumbprint, att);
     opts.metrics.proofs.inc({ result: 'accepted' });
     opts.metrics.tokensIssued.inc();
     request.log.info({ event: 'token_issued', agent_id: agent.agentId, thumbprint: agent.thumbprint, jti: issued.jti }, 'token issued');

@@ -49,6 +49,11 @@ export interface GateClientOptions {
   maxRetryAfterS?: number;
   /** SNI and the name the gate's certificate must match; default the host of `baseUrl`. */
   servername?: string;
+  /**
+   * Supplies an attestation JWT for a challenge (PROTOCOL.md section 8): bound to the
+   * challenge `nonce` and to this certificate's thumbprint (`cnf.x5t#S256`).
+   */
+  attestation?: (challenge: Challenge, thumbprint: string) => string | Promise<string>;
 }
 
 /** The challenge of PROTOCOL.md section 3, as returned by the gate. */
@@ -176,8 +181,10 @@ export class GateClient {
   #closed = false;
   #cached: CachedToken | undefined;
   #inflight: Promise<string> | undefined;
+  readonly #attestation: GateClientOptions['attestation'];
 
   constructor(opts: GateClientOptions) {
+    this.#attestation = opts.attestation;
     let url: URL;
     try {
       url = new URL(opts.baseUrl);
@@ -289,7 +296,13 @@ export class GateClient {
       work = await solvePowAsync(ch.nonce, ch.pow.difficulty, undefined, this.#closing.signal);
     }
     const proof = await this.signProof(ch);
-    const res = await this.submitProof({ challenge_id: ch.challenge_id, proof, ...(work !== undefined ? { work } : {}) });
+    const attestation = this.#attestation ? await this.#attestation(ch, this.thumbprint) : undefined;
+    const res = await this.submitProof({
+      challenge_id: ch.challenge_id,
+      proof,
+      ...(work !== undefined ? { work } : {}),
+      ...(attestation !== undefined ? { attestation } : {}),
+    });
     if (res.status !== 200) throw GateClientError.fromResponse(res, 'token');
     const token = parseToken(res);
     this.#cached = { token, refreshAt: started + (token.expires_in - this.#marginS(token.expires_in)) * 1000 };

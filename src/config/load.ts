@@ -236,7 +236,7 @@ function checkPolicy(c: GateConfig): ConfigViolation[] {
 
   // Features of the contract that later work brings; until then refuse rather than pretend.
   if (c.audit.file) add('GATE_AUDIT_FILE', 'the audit trail is not available in this build yet');
-  if (c.attestation.registry || c.attestation.required !== undefined) add('GATE_ATTESTATION_REGISTRY', 'attestation is not available in this build yet');
+  if (c.attestation.required !== undefined && !c.attestation.registry) add('GATE_ATTESTATION_REGISTRY', 'required when GATE_ATTESTATION_REQUIRED is set: no attestation could ever be accepted without issuers');
 
   if (strict) {
     if (c.store.kind === 'memory') add('GATE_STORE', `memory store is dev-only; use redis in ${c.env}`);

@@ -311,11 +311,18 @@ describe('revocation modes', () => {
   }
 });
 
+describe('attestation', () => {
+  it('GATE_ATTESTATION_REQUIRED without a registry names GATE_ATTESTATION_REGISTRY', () => {
+    expect(vars(loadConfig(devEnv({ GATE_ATTESTATION_REQUIRED: '2' })).violations)).toEqual(['GATE_ATTESTATION_REGISTRY']);
+  });
+  it('a registry with a required level is accepted by the config check', () => {
+    expect(loadConfig(devEnv({ GATE_ATTESTATION_REGISTRY: '/tmp/registry.json', GATE_ATTESTATION_REQUIRED: '2' })).violations).toEqual([]);
+  });
+});
+
 describe('features not built yet are refused (fail closed)', () => {
   const cases: [string, Env, string][] = [
     ['audit trail', { GATE_AUDIT_FILE: '/tmp/audit.log', GATE_AUDIT_KEY_FILE: '/tmp/audit.key' }, 'GATE_AUDIT_FILE'],
-    ['attestation registry', { GATE_ATTESTATION_REGISTRY: '/tmp/registry.json' }, 'GATE_ATTESTATION_REGISTRY'],
-    ['attestation required', { GATE_ATTESTATION_REQUIRED: '2' }, 'GATE_ATTESTATION_REGISTRY'],
   ];
   for (const [what, extra, variable] of cases) {
     it(`${what} -> ${variable}, even in dev`, () => {
