@@ -1,17 +1,21 @@
 /**
  * The dev PKI on disk: `<dir>/ca.{crt,key}`, `<dir>/server.{crt,key}` and
- * `<dir>/agents/<name>.{crt,key,p12}`. Paths returned are absolute so they can go straight into
+ * `<dir>/agents/<name>.{crt,key,p12}`, plus the CA database `<dir>/index.txt` (see `ca-db.ts`)
+ * and the settings `<dir>/pki.json`. Paths returned are absolute so they can go straight into
  * `GATE_*` variables whatever the working directory of the gate.
  * @module
  */
 import { X509Certificate as NodeX509, createPrivateKey } from 'node:crypto';
+import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { assertAgentName } from './agent-name.js';
 import { createCa } from './ca.js';
+import { ensureCaDatabase, recordIssued } from './ca-db.js';
+import { readDevPkiConfig, writeDevPkiConfig, type DevPkiConfig } from './dev-config.js';
 import { PRIVATE_FILE_MODE, PUBLIC_FILE_MODE, ensureDir, exists, loadKeyAndCert, writeFileAtomic } from './files.js';
 import type { KeyAndCert } from './issue.js';
 import type { KeyAlg } from './keys.js';
-import { issueAgentCert, issueServerCert } from './leaf.js';
+import { checkUrl, issueAgentCert, issueServerCert } from './leaf.js';
 import { exportPkcs12 } from './p12.js';
 
 const DAY_MS = 86_400_000;
@@ -47,8 +51,10 @@ export function agentPaths(dir: string, name: string): { cert: string; key: stri
   return { cert: join(agents, `${name}.crt`), key: join(agents, `${name}.key`), p12: join(agents, `${name}.p12`) };
 }
 
-// The key goes first: a certificate on disk always has its key next to it.
-async function writePair(certPath: string, keyPath: string, kc: KeyAndCert): Promise<void> {
+// The database entry goes first, then the key: a certificate on disk is always revocable by
+// serial and always has its key next to it. An entry whose files never got written is harmless.
+async function writePair(dir: string, certPath: string, keyPath: string, kc: KeyAndCert): Promise<void> {
+  await recordIssued(dir, kc.certDer);
   await writeFileAtomic(keyPath, kc.keyPem, PRIVATE_FILE_MODE);
   await writeFileAtomic(certPath, kc.certPem, PUBLIC_FILE_MODE);
 }
@@ -60,18 +66,50 @@ export interface InitDevPkiOptions {
   force?: boolean;
   /** Server certificate SANs; default localhost, 127.0.0.1 and ::1. */
   serverNames?: string[];
+  /**
+   * Stored in `<dir>/pki.json` (also when the PKI already exists) and put in every agent
+   * certificate issued afterwards as a CRL Distribution Point. Unset keeps the stored value.
+   */
+  crlUrl?: string;
+  /** As crlUrl, for the OCSP responder URL (Authority Information Access). */
+  ocspUrl?: string;
+  /** As crlUrl, for the AIA caIssuers URL. */
+  caIssuersUrl?: string;
 }
 
-/** Files: creates `<dir>/ca.crt`, `ca.key`, `server.crt`, `server.key` (keys mode 0600, dir 0700) unless they exist (force overwrites). */
+/** Merges the URLs given in `opts` into `<dir>/pki.json`; writes nothing when none is given. */
+async function updateConfig(dir: string, opts: DevPkiConfig): Promise<void> {
+  const given = Object.fromEntries(
+    (['crlUrl', 'ocspUrl', 'caIssuersUrl'] as const).filter((k) => opts[k] !== undefined).map((k) => [k, opts[k]]),
+  ) as DevPkiConfig;
+  if (Object.keys(given).length === 0) return;
+  await writeDevPkiConfig(dir, { ...(await readDevPkiConfig(dir)), ...given });
+}
+
+/**
+ * Files: creates `<dir>/ca.crt`, `ca.key`, `server.crt`, `server.key` (keys mode 0600, dir 0700)
+ * unless they exist (force overwrites), and the CA database `index.txt` (+ `index.txt.attr`).
+ * URLs given are stored in `pki.json` either way.
+ */
 export async function initDevPki(dir: string, opts: InitDevPkiOptions = {}): Promise<{ dir: string; created: boolean }> {
   const root = resolve(dir);
   const p = devPkiPaths(root);
+  // Checked before anything is written, so a typo leaves no half-initialised directory.
+  for (const key of ['crlUrl', 'ocspUrl', 'caIssuersUrl'] as const) {
+    const url = opts[key];
+    if (url !== undefined) checkUrl(key, url);
+  }
   const [caCert, caKey, serverCert, serverKey] = await Promise.all(
     [p.caCert, p.caKey, p.serverCert, p.serverKey].map(exists),
   );
   const keepCa = !opts.force && caCert && caKey;
   if (!opts.force) {
-    if (caCert && caKey && serverCert && serverKey) return { dir: root, created: false };
+    if (caCert && caKey && serverCert && serverKey) {
+      await updateConfig(root, opts);
+      // A PKI made before the database existed gets an empty one, so openssl can read it.
+      await ensureCaDatabase(root);
+      return { dir: root, created: false };
+    }
     // Refuse to guess: a lone CA file, or a server certificate without its CA, means someone
     // else's PKI or a broken one, and silently replacing it would strand its agents.
     if (caCert !== caKey) throw new Error(`incomplete CA in ${root}: ${caCert ? p.caKey : p.caCert} is missing; use force to recreate the dev PKI`);
@@ -79,14 +117,23 @@ export async function initDevPki(dir: string, opts: InitDevPkiOptions = {}): Pro
   }
 
   await ensureDir(root);
+  await updateConfig(root, opts);
   let ca: KeyAndCert;
   if (keepCa) {
     ca = await loadKeyAndCert(p.caCert, p.caKey);
+    await ensureCaDatabase(root);
   } else {
     ca = await createCa({ alg: opts.alg });
-    await writePair(p.caCert, p.caKey, ca);
+    // The CA itself is not in its own database, as with `openssl ca`: it cannot revoke itself.
+    await writeFileAtomic(p.caKey, ca.keyPem, PRIVATE_FILE_MODE);
+    await writeFileAtomic(p.caCert, ca.certPem, PUBLIC_FILE_MODE);
+    // The old database, CRL and CRL counter describe the old CA: a CRL signed by it would only
+    // fail verification, and its serials mean nothing under the new one. Cleared only once the
+    // new CA is on disk, so a failed write leaves the old PKI whole.
+    await ensureCaDatabase(root, { reset: true });
+    await Promise.all(['ca.crl', 'crlnumber'].map((f) => rm(join(root, f), { force: true })));
   }
-  await writePair(p.serverCert, p.serverKey, await issueServerCert(ca, { alg: opts.alg, names: opts.serverNames }));
+  await writePair(root, p.serverCert, p.serverKey, await issueServerCert(ca, { alg: opts.alg, names: opts.serverNames }));
   return { dir: root, created: true };
 }
 
@@ -97,12 +144,19 @@ export interface IssueAgentFilesOptions {
   validityDays?: number;
   /** When set, also writes `<name>.p12` protected by this password. */
   p12Password?: string;
+  /** Override the CRL URL of `<dir>/pki.json` for this certificate. */
+  crlUrl?: string;
+  /** Override the OCSP URL of `<dir>/pki.json` for this certificate. */
+  ocspUrl?: string;
+  /** Override the caIssuers URL of `<dir>/pki.json` for this certificate. */
+  caIssuersUrl?: string;
 }
 
 /**
  * Files: loads the CA from `<dir>` and writes `<dir>/agents/<name>.crt` / `.key` (0600); with
  * `p12Password` also `<name>.p12` (0600) via `openssl pkcs12 -export`. Re-issuing replaces the
- * files. Returns their paths.
+ * files; the replaced certificate stays valid in the CA database until revoked or expired.
+ * The certificate is recorded in `index.txt` and carries the URLs of `pki.json`. Returns the paths.
  */
 export async function issueAgentFiles(
   dir: string,
@@ -122,10 +176,17 @@ export async function issueAgentFiles(
   // An explicit end date is not capped by the issuer, so cap it here: no agent outlives its CA.
   const caEnd = Date.parse(new NodeX509(ca.certDer).validTo);
   const notAfter = new Date(Math.min(Date.now() + days * DAY_MS, caEnd));
-  const agent = await issueAgentCert(ca, name, { alg: opts.alg, notAfter });
+  const config = await readDevPkiConfig(dir);
+  const agent = await issueAgentCert(ca, name, {
+    alg: opts.alg,
+    notAfter,
+    crlUrl: opts.crlUrl ?? config.crlUrl,
+    ocspUrl: opts.ocspUrl ?? config.ocspUrl,
+    caIssuersUrl: opts.caIssuersUrl ?? config.caIssuersUrl,
+  });
 
   await ensureDir(join(resolve(dir), 'agents'));
-  await writePair(paths.cert, paths.key, agent);
+  await writePair(dir, paths.cert, paths.key, agent);
   if (opts.p12Password === undefined) return { cert: paths.cert, key: paths.key };
 
   const der = await exportPkcs12({
@@ -174,7 +235,7 @@ export async function ensureDevPki(
   const ca = await loadKeyAndCert(p.caCert, p.caKey);
   const caX509 = new NodeX509(ca.certDer);
   if (!(await isCurrent(p.serverCert, p.serverKey, caX509))) {
-    await writePair(p.serverCert, p.serverKey, await issueServerCert(ca));
+    await writePair(dir, p.serverCert, p.serverKey, await issueServerCert(ca));
   }
   const demo = agentPaths(dir, DEMO_AGENT);
   if (!(await isCurrent(demo.cert, demo.key, caX509))) await issueAgentFiles(dir, DEMO_AGENT);

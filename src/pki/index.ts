@@ -17,3 +17,20 @@ export type { AgentCertOptions, ServerCertOptions } from './leaf.js';
 export { AGENT_NAME_PATTERN, assertAgentName, isValidAgentName } from './agent-name.js';
 export { DEMO_AGENT, agentPaths, devPkiPaths, ensureDevPki, initDevPki, issueAgentFiles } from './dev-pki.js';
 export type { DevPkiPaths, InitDevPkiOptions, IssueAgentFilesOptions } from './dev-pki.js';
+export {
+  REVOCATION_REASONS,
+  caDatabasePath,
+  canonicalSerial,
+  readCaDatabase,
+  recordIssued,
+  revokeCertificate,
+} from './ca-db.js';
+export type { CaDbEntry, RevocationReason, RevokeOptions } from './ca-db.js';
+export { devPkiConfigPath, readDevPkiConfig } from './dev-config.js';
+export type { DevPkiConfig } from './dev-config.js';
+export { createCrl, writeCrl } from './crl.js';
+export type { CreateCrlOptions, CrlEntryInput, WriteCrlOptions } from './crl.js';
+export { buildOcspErrorResponse, buildOcspResponse, issueOcspSignerCert } from './ocsp.js';
+export type { BuildOcspResponseOptions, OcspCertStatus, OcspErrorStatus, OcspLookup, OcspSignerCertOptions } from './ocsp.js';
+export { lookupFromEntries, startOcspResponder } from './ocsp-responder.js';
+export type { OcspResponder, OcspResponderOptions } from './ocsp-responder.js';

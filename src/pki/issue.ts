@@ -105,8 +105,8 @@ export async function signCertificate(issuer: Issuer | null, req: IssueRequest):
   return { certPem: cert.toString('pem') + '\n', keyPem, certDer };
 }
 
-/** The AKI of certificates `issuer` signs: its SKI when present, so both match exactly (RFC 5280 4.2.1.1). */
-async function authorityKeyId(issuer: x509.X509Certificate): Promise<x509.AuthorityKeyIdentifierExtension> {
+/** The AKI of certificates and CRLs `issuer` signs: its SKI when present, so both match exactly (RFC 5280 4.2.1.1). */
+export async function authorityKeyId(issuer: x509.X509Certificate): Promise<x509.AuthorityKeyIdentifierExtension> {
   const ski = issuer.getExtension(x509.SubjectKeyIdentifierExtension);
   if (ski) return new x509.AuthorityKeyIdentifierExtension(ski.keyId);
   return x509.AuthorityKeyIdentifierExtension.create(issuer.publicKey);
