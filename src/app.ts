@@ -21,6 +21,7 @@ import { Forwarder, proxyRoutes } from './proxy/index.js';
 import { RevocationChecker } from './revocation/index.js';
 import { GateRateLimits } from './ratelimit/index.js';
 import { AttestationRegistry, checkAttestation } from './attestation/index.js';
+import { AuditLog, AuditSetupError } from './audit/index.js';
 import { LoadShedder, powDifficulty } from './http/shedding.js';
 import { MemoryStore, RedisStore, type GateStore } from './store/index.js';
 import { KeySourceError, loadSigningKeys, TokenService, tokenGuard, type SigningKeySet } from './tokens/index.js';
@@ -178,6 +179,23 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     throw new StartupError([{ variable: 'GATE_CRL_FILES', why: `cannot load a CRL: ${(err as Error).message}` }]);
   }
   let draining = false;
+  let audit: AuditLog | undefined;
+  if (config.audit.file) {
+    try {
+      audit = await AuditLog.open({
+        file: config.audit.file,
+        keyFile: config.audit.keyFile!,
+        // Checkpoints also go to the log, so truncating both trail files together is still seen.
+        onCheckpoint: (cp) => auditLogger?.info({ event: 'audit_checkpoint', ...cp }, 'audit checkpoint'),
+        onError: (err) => auditLogger?.error({ event: 'audit_error', err }, 'audit trail error'),
+      });
+    } catch (err) {
+      if (err instanceof AuditSetupError) throw new StartupError([{ variable: err.variable, why: err.why }]);
+      throw err;
+    }
+  }
+  let auditLogger: FastifyInstance['log'] | undefined;
+  const sinks = { metrics, audit };
   let attestation: AttestationRegistry | undefined;
   try {
     attestation = config.attestation.registry ? AttestationRegistry.fromFile(config.attestation.registry) : undefined;
@@ -201,18 +219,19 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     keepAliveTimeout: 65_000,
     routerOptions: { maxParamLength: 2048 },
     frameworkErrors: (err, request, reply) => {
-      sendRefusal(request, reply, toGateError(err) ?? new GateError('request_malformed', { cause: err }), metrics);
+      sendRefusal(request, reply, toGateError(err) ?? new GateError('request_malformed', { cause: err }), sinks);
     },
   } as FastifyServerOptions);
   publicApp.server.headersTimeout = 10_000;
 
+  auditLogger = publicApp.log;
   publicApp.decorateRequest('agent', null);
   publicApp.decorateRequest('accessToken', null);
   publicApp.decorateRequest('receivedAt', 0);
   publicApp.decorateRequest('refusedWith', null);
   publicApp.decorateRequest('clientAddress', '');
   publicApp.decorateRequest('ipLoad', 0);
-  publicApp.setErrorHandler(makeErrorHandler(metrics));
+  publicApp.setErrorHandler(makeErrorHandler(sinks));
 
   const prefix = config.pathPrefix;
   const healthPaths = new Set([`${prefix}/healthz`, `${prefix}/readyz`]);
@@ -308,6 +327,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
         },
         powDifficulty: config.pow === 'off' ? undefined : (request) => powDifficulty(config.pow, Math.max(shedder.load, request.ipLoad)),
         onFailedProof: limits && ((agent) => void limits.failedProof(agent.thumbprint)),
+        audit,
         attest:
           attestation || config.attestation.required !== undefined
             ? (evidence, ctx) => checkAttestation(attestation, config.attestation.required, evidence, ctx)
@@ -351,7 +371,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const adminApp = Fastify({ logger, logController: new LogController({ disableRequestLogging: true }), return503OnClosing: false, ...adminHttps(config) });
   adminApp.decorateRequest('agent', null);
   adminApp.decorateRequest('refusedWith', null);
-  adminApp.setErrorHandler(makeErrorHandler(metrics));
+  adminApp.setErrorHandler(makeErrorHandler(sinks));
   adminApp.setNotFoundHandler(async () => {
     throw new GateError('not_found');
   });
@@ -369,6 +389,8 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const closePublic = once(() => publicApp.close());
   const close = once(async () => {
     await Promise.allSettled([closePublic(), adminApp.close()]);
+    // After the listeners: every refusal answered so far is in the queue; close() drains it.
+    await audit?.close().catch((err: unknown) => publicApp.log.error({ event: 'audit_error', err }, 'audit trail could not be closed'));
     shedder.close();
     await Promise.allSettled([forwarder.close(), store.close(), revocation.close()]);
   });

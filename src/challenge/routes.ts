@@ -7,6 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify';
 import { GateError } from '../errors.js';
 import { announcesBody, GATE_BODY_LIMIT, isJsonContentType, parseJsonObject, readLimited } from '../http/body.js';
+import type { AuditSink } from '../audit/index.js';
 import type { AgentIdentity } from '../identity/index.js';
 import type { GateMetrics, LabelOf } from '../metrics/index.js';
 import type { ChallengeRecord, GateStore } from '../store/index.js';
@@ -63,6 +64,8 @@ export interface ChallengeRoutesOptions {
   powDifficulty?: (request: FastifyRequest) => number;
   /** Step 11: verifies a presented attestation and enforces the required level; resolves to the level. */
   attest?: (evidence: string | undefined, ctx: { nonce: string; thumbprint: string; skewS: number; nowMs: number }) => Promise<number | undefined>;
+  /** The audit trail, for the security decision of issuing a token. */
+  audit?: AuditSink;
   /** Told of every refusal at steps 9-11, for the failed-proof cooldown. */
   onFailedProof?: (agent: AgentIdentity, code: string) => void;
   now?: () => number;
@@ -145,7 +148,9 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
     const issued = await opts.tokens.issue(agent.agentId, agent.thumbprint, att);
     opts.metrics.proofs.inc({ result: 'accepted' });
     opts.metrics.tokensIssued.inc();
-    request.log.info({ event: 'token_issued', agent_id: agent.agentId, thumbprint: agent.thumbprint, jti: issued.jti }, 'token issued');
+    const decision = { event: 'token_issued', agent_id: agent.agentId, thumbprint: agent.thumbprint, jti: issued.jti, att };
+    request.log.info(decision, 'token issued');
+    opts.audit?.record(decision);
     reply.header('cache-control', 'no-store');
     return { access_token: issued.token, token_type: 'Bearer', expires_in: issued.expiresIn };
   });

@@ -7,6 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { generateSigningJwk } from '../tokens/index.js';
 import { registerAgentCommands } from './agent.js';
+import { registerAuditCommands } from './audit.js';
 import { runDev } from './dev.js';
 import { configCheck, configOrExit, runGate } from './gate.js';
 import { registerPkiCommands } from './pki.js';
@@ -52,6 +53,7 @@ program
 
 registerPkiCommands(program);
 registerAgentCommands(program);
+registerAuditCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`agent-gate: ${(err as Error)?.message ?? String(err)}\n`);

@@ -235,7 +235,7 @@ function checkPolicy(c: GateConfig): ConfigViolation[] {
   if (c.store.redisUrl && c.store.clusterNodes) add('GATE_REDIS_CLUSTER_NODES', 'set either GATE_REDIS_URL or GATE_REDIS_CLUSTER_NODES, not both');
 
   // Features of the contract that later work brings; until then refuse rather than pretend.
-  if (c.audit.file) add('GATE_AUDIT_FILE', 'the audit trail is not available in this build yet');
+  if (c.audit.file && !c.audit.keyFile) add('GATE_AUDIT_KEY_FILE', 'required whenever GATE_AUDIT_FILE is set: the key of the HMAC chain (agent-gate audit keygen --out F)');
   if (c.attestation.required !== undefined && !c.attestation.registry) add('GATE_ATTESTATION_REGISTRY', 'required when GATE_ATTESTATION_REQUIRED is set: no attestation could ever be accepted without issuers');
 
   if (strict) {

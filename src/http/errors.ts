@@ -5,6 +5,7 @@
  */
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { GateError, isGateError, newRefusalId, problemFor, wwwAuthenticateFor, type ErrorCode } from '../errors.js';
+import type { AuditSink } from '../audit/index.js';
 import type { GateMetrics } from '../metrics/index.js';
 
 const FASTIFY_CODES: Record<string, ErrorCode> = {
@@ -46,8 +47,15 @@ export function toGateError(err: unknown): GateError | undefined {
   return mapped ? new GateError(mapped, { cause: err }) : undefined;
 }
 
-/** Sends the problem+json refusal for `err`, logging it with its refusal id. */
-export function sendRefusal(request: FastifyRequest, reply: FastifyReply, err: GateError, metrics: GateMetrics): FastifyReply {
+/** Where refusals are reported besides the response: metrics and, when configured, the audit trail. */
+export interface RefusalSinks {
+  metrics: GateMetrics;
+  audit?: AuditSink;
+}
+
+/** Sends the problem+json refusal for `err`, logging (and auditing) it with its refusal id. */
+export function sendRefusal(request: FastifyRequest, reply: FastifyReply, err: GateError, sinks: RefusalSinks): FastifyReply {
+  const { metrics } = sinks;
   const id = newRefusalId();
   const status = err.status;
   request.refusedWith = err.code;
@@ -63,6 +71,8 @@ export function sendRefusal(request: FastifyRequest, reply: FastifyReply, err: G
   };
   if (status >= 500) request.log.warn(log, 'refused');
   else request.log.info(log, 'refused');
+  // The refusal id is what an agent's owner quotes in an appeal: it must be in the trail.
+  sinks.audit?.record({ ...log, method: request.method, client_address: request.clientAddress });
   reply.code(status).headers({ ...err.headers, 'cache-control': 'no-store', 'content-type': 'application/problem+json' });
   if (status === 401) reply.header('www-authenticate', wwwAuthenticateFor(err.code));
   // A Buffer keeps fastify from appending `; charset=utf-8` to the problem media type.
@@ -70,10 +80,10 @@ export function sendRefusal(request: FastifyRequest, reply: FastifyReply, err: G
 }
 
 /** The fastify error handler for both listeners. */
-export function makeErrorHandler(metrics: GateMetrics) {
+export function makeErrorHandler(sinks: RefusalSinks) {
   return function gateErrorHandler(this: unknown, err: unknown, request: FastifyRequest, reply: FastifyReply) {
     const gateErr = toGateError(err);
-    if (gateErr) return sendRefusal(request, reply, gateErr, metrics);
+    if (gateErr) return sendRefusal(request, reply, gateErr, sinks);
     // An internal fault: never echo it. Log it with its own id so the agent can quote it.
     const id = newRefusalId();
     request.log.error({ event: 'internal_error', err, refusal_id: id }, 'internal error');
