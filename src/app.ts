@@ -179,6 +179,8 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     throw new StartupError([{ variable: 'GATE_CRL_FILES', why: `cannot load a CRL: ${(err as Error).message}` }]);
   }
   let draining = false;
+  // The trail opens before the app exists; its events reach the app's logger once it does.
+  const logRef: { log?: FastifyInstance['log'] } = {};
   let audit: AuditLog | undefined;
   if (config.audit.file) {
     try {
@@ -186,15 +188,14 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
         file: config.audit.file,
         keyFile: config.audit.keyFile!,
         // Checkpoints also go to the log, so truncating both trail files together is still seen.
-        onCheckpoint: (cp) => auditLogger?.info({ event: 'audit_checkpoint', ...cp }, 'audit checkpoint'),
-        onError: (err) => auditLogger?.error({ event: 'audit_error', err }, 'audit trail error'),
+        onCheckpoint: (cp) => logRef.log?.info({ event: 'audit_checkpoint', ...cp }, 'audit checkpoint'),
+        onError: (err) => logRef.log?.error({ event: 'audit_error', err }, 'audit trail error'),
       });
     } catch (err) {
       if (err instanceof AuditSetupError) throw new StartupError([{ variable: err.variable, why: err.why }]);
       throw err;
     }
   }
-  let auditLogger: FastifyInstance['log'] | undefined;
   const sinks = { metrics, audit };
   let attestation: AttestationRegistry | undefined;
   try {
@@ -224,7 +225,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   } as FastifyServerOptions);
   publicApp.server.headersTimeout = 10_000;
 
-  auditLogger = publicApp.log;
+  logRef.log = publicApp.log;
   publicApp.decorateRequest('agent', null);
   publicApp.decorateRequest('accessToken', null);
   publicApp.decorateRequest('receivedAt', 0);

@@ -3,15 +3,16 @@
  * fixed-set label value that a Prometheus rule or a Grafana panel names must exist in
  * `createMetrics()`, so renaming a metric or a label value breaks this test, not the alerts.
  *
- * No YAML library is a dependency of the project, so the rule files are read by a small
- * parser of the YAML subset they use (it throws on anything else); when `promtool` is on PATH
- * it checks the real files too, compares its rule count with ours, and runs alert unit tests.
+ * The rule files are read with the `yaml` package (failsafe schema: every scalar stays a
+ * string); when `promtool` is on PATH it checks the real files too, compares its rule count
+ * with ours, and runs alert unit tests.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
 import { ERROR_CODES } from '../../src/errors.js';
 import { createMetrics, LABELS } from '../../src/metrics/index.js';
 
@@ -21,106 +22,16 @@ const dashboardPath = join(root, 'deploy/grafana/agent-gate.json');
 const hardeningPath = join(root, 'HARDENING.md');
 
 // ---------------------------------------------------------------------------------------------
-// A parser for the YAML subset of the rule files: block mappings and sequences, plain, quoted
-// and block (| |- > >-) scalars, comments. Every scalar stays a string.
+// YAML, read with the failsafe schema: only mappings, sequences and strings.
 
 type Yaml = string | Yaml[] | { [key: string]: Yaml };
 
-function parseYamlSubset(text: string, file: string): Yaml {
-  const lines = text.split('\n');
-  let i = 0;
-  const fail = (msg: string): never => {
-    throw new Error(`${file}:${i + 1}: ${msg} (outside the YAML subset this test reads)`);
-  };
-  const indentOf = (line: string) => line.length - line.trimStart().length;
-  const skip = () => {
-    while (i < lines.length && (lines[i]!.trim() === '' || lines[i]!.trim().startsWith('#'))) i++;
-  };
-  const scalar = (raw: string): string => {
-    const s = raw.trim();
-    if (s.startsWith('"')) {
-      if (!/^"(?:[^"\\]|\\.)*"$/.test(s)) fail('unterminated or trailing text after a double-quoted scalar');
-      return JSON.parse(s) as string;
-    }
-    if (s.startsWith("'")) {
-      if (!/^'(?:[^']|'')*'$/.test(s)) fail('unterminated single-quoted scalar');
-      return s.slice(1, -1).replace(/''/g, "'");
-    }
-    if (/^[[{&*!|>%@`]/.test(s)) fail(`unsupported scalar ${s}`);
-    return s.replace(/\s+#.*$/, '');
-  };
-  const block = (style: string, parentIndent: number): string => {
-    const body: string[] = [];
-    let contentIndent = -1;
-    while (i < lines.length) {
-      const line = lines[i]!;
-      if (line.trim() === '') {
-        body.push('');
-        i++;
-        continue;
-      }
-      const ind = indentOf(line);
-      if (ind <= parentIndent) break;
-      if (contentIndent < 0) contentIndent = ind;
-      if (ind < contentIndent) fail('block scalar line less indented than its first line');
-      body.push(line.slice(contentIndent));
-      i++;
-    }
-    while (body.length > 0 && body[body.length - 1] === '') body.pop();
-    const folded = style.startsWith('>');
-    if (folded && body.some((l) => l === '' || l.startsWith(' '))) fail('folded scalar with blank or more-indented lines');
-    const joined = body.join(folded ? ' ' : '\n');
-    return style.endsWith('-') ? joined : joined + '\n';
-  };
-  const node = (indent: number): Yaml => {
-    skip();
-    if (i >= lines.length) fail('missing value');
-    const line = lines[i]!;
-    if (line.includes('\t')) fail('tab character');
-    if (indentOf(line) !== indent) fail(`expected indentation ${indent}`);
-    return line.trimStart().startsWith('- ') ? sequence(indent) : mapping(indent);
-  };
-  const sequence = (indent: number): Yaml[] => {
-    const out: Yaml[] = [];
-    for (skip(); i < lines.length && indentOf(lines[i]!) === indent && lines[i]!.trimStart().startsWith('- '); skip()) {
-      const rest = lines[i]!.slice(indent + 2);
-      if (/^[A-Za-z_][\w.-]*:(\s|$)/.test(rest)) {
-        lines[i] = ' '.repeat(indent + 2) + rest; // the item is a mapping: read it at its own indentation
-        out.push(mapping(indent + 2));
-      } else {
-        out.push(scalar(rest));
-        i++;
-      }
-    }
-    return out;
-  };
-  const mapping = (indent: number): { [key: string]: Yaml } => {
-    const out: { [key: string]: Yaml } = {};
-    for (skip(); i < lines.length && indentOf(lines[i]!) === indent && !lines[i]!.trimStart().startsWith('- '); skip()) {
-      const m = /^([A-Za-z_][\w.-]*):(?:\s+(.*))?$/.exec(lines[i]!.slice(indent));
-      if (!m) fail('expected "key: value"');
-      const [, key, value = ''] = m!;
-      if (key! in out) fail(`duplicate key ${key}`);
-      i++;
-      if (/^[|>]-?$/.test(value.trim())) {
-        out[key!] = block(value.trim(), indent);
-      } else if (value.trim() === '' || value.trim().startsWith('#')) {
-        skip();
-        if (i >= lines.length) fail(`key ${key} has no value`);
-        const childIndent = indentOf(lines[i]!);
-        const seqAtSameIndent = childIndent === indent && lines[i]!.trimStart().startsWith('- ');
-        if (childIndent <= indent && !seqAtSameIndent) fail(`key ${key} has no value`);
-        out[key!] = node(childIndent);
-      } else {
-        out[key!] = scalar(value);
-      }
-    }
-    return out;
-  };
-  const doc = node(0);
-  skip();
-  if (i < lines.length) fail('unexpected content');
-  return doc;
+function readYaml(file: string): Yaml {
+  try {
+    return parse(readFileSync(join(rulesDir, file), 'utf8'), { schema: 'failsafe' }) as Yaml;
+  } catch (err) {
+    throw new Error(`${file}: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 const isMap = (v: Yaml | undefined): v is { [key: string]: Yaml } => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -144,7 +55,7 @@ const ruleFiles = existsSync(rulesDir) ? readdirSync(rulesDir).filter((f) => /\.
 const rules: Rule[] = [];
 const groupNames: string[] = [];
 for (const file of ruleFiles) {
-  const doc = parseYamlSubset(readFileSync(join(rulesDir, file), 'utf8'), file);
+  const doc = readYaml(file);
   if (!isMap(doc) || !Array.isArray(doc.groups)) throw new Error(`${file}: no top-level "groups" list`);
   for (const g of doc.groups) {
     if (!isMap(g) || !str(g.name) || !Array.isArray(g.rules)) throw new Error(`${file}: a group without name or rules`);
