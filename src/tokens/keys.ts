@@ -87,6 +87,11 @@ async function parseKeyText(text: string, variable: string): Promise<SigningKey[
     } catch {
       throw new KeySourceError(variable, `key ${i} does not import`);
     }
+    // Node builds an OKP private key from "d" alone; an "x" of another key would publish a
+    // public key under this kid that does not verify what "d" signs.
+    if (key.type === 'private' && createPublicKey(key).export({ format: 'jwk' }).x !== jwk.x) {
+      throw new KeySourceError(variable, `key ${i}: "x" is not the public half of "d"`);
+    }
     keys.push(await toSigningKey(key, typeof jwk.kid === 'string' ? jwk.kid : undefined, variable));
   }
   if (new Set(keys.map((k) => k.kid)).size !== keys.length) throw new KeySourceError(variable, 'duplicate kid in the JWK Set');
