@@ -39,6 +39,60 @@ export function powSatisfied(nonce: string, work: string, bits: number): boolean
   return left <= 0;
 }
 
+/**
+ * Route schemas document the endpoints (OpenAPI) but do not drive validation or serialisation:
+ * bodies are checked by the handlers in the contract's order (415, 413, 400), and answers
+ * are written as they are.
+ */
+const DOCS_ONLY = {
+  validatorCompiler: () => () => true,
+  serializerCompiler: () => (data: unknown) => JSON.stringify(data),
+};
+const PROBLEM_REF = { description: 'problem+json refusal (PROTOCOL.md section 9)', content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } } };
+const CHALLENGE_SCHEMA = {
+  summary: 'Get a timed nonce challenge (client certificate required)',
+  body: { type: 'object', description: 'empty, or a JSON object whose fields are ignored' },
+  response: {
+    201: {
+      type: 'object',
+      required: ['challenge_id', 'nonce', 'aud', 'issued_at', 'expires_at', 'algs', 'pow'],
+      properties: {
+        challenge_id: { type: 'string', pattern: '^[A-Za-z0-9_-]{22}$' },
+        nonce: { type: 'string', pattern: '^[A-Za-z0-9_-]{43}$' },
+        aud: { type: 'string' },
+        issued_at: { type: 'integer', description: 'Unix ms' },
+        expires_at: { type: 'integer', description: 'Unix ms' },
+        algs: { type: 'array', items: { type: 'string', enum: ['EdDSA', 'ES256', 'ES384', 'PS256'] } },
+        pow: { type: ['object', 'null'], properties: { alg: { type: 'string', enum: ['sha256'] }, difficulty: { type: 'integer', maximum: 24 } } },
+      },
+    },
+    '4xx': PROBLEM_REF,
+    '5xx': PROBLEM_REF,
+  },
+};
+const TOKEN_SCHEMA = {
+  summary: 'Exchange a signed proof for an access token bound to the certificate',
+  body: {
+    type: 'object',
+    required: ['challenge_id', 'proof'],
+    properties: {
+      challenge_id: { type: 'string', pattern: '^[A-Za-z0-9_-]{22}$' },
+      proof: { type: 'string', description: 'compact JWS, typ agent-gate-proof+jwt, payload {cid, nonce, aud, iat}' },
+      work: { type: 'string', maxLength: 64 },
+      attestation: { type: 'string', description: 'attestation JWT (section 8)' },
+    },
+  },
+  response: {
+    200: {
+      type: 'object',
+      required: ['access_token', 'token_type', 'expires_in'],
+      properties: { access_token: { type: 'string' }, token_type: { type: 'string', enum: ['Bearer'] }, expires_in: { type: 'integer' } },
+    },
+    '4xx': PROBLEM_REF,
+    '5xx': PROBLEM_REF,
+  },
+};
+
 /** How long past `expires_at` a challenge is kept, to tell a late proof (408) from an unknown one (404). */
 export const CHALLENGE_GRACE_MS = 30_000;
 
@@ -95,7 +149,7 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
 
   const hooks = (limit?: onRequestHookHandler) => (limit ? [opts.identify, limit] : [opts.identify]);
 
-  app.post('/v1/challenge', { onRequest: hooks(opts.limits?.challenge), config: { route: 'challenge' } }, async (request, reply) => {
+  app.post('/v1/challenge', { onRequest: hooks(opts.limits?.challenge), config: { route: 'challenge' }, schema: CHALLENGE_SCHEMA, ...DOCS_ONLY }, async (request, reply) => {
     await readChallengeBody(request);
     const agent = requireAgent(request);
     const issuedAt = now();
@@ -121,7 +175,7 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
     };
   });
 
-  app.post('/v1/token', { onRequest: hooks(opts.limits?.token), config: { route: 'token' } }, async (request, reply) => {
+  app.post('/v1/token', { onRequest: hooks(opts.limits?.token), config: { route: 'token' }, schema: TOKEN_SCHEMA, ...DOCS_ONLY }, async (request, reply) => {
     const body = await readTokenBody(request);
     const agent = requireAgent(request);
     // Step 8: one atomic attempt per challenge, whatever follows.

@@ -51,6 +51,8 @@ export function toGateError(err: unknown): GateError | undefined {
 export interface RefusalSinks {
   metrics: GateMetrics;
   audit?: AuditSink;
+  /** Keeps refusals for lookup by id (admin API). */
+  refusals?: { record(r: { refusal_id: string; code: string; status: number; at: number; agent_id?: string; thumbprint?: string; method?: string }): void };
 }
 
 /** Sends the problem+json refusal for `err`, logging (and auditing) it with its refusal id. */
@@ -73,6 +75,7 @@ export function sendRefusal(request: FastifyRequest, reply: FastifyReply, err: G
   else request.log.info(log, 'refused');
   // The refusal id is what an agent's owner quotes in an appeal: it must be in the trail.
   sinks.audit?.record({ ...log, method: request.method, client_address: request.clientAddress });
+  sinks.refusals?.record({ refusal_id: id, code: err.code, status, at: Date.now(), agent_id: request.agent?.agentId, thumbprint: request.agent?.thumbprint, method: request.method });
   reply.code(status).headers({ ...err.headers, 'cache-control': 'no-store', 'content-type': 'application/problem+json' });
   if (status === 401) reply.header('www-authenticate', wwwAuthenticateFor(err.code));
   // A Buffer keeps fastify from appending `; charset=utf-8` to the problem media type.

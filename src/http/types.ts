@@ -2,6 +2,11 @@ import type { AgentIdentity } from '../identity/index.js';
 import type { VerifiedToken } from '../tokens/index.js';
 
 declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The `route` label of request_duration_seconds (section 10). */
+    route?: 'challenge' | 'token' | 'proxy' | 'jwks' | 'health' | 'other';
+  }
+
   interface FastifyRequest {
     /** The verified agent identity, once the identity step has run. */
     agent: AgentIdentity | null;

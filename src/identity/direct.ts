@@ -21,6 +21,14 @@ export class DirectIdentityResolver {
    */
   private readonly chains = new Map<string, Buffer[]>();
   private static readonly CHAINS_MAX = 50_000;
+  /**
+   * Identities verified on earlier connections, by leaf thumbprint: verification parses the
+   * chain (milliseconds), and agents reconnect. Only successes are kept; the validity window
+   * is checked on every use.
+   */
+  private readonly verified = new Map<string, { identity: AgentIdentity; verifiedAt: number }>();
+  /** Chains are verified again after this long, so an intermediate's expiry is noticed. */
+  private static readonly REVERIFY_MS = 10 * 60_000;
 
   constructor(private readonly trust: TrustBundle, private readonly now: () => number = Date.now) {}
 
@@ -50,9 +58,13 @@ export class DirectIdentityResolver {
     }
     const resumed = typeof socket.isSessionReused === 'function' && socket.isSessionReused();
     const leafPrint = thumbprintOf(peer.raw);
+    const known = this.verified.get(leafPrint);
+    if (known && known.verifiedAt + DirectIdentityResolver.REVERIFY_MS > this.now()) return known.identity;
     if (resumed && chain.length === 0) chain.push(...(this.chains.get(leafPrint) ?? []));
     try {
       const identity = verifyAgentCertificate(peer.raw, chain, this.trust, this.now());
+      if (this.verified.size >= DirectIdentityResolver.CHAINS_MAX) this.verified.delete(this.verified.keys().next().value!);
+      this.verified.set(leafPrint, { identity, verifiedAt: this.now() });
       if (!resumed && chain.length > 0) {
         if (this.chains.size >= DirectIdentityResolver.CHAINS_MAX) this.chains.delete(this.chains.keys().next().value!);
         this.chains.set(leafPrint, chain);

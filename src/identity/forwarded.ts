@@ -54,6 +54,12 @@ function occurrences(rawHeaders: string[], name: string): string[] {
 export class ForwardedVerifier {
   private readonly proxies: BlockList | undefined;
   private readonly now: () => number;
+  /**
+   * Parsed certificate headers and verified identities, so that a keep-alive agent costs one
+   * HMAC and one SET NX per request rather than an X.509 parse and chain verification.
+   */
+  private readonly certs = new Map<string, { der: Buffer; thumbprint: string }>();
+  private readonly identities = new Map<string, AgentIdentity>();
 
   constructor(private readonly opts: ForwardedOptions) {
     this.proxies = opts.trustedProxies ? parseTrustedProxies(opts.trustedProxies) : undefined;
@@ -91,10 +97,15 @@ export class ForwardedVerifier {
     const secret = this.opts.keys.get(kid);
     if (!secret) throw this.fail('unknown_kid', `unknown kid ${kid}`);
     let cert: { der: Buffer; thumbprint: string } | undefined;
-    try {
-      cert = certFromHeader(v['x-gate-fwd-cert']!);
-    } catch (err) {
-      throw this.fail('bad_signature', `certificate header: ${(err as Error).message}`);
+    const certHeader = v['x-gate-fwd-cert']!;
+    cert = this.certs.get(certHeader);
+    if (!cert && certHeader !== '-') {
+      try {
+        cert = certFromHeader(certHeader);
+      } catch (err) {
+        throw this.fail('bad_signature', `certificate header: ${(err as Error).message}`);
+      }
+      if (cert) remember(this.certs, certHeader, cert);
     }
     const host = v['x-gate-fwd-host']!;
     const canonical = canonicalString({
@@ -127,6 +138,17 @@ export class ForwardedVerifier {
     const verify = v['x-gate-fwd-verify']!;
     if (verify === 'NONE' || !cert) throw new GateError('client_cert_required', { detail: `nginx verify ${verify}` });
     if (verify !== 'SUCCESS') throw new GateError('client_cert_invalid', { detail: `nginx verify ${verify}` });
-    return verifyAgentCertificate(cert.der, [], this.opts.trust, this.now());
+    const now = this.now();
+    const known = this.identities.get(cert.thumbprint);
+    // Only successes are cached, and their validity window is checked on every use.
+    if (known && known.notBefore <= now && now <= known.notAfter) return known;
+    const identity = verifyAgentCertificate(cert.der, [], this.opts.trust, now);
+    remember(this.identities, cert.thumbprint, identity);
+    return identity;
   }
+}
+
+function remember<V>(map: Map<string, V>, key: string, value: V): void {
+  if (map.size >= 10_000) map.delete(map.keys().next().value!);
+  map.set(key, value);
 }

@@ -11,8 +11,8 @@ export { Forwarder, upstreamRequestHeaders, type ForwarderOptions, type ForwardI
 /** Options of {@link proxyRoutes}. */
 export interface ProxyRoutesOptions {
   forwarder: Forwarder;
-  /** Identity, token and limit hooks, in the contract's order. */
-  guards: onRequestHookHandler[];
+  /** The gate's guard: identity, token bound to the certificate, proxy limit. */
+  guard: onRequestHookHandler;
 }
 
 /** Every path outside the gate prefix goes upstream once identity and token pass. */
@@ -26,7 +26,7 @@ export async function proxyRoutes(app: FastifyInstance, opts: ProxyRoutesOptions
     if (!agent || !token) throw new GateError('token_missing');
     return opts.forwarder.forward(request, reply, { agentId: agent.agentId, thumbprint: agent.thumbprint, tokenId: token.jti });
   };
-  const route = { onRequest: opts.guards, config: { route: 'proxy' } };
+  const route = { onRequest: opts.guard, config: { route: 'proxy' as const }, schema: { hide: true } };
   app.all('/', route, handler);
   app.all('/*', route, handler);
 }

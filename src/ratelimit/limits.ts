@@ -29,6 +29,8 @@ export interface RateLimitOptions {
   /** Shared counter for the batched proxy limit. */
   sink: (key: string, by: number, ttlMs: number) => Promise<number>;
   metrics: GateMetrics;
+  /** Told when a certificate starts a failed-proof cooldown (for the operator registry). */
+  onCooldown?: (thumbprint: string, untilMs: number) => void;
 }
 
 type Limiter = LabelOf<'limiter'>;
@@ -102,9 +104,10 @@ export class GateRateLimits {
   /** Step 4 on `P/v1/challenge`; resolves to the share of the per-address limit in use. */
   async challenge(address: string, thumbprint: string): Promise<number> {
     await this.checkCooldown(thumbprint);
-    const ipLoad = await this.consume('challenge_ip', this.challengeIp, this.opts.challengeIp, address);
+    // The certificate's own limit first: a flooding certificate is stopped there and cannot
+    // spend the address budget that other agents behind the same address share.
     await this.consume('challenge_identity', this.challengeIdentity, this.opts.challengeIdentity, thumbprint);
-    return ipLoad;
+    return this.consume('challenge_ip', this.challengeIp, this.opts.challengeIp, address);
   }
 
   /** Step 4 on `P/v1/token`. */
@@ -115,7 +118,12 @@ export class GateRateLimits {
 
   /** Counts a refusal at steps 9-11 against the certificate. */
   async failedProof(thumbprint: string): Promise<void> {
-    await this.failedProofs.consume(thumbprint).catch(() => undefined);
+    try {
+      await this.failedProofs.consume(thumbprint);
+    } catch (res) {
+      // Rejected means this failure was the Nth: the certificate is now blocked.
+      if (res instanceof RateLimiterRes) this.opts.onCooldown?.(thumbprint, Date.now() + res.msBeforeNext);
+    }
   }
 
   /** Clears a certificate's cooldown (admin action). */

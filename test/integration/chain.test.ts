@@ -70,8 +70,11 @@ describe('agent certificate issued by an intermediate, gate trusting only the ro
   });
 
   it('leaf only: 403 client_cert_invalid on the flow, the challenge and a gated path', async () => {
+    // A leaf this gate has never seen with its chain: one verified earlier is remembered by
+    // thumbprint (its chain was checked then), which is sound but not this case.
+    const lonely = await issueAgentCert(inter, 'chained', { alg: 'ec-p256' });
     const seenBefore = up.seen.length;
-    const c = client(chained.certPem, chained.keyPem);
+    const c = client(lonely.certPem, lonely.keyPem);
     const err = await c.request('/api/leaf-only').then(
       () => undefined,
       (e: unknown) => e,
@@ -80,9 +83,7 @@ describe('agent certificate issued by an intermediate, gate trusting only the ro
     expect((err as GateClientError).status).toBe(403);
     expect((err as GateClientError).code).toBe('client_cert_invalid');
 
-    // Full handshakes only: a resumed session would reuse the chain the gate verified earlier
-    // for this very leaf (see the resumption tests below), which is sound but not this case.
-    const a = tlsAgent(fx, chained, { resumeSessions: false });
+    const a = tlsAgent(fx, lonely, { resumeSessions: false });
     agents.push(a);
     const ch = await call(a, `${gw.url}${P}/v1/challenge`, { method: 'POST' });
     expect(problemOf(ch)).toMatchObject({ status: 403, code: 'client_cert_invalid', contentType: 'application/problem+json' });

@@ -1,0 +1,64 @@
+/**
+ * The admin listener (PROTOCOL.md section 1): `/metrics`, `/healthz`, `/readyz`,
+ * `/openapi.json` and the admin API. HTTP on loopback; HTTPS (optionally with admin client
+ * certificates) when configured.
+ * @module
+ */
+import type { ServerOptions as HttpsServerOptions } from 'node:https';
+import swagger from '@fastify/swagger';
+import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import type { GateConfig } from '../config/index.js';
+import { GateError } from '../errors.js';
+import { makeErrorHandler } from '../http/errors.js';
+import { registerInfoRoutes } from '../plugin.js';
+import { readFileFor, type GateServices } from '../services.js';
+import { adminRoutes } from './routes.js';
+import { mergeOpenApi, OPENAPI_INFO } from './openapi.js';
+
+export { OperatorState, type DenyEntry, type CooldownEntry, type RefusalRecord } from './state.js';
+export { mergeOpenApi } from './openapi.js';
+
+/** Options of {@link buildAdminApp}. */
+export interface AdminAppOptions {
+  logger: FastifyServerOptions['logger'];
+  readiness: () => Promise<GateError | undefined>;
+  /** The public app, whose route schemas document the gate endpoints in /openapi.json. */
+  gateApp?: FastifyInstance;
+}
+
+function adminHttps(config: GateConfig): HttpsServerOptions | undefined {
+  const { tlsCertFile, tlsKeyFile, clientCaFile } = config.admin;
+  if (!tlsCertFile || !tlsKeyFile) return undefined;
+  const https: HttpsServerOptions = { cert: readFileFor('GATE_ADMIN_TLS_CERT', tlsCertFile), key: readFileFor('GATE_ADMIN_TLS_KEY', tlsKeyFile) };
+  // With a client CA, only holders of an admin certificate get past the handshake.
+  if (clientCaFile) Object.assign(https, { ca: readFileFor('GATE_ADMIN_CLIENT_CA', clientCaFile), requestCert: true, rejectUnauthorized: true });
+  return https;
+}
+
+/** Builds the admin app (not listening). */
+export async function buildAdminApp(services: GateServices, opts: AdminAppOptions): Promise<FastifyInstance> {
+  const { config, metrics, sinks } = services;
+  const https = adminHttps(config);
+  const token = config.admin.tokenFile ? readFileFor('GATE_ADMIN_TOKEN_FILE', config.admin.tokenFile).trim() : undefined;
+  if (config.admin.tokenFile && (!token || token.length < 16)) throw new TypeError('GATE_ADMIN_TOKEN_FILE must hold a secret of at least 16 characters');
+  const app = Fastify({ logger: opts.logger, logController: new LogController({ disableRequestLogging: true }), return503OnClosing: false, ...(https ? { https } : {}) } as FastifyServerOptions);
+  app.decorateRequest('agent', null);
+  app.decorateRequest('refusedWith', null);
+  app.decorateRequest('clientAddress', '');
+  app.setErrorHandler(makeErrorHandler(sinks));
+  app.setNotFoundHandler(async () => {
+    throw new GateError('not_found');
+  });
+  await app.register(swagger, { openapi: { openapi: '3.1.0', info: OPENAPI_INFO } });
+  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+    reply.header('content-type', metrics.registry.contentType).header('cache-control', 'no-store');
+    return metrics.registry.metrics();
+  });
+  registerInfoRoutes(app, services, opts.readiness, false);
+  await app.register(adminRoutes, { services, token, clientCertificates: Boolean(https && config.admin.clientCaFile) });
+  app.get('/openapi.json', { schema: { hide: true } }, async (_req, reply) => {
+    reply.header('cache-control', 'no-store');
+    return mergeOpenApi(app.swagger() as Record<string, unknown>, opts.gateApp?.hasDecorator('swagger') ? (opts.gateApp.swagger() as Record<string, unknown>) : undefined, config.pathPrefix);
+  });
+  return app;
+}

@@ -1,0 +1,48 @@
+/**
+ * The OpenAPI 3.1 document served at `/openapi.json` on the admin listener: the admin routes'
+ * schemas plus the gate endpoints' schemas from the public app, both from @fastify/swagger.
+ * @module
+ */
+import { ERROR_CODES } from '../errors.js';
+
+/** `info` of the document. */
+export const OPENAPI_INFO = {
+  title: 'agent-gate',
+  version: '1',
+  description: 'Gate endpoints (under the path prefix, public listener) and the admin API (admin listener). Errors are RFC 9457 problem+json.',
+};
+
+/** The problem document of PROTOCOL.md section 9. */
+const PROBLEM = {
+  type: 'object',
+  required: ['type', 'title', 'status', 'code', 'instance'],
+  properties: {
+    type: { type: 'string', pattern: '^urn:agent-gate:error:' },
+    title: { type: 'string' },
+    status: { type: 'integer' },
+    code: { type: 'string', enum: ERROR_CODES },
+    instance: { type: 'string', pattern: '^urn:agent-gate:refusal:[A-Za-z0-9]{1,64}$' },
+  },
+};
+
+/** Merges the gate's paths (those under `prefix`) into the admin document. */
+export function mergeOpenApi(admin: Record<string, unknown>, gate: Record<string, unknown> | undefined, prefix: string): Record<string, unknown> {
+  const paths: Record<string, unknown> = { ...((admin.paths as Record<string, unknown>) ?? {}) };
+  for (const [p, item] of Object.entries((gate?.paths as Record<string, unknown>) ?? {})) {
+    if (p.startsWith(prefix)) paths[p] = item;
+  }
+  const components = (admin.components as Record<string, Record<string, unknown>> | undefined) ?? {};
+  return {
+    ...admin,
+    servers: [{ url: '/', description: 'admin listener (gate endpoints are served on the public listener)' }],
+    paths,
+    components: {
+      ...components,
+      schemas: { ...(components.schemas ?? {}), Problem: PROBLEM },
+      securitySchemes: {
+        adminBearer: { type: 'http', scheme: 'bearer', description: 'secret from GATE_ADMIN_TOKEN_FILE' },
+        agentCertificate: { type: 'mutualTLS', description: 'agent X.509 client certificate (or signed forwarded headers behind nginx)' },
+      },
+    },
+  };
+}

@@ -1,0 +1,241 @@
+/**
+ * Operator state shared by every gate through the store: the deny list, the registry of
+ * failed-proof cooldowns, and recent refusals by id (for appeals). Gates keep a local copy of
+ * the deny list, refreshed by polling a version counter, so the per-request check is a map
+ * lookup and a new entry reaches every instance within one poll interval.
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import type { Cluster, Redis } from 'ioredis';
+import { GateError } from '../errors.js';
+import type { AgentIdentity } from '../identity/index.js';
+import { RedisStore, type GateStore } from '../store/index.js';
+
+/** One deny-list entry: by certificate thumbprint or by agent id. */
+export interface DenyEntry {
+  id: string;
+  thumbprint?: string;
+  agent_id?: string;
+  reason: string;
+  created_at: number;
+  /** Unix ms; absent means until removed. */
+  expires_at?: number;
+}
+
+/** A certificate cooling down after repeated failed proofs. */
+export interface CooldownEntry {
+  thumbprint: string;
+  until: number;
+}
+
+/** What is kept about a refusal for lookup by id. */
+export interface RefusalRecord {
+  refusal_id: string;
+  code: string;
+  status: number;
+  at: number;
+  agent_id?: string;
+  thumbprint?: string;
+  method?: string;
+}
+
+/** Store primitives the operator state needs. */
+interface Kv {
+  hset(key: string, field: string, value: string): Promise<void>;
+  hdel(key: string, field: string): Promise<boolean>;
+  hgetall(key: string): Promise<Record<string, string>>;
+  setPx(key: string, value: string, ttlMs: number): Promise<void>;
+  get(key: string): Promise<string | undefined>;
+  incr(key: string): Promise<number>;
+}
+
+function redisKv(client: Redis | Cluster): Kv {
+  const wrap = async <T>(op: () => Promise<T>): Promise<T> => {
+    try {
+      return await op();
+    } catch (err) {
+      throw new GateError('store_unavailable', { cause: err, detail: (err as Error).message, headers: { 'retry-after': '1' } });
+    }
+  };
+  return {
+    hset: (k, f, v) => wrap(async () => void (await client.hset(k, f, v))),
+    hdel: (k, f) => wrap(async () => (await client.hdel(k, f)) > 0),
+    hgetall: (k) => wrap(() => client.hgetall(k)),
+    setPx: (k, v, ttl) => wrap(async () => void (await client.set(k, v, 'PX', ttl))),
+    get: (k) => wrap(async () => (await client.get(k)) ?? undefined),
+    incr: (k) => wrap(() => client.incr(k)),
+  };
+}
+
+/** Single-process twin of {@link redisKv} for the memory store (dev). */
+function memoryKv(now: () => number): Kv {
+  const hashes = new Map<string, Map<string, string>>();
+  const values = new Map<string, { v: string; until: number }>();
+  const MAX_VALUES = 100_000;
+  return {
+    async hset(k, f, v) {
+      let h = hashes.get(k);
+      if (!h) hashes.set(k, (h = new Map()));
+      h.set(f, v);
+    },
+    async hdel(k, f) {
+      return hashes.get(k)?.delete(f) ?? false;
+    },
+    async hgetall(k) {
+      return Object.fromEntries(hashes.get(k) ?? []);
+    },
+    async setPx(k, v, ttl) {
+      if (values.size >= MAX_VALUES) {
+        for (const [key, e] of values) if (e.until <= now()) values.delete(key);
+        if (values.size >= MAX_VALUES) values.delete(values.keys().next().value!);
+      }
+      values.set(k, { v, until: now() + ttl });
+    },
+    async get(k) {
+      const e = values.get(k);
+      return e && e.until > now() ? e.v : undefined;
+    },
+    async incr(k) {
+      const n = Number((await this.get(k)) ?? 0) + 1;
+      values.set(k, { v: String(n), until: Number.MAX_SAFE_INTEGER });
+      return n;
+    },
+  };
+}
+
+const KEY = { deny: 'ag:op:deny', denyVersion: 'ag:op:deny:v', cooldowns: 'ag:op:cooldowns', refusal: (id: string) => `ag:op:refusal:${id}` };
+/** How long a refusal can be looked up by id. */
+export const REFUSAL_RETENTION_MS = 7 * 24 * 3600_000;
+/** Refusals not kept for lookup: they come in floods and say nothing about one agent. */
+const NOT_KEPT = new Set(['overloaded', 'rate_limited']);
+
+/** Options of {@link OperatorState}. */
+export interface OperatorStateOptions {
+  store: GateStore;
+  now: () => number;
+  /** How often the local deny-list copy checks for changes. */
+  refreshMs?: number;
+  log?: (event: Record<string, unknown>) => void;
+}
+
+/** Deny list, cooldown registry and refusal records. */
+export class OperatorState {
+  private readonly kv: Kv;
+  private readonly now: () => number;
+  private version = -1;
+  private byThumbprint = new Map<string, DenyEntry>();
+  private byAgentId = new Map<string, DenyEntry>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly opts: OperatorStateOptions) {
+    this.now = opts.now;
+    this.kv = opts.store instanceof RedisStore ? redisKv(opts.store.redis) : memoryKv(opts.now);
+  }
+
+  /** Starts polling the deny-list version. */
+  start(): void {
+    void this.refresh();
+    this.timer = setInterval(() => void this.refresh(), this.opts.refreshMs ?? 500);
+    this.timer.unref();
+  }
+
+  /** Stops polling. */
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+
+  /** Reloads the local deny-list copy when the shared version moved. Never throws. */
+  async refresh(): Promise<void> {
+    try {
+      const v = Number((await this.kv.get(KEY.denyVersion)) ?? 0);
+      if (v === this.version) return;
+      const all = await this.kv.hgetall(KEY.deny);
+      const byT = new Map<string, DenyEntry>();
+      const byA = new Map<string, DenyEntry>();
+      for (const raw of Object.values(all)) {
+        const e = JSON.parse(raw) as DenyEntry;
+        if (e.thumbprint) byT.set(e.thumbprint, e);
+        if (e.agent_id) byA.set(e.agent_id, e);
+      }
+      this.byThumbprint = byT;
+      this.byAgentId = byA;
+      this.version = v;
+    } catch (err) {
+      // Keep the last copy: a store outage must not empty the deny list.
+      this.opts.log?.({ event: 'deny_list_refresh_failed', detail: (err as Error).message });
+    }
+  }
+
+  /** The identity step's deny-list check (section 2): `agent_denied` for a listed agent. */
+  check(agent: AgentIdentity): void {
+    const e = this.byThumbprint.get(agent.thumbprint) ?? this.byAgentId.get(agent.agentId);
+    if (e && (e.expires_at === undefined || e.expires_at > this.now())) {
+      throw new GateError('agent_denied', { detail: `deny-list entry ${e.id}: ${e.reason}` });
+    }
+  }
+
+  /** Adds an entry, visible to every gate within one refresh interval (here at once). */
+  async deny(input: { thumbprint?: string; agent_id?: string; reason: string; expires_at?: number }): Promise<DenyEntry> {
+    const entry: DenyEntry = { id: randomBytes(8).toString('hex'), created_at: this.now(), ...input };
+    await this.kv.hset(KEY.deny, entry.id, JSON.stringify(entry));
+    await this.kv.incr(KEY.denyVersion);
+    await this.refresh();
+    return entry;
+  }
+
+  /** Removes an entry; false when there was none. */
+  async undeny(id: string): Promise<boolean> {
+    const removed = await this.kv.hdel(KEY.deny, id);
+    if (removed) {
+      await this.kv.incr(KEY.denyVersion);
+      await this.refresh();
+    }
+    return removed;
+  }
+
+  /** Current deny-list entries (expired ones are dropped from the store on the way). */
+  async denyList(): Promise<DenyEntry[]> {
+    const now = this.now();
+    const out: DenyEntry[] = [];
+    for (const [id, raw] of Object.entries(await this.kv.hgetall(KEY.deny))) {
+      const e = JSON.parse(raw) as DenyEntry;
+      if (e.expires_at !== undefined && e.expires_at <= now) await this.kv.hdel(KEY.deny, id);
+      else out.push(e);
+    }
+    return out.sort((a, b) => a.created_at - b.created_at);
+  }
+
+  /** Records a cooldown (called by the failed-proof limiter when it blocks a certificate). */
+  async noteCooldown(thumbprint: string, until: number): Promise<void> {
+    await this.kv.hset(KEY.cooldowns, thumbprint, String(until)).catch(() => undefined);
+  }
+
+  /** Cooldowns still running. */
+  async cooldowns(): Promise<CooldownEntry[]> {
+    const now = this.now();
+    const out: CooldownEntry[] = [];
+    for (const [thumbprint, until] of Object.entries(await this.kv.hgetall(KEY.cooldowns))) {
+      if (Number(until) > now) out.push({ thumbprint, until: Number(until) });
+      else await this.kv.hdel(KEY.cooldowns, thumbprint);
+    }
+    return out;
+  }
+
+  /** Forgets a cooldown in the registry (the limiter itself is cleared by the caller). */
+  async forgetCooldown(thumbprint: string): Promise<boolean> {
+    return this.kv.hdel(KEY.cooldowns, thumbprint);
+  }
+
+  /** Keeps a refusal for lookup by id (best effort; floods of 503/429 are not kept). */
+  record(r: RefusalRecord): void {
+    if (NOT_KEPT.has(r.code)) return;
+    this.kv.setPx(KEY.refusal(r.refusal_id), JSON.stringify(r), REFUSAL_RETENTION_MS).catch(() => undefined);
+  }
+
+  /** A refusal by id, if still kept. */
+  async refusal(id: string): Promise<RefusalRecord | undefined> {
+    if (!/^[A-Za-z0-9]{1,64}$/.test(id)) return undefined;
+    const raw = await this.kv.get(KEY.refusal(id));
+    return raw ? (JSON.parse(raw) as RefusalRecord) : undefined;
+  }
+}
