@@ -8,6 +8,7 @@ import { Command } from 'commander';
 import { generateSigningJwk } from '../tokens/index.js';
 import { registerAgentCommands } from './agent.js';
 import { registerAuditCommands } from './audit.js';
+import { registerNginxCommands } from './nginx.js';
 import { runDev } from './dev.js';
 import { configCheck, configOrExit, runGate } from './gate.js';
 import { registerPkiCommands } from './pki.js';
@@ -54,6 +55,7 @@ program
 registerPkiCommands(program);
 registerAgentCommands(program);
 registerAuditCommands(program);
+registerNginxCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`agent-gate: ${(err as Error)?.message ?? String(err)}\n`);

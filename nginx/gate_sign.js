@@ -1,0 +1,130 @@
+/*
+ * agent-gate forwarded-header signer for nginx's njs module (PROTOCOL.md section 6).
+ *
+ * Written for njs 0.7.9 (Debian 12's libnginx-mod-http-js) and later: synchronous
+ * crypto.createHmac/createHash only (an async js_set yields nothing), Buffer, and the HMAC
+ * key from `js_preload_object agent_gate_fwd_key from <DIR>/gate_fwd_key.json;`, which the
+ * master process reads once at configuration load. The module's top-level code runs again in
+ * every unprivileged worker, so it must not read the 0600 key file itself.
+ *
+ * nginx.conf uses it like this (see agent-gate.conf):
+ *   js_set $gate_fwd_sig  gate_sign.sign;      computes everything once per request
+ *   js_var $gate_fwd_kid; js_var $gate_fwd_ts; ...   the values that were signed
+ *   if ($gate_fwd_sig = "") { return 500; }      evaluates the signature in the rewrite
+ *                                                phase and fails closed
+ *   proxy_set_header x-gate-fwd-ts $gate_fwd_ts; ...
+ * Every x-gate-fwd-* header is sent from a js_var written by sign(), so the values sent are
+ * the values signed: $msec and $request_id are read exactly once.
+ *
+ * The canonical string and the signature must stay identical to
+ * src/identity/forwarded-canonical.ts; test/vectors/forwarded.json checks both.
+ */
+var crypto = require('crypto');
+
+var VERSION = 'agent-gate-fwd-v1';
+var MIN_SECRET_BYTES = 32;
+var KID_RE = /^[A-Za-z0-9._-]{1,64}$/;
+var TS_RE = /^[0-9]{1,12}$/;
+var ID_RE = /^[0-9a-f]{32}$/;
+var PEM_RE = /^-----BEGIN CERTIFICATE-----([A-Za-z0-9+\/=\s]+)-----END CERTIFICATE-----\s*$/;
+
+/* The canonical string: the fields joined by "\n", no trailing newline. */
+function canonical(f) {
+    return [VERSION, f.kid, f.ts, f.id, f.method, f.requestUri, f.host, f.addr, f.verify, f.thumbprint].join('\n');
+}
+
+/* base64url(HMAC-SHA256(secret, text)); secretB64 as in GATE_FWD_HMAC_KEYS. */
+function hmac(secretB64, text) {
+    if (typeof secretB64 !== 'string' || !/^[A-Za-z0-9+\/_-]+={0,2}$/.test(secretB64)) {
+        throw new Error('HMAC secret is not base64');
+    }
+    var key = Buffer.from(secretB64, 'base64');
+    if (key.length < MIN_SECRET_BYTES) {
+        throw new Error('HMAC secret is ' + key.length + ' bytes; at least ' + MIN_SECRET_BYTES + ' required');
+    }
+    return crypto.createHmac('sha256', key).update(text).digest('base64url');
+}
+
+/*
+ * Thumbprint (base64url SHA-256 of the DER) of the certificate in an x-gate-fwd-cert value:
+ * $ssl_client_escaped_cert, URL-encoded PEM; "-" when there is none.
+ */
+function thumbprintOfHeader(certHeader) {
+    if (certHeader === '-') {
+        return '-';
+    }
+    var m = PEM_RE.exec(decodeURIComponent(certHeader));
+    if (!m) {
+        throw new Error('client certificate is not a PEM certificate');
+    }
+    var der = Buffer.from(m[1].replace(/\s+/g, ''), 'base64');
+    return crypto.createHash('sha256').update(der).digest('base64url');
+}
+
+/*
+ * js_set $gate_fwd_sig: signs the request and writes the signed values into the js_var
+ * variables the x-gate-fwd-* headers are sent from. Returns "" (and logs why) when it
+ * cannot sign; the config then refuses the request instead of forwarding it unsigned.
+ */
+function sign(r) {
+    try {
+        /* global agent_gate_fwd_key */
+        var key = agent_gate_fwd_key;
+        if (!key || typeof key.kid !== 'string' || !KID_RE.test(key.kid)) {
+            throw new Error('preloaded key has no valid kid');
+        }
+        var v = r.variables;
+        var ts = String(Math.floor(Number(v.msec)));
+        var id = v.request_id;
+        var cert = v.ssl_client_escaped_cert || '-';
+        var f = {
+            kid: key.kid,
+            ts: ts,
+            id: id,
+            method: r.method,
+            requestUri: v.request_uri,
+            host: v.host,
+            addr: v.remote_addr,
+            verify: v.ssl_client_verify || 'NONE',
+            thumbprint: thumbprintOfHeader(cert)
+        };
+        if (!TS_RE.test(ts)) {
+            throw new Error('bad timestamp ' + ts);
+        }
+        if (!ID_RE.test(id)) {
+            throw new Error('bad request id');
+        }
+        if (!f.host || !f.addr) {
+            throw new Error('no host or address');
+        }
+        var sig = hmac(key.secret, canonical(f));
+        v.gate_fwd_kid = f.kid;
+        v.gate_fwd_ts = f.ts;
+        v.gate_fwd_id = f.id;
+        v.gate_fwd_host = f.host;
+        v.gate_fwd_addr = f.addr;
+        v.gate_fwd_verify = f.verify;
+        v.gate_fwd_cert = cert;
+        v.gate_fwd_thumbprint = f.thumbprint;
+        return sig;
+    } catch (e) {
+        r.error('agent-gate: cannot sign the forwarded headers, refusing the request: ' + e.message);
+        return '';
+    }
+}
+
+/*
+ * js_set $gate_refusal_id: the refusal id of nginx's own problem+json answers, in the
+ * gate's format (section 9): 10 base36 digits of Unix milliseconds, then 16 hex digits of
+ * $request_id. Unique, time-sortable, [a-z0-9]; also written to the access log.
+ */
+function refusalId(r) {
+    var ms = Math.round(Number(r.variables.msec) * 1000);
+    var ts = ms.toString(36);
+    while (ts.length < 10) {
+        ts = '0' + ts;
+    }
+    return ts + String(r.variables.request_id).slice(0, 16);
+}
+
+export default { sign, refusalId, canonical, hmac, thumbprintOfHeader };

@@ -1,0 +1,105 @@
+/**
+ * `agent-gate nginx-config` (PROTOCOL.md section 12): writes DIR/nginx.conf, DIR/gate_sign.js
+ * and the 0600 key copy DIR/gate_fwd_key.json for nginx in front of a gate in forwarded mode.
+ * The written paths go to stdout, one per line; warnings and the command that runs nginx go to
+ * stderr. Any error is one line on stderr and exit status 2.
+ * @module
+ */
+import { dirname } from 'node:path';
+import { Command, type ErrorOptions } from 'commander';
+import { DEFAULT_PATH_PREFIX, renderNginxConfig, type NginxConfigOptions } from '../nginx/index.js';
+
+const EXIT_ERROR = 2;
+
+/** A command whose every error, commander's usage errors included, is one line and exit 2. */
+class NginxCommand extends Command {
+  override createCommand(name?: string): Command {
+    return new NginxCommand(name);
+  }
+
+  override error(message: string, errorOptions?: ErrorOptions): never {
+    return super.error(message.replace(/\s*\n\s*/g, ' ').trim(), { ...errorOptions, exitCode: EXIT_ERROR });
+  }
+}
+
+interface NginxFlags {
+  listen: string;
+  gateUrl: string;
+  tlsCert: string;
+  tlsKey: string;
+  clientCa: string;
+  hmacKeyFile: string;
+  kid: string;
+  dir: string;
+  pathPrefix: string;
+  gateCa?: string;
+  gateTlsName?: string;
+  tlsMinVersion?: string;
+}
+
+function oneLine(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.replace(/\s*\n\s*/g, ' ').trim();
+}
+
+function writeOut(cmd: Command, text: string): void {
+  const write = cmd.configureOutput().writeOut ?? ((s: string) => process.stdout.write(s));
+  write(text);
+}
+
+function writeErr(cmd: Command, text: string): void {
+  const write = cmd.configureOutput().writeErr ?? ((s: string) => process.stderr.write(s));
+  write(text);
+}
+
+function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_./:=@%+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Adds `nginx-config` to `program`. */
+export function registerNginxCommands(program: Command): void {
+  const cmd = new NginxCommand('nginx-config')
+    .copyInheritedSettings(program)
+    // One line on errors: no help text after them.
+    .showHelpAfterError(false)
+    .description('write an nginx configuration (nginx.conf + njs signer + key copy) that fronts a gate in forwarded mode')
+    .requiredOption('--listen <host:port>', 'address nginx listens on, e.g. 0.0.0.0:443 or [::]:443')
+    .requiredOption('--gate-url <url>', 'the gate origin, e.g. https://gate.internal:8443 (http:// in dev only)')
+    .requiredOption('--tls-cert <file>', "nginx's server certificate chain (PEM)")
+    .requiredOption('--tls-key <file>', "nginx's server key (PEM)")
+    .requiredOption('--client-ca <file>', 'CAs trusted to issue agent certificates (PEM; the gate\'s GATE_CLIENT_CA)')
+    .requiredOption('--hmac-key-file <file>', 'file holding the base64 HMAC secret of --kid, as in GATE_FWD_HMAC_KEYS (>= 32 bytes)')
+    .requiredOption('--kid <kid>', 'key id of that secret in GATE_FWD_HMAC_KEYS')
+    .requiredOption('--dir <dir>', 'output directory (nginx prefix: logs and temp files go there too)')
+    .option('--path-prefix <path>', "the gate's path prefix (GATE_PATH_PREFIX)", DEFAULT_PATH_PREFIX)
+    .option('--gate-ca <file>', "CA bundle (PEM) that verifies the gate's certificate")
+    .option('--gate-tls-name <name>', "DNS name the gate's certificate must carry (default: the --gate-url host)")
+    .option('--tls-min-version <version>', 'minimum TLS version offered to agents: TLSv1.2 or TLSv1.3', 'TLSv1.2')
+    .action(async (flags: NginxFlags, self: Command) => {
+      try {
+        const opts: NginxConfigOptions = {
+          listen: flags.listen,
+          gateUrl: flags.gateUrl,
+          tlsCert: flags.tlsCert,
+          tlsKey: flags.tlsKey,
+          clientCa: flags.clientCa,
+          hmacKeyFile: flags.hmacKeyFile,
+          kid: flags.kid,
+          dir: flags.dir,
+          pathPrefix: flags.pathPrefix,
+        };
+        if (flags.gateCa !== undefined) opts.gateCa = flags.gateCa;
+        if (flags.gateTlsName !== undefined) opts.gateTlsName = flags.gateTlsName;
+        if (flags.tlsMinVersion !== undefined) opts.tlsMinVersion = flags.tlsMinVersion as NginxConfigOptions['tlsMinVersion'];
+        const out = await renderNginxConfig(opts);
+        writeOut(self, [out.confPath, out.jsPath, out.keyPath].join('\n') + '\n');
+        for (const w of out.warnings) writeErr(self, `warning: ${w}\n`);
+        const dir = dirname(out.confPath);
+        writeErr(self, `run: nginx -p ${shellQuote(dir)} -c ${shellQuote(out.confPath)} -g ${shellQuote(`daemon off; pid ${dir}/nginx.pid;`)}\n`);
+      } catch (err) {
+        // commander's error() honours the program's exitOverride, so callers can test this path.
+        self.error(`error: ${oneLine(err)}`, { exitCode: EXIT_ERROR, code: 'agent-gate.nginx.failed' });
+      }
+    });
+  program.addCommand(cmd);
+}

@@ -1,0 +1,6 @@
+/**
+ * nginx in front of the gate (forwarded mode, PROTOCOL.md sections 6 and 12).
+ * @module
+ */
+export { DEFAULT_PATH_PREFIX, NGINX_FILES, NJS_MODULE_PATH, renderNginxConfig } from './render.js';
+export type { NginxConfigOptions, RenderedNginxConfig } from './render.js';
