@@ -1,21 +1,26 @@
 /**
  * The agent-side client of agent-gate: mutual TLS with the agent's certificate, the
- * challenge → proof → token flow (PROTOCOL.md sections 3 and 4) with token caching, and
- * gated requests with `Authorization: Bearer` (section 5).
+ * challenge → proof → token flow (PROTOCOL.md sections 3 and 4) with token caching and
+ * proactive refresh, and gated requests with `Authorization: Bearer` (section 5).
  *
  * One undici `Pool` per client keeps connections alive and resumes TLS sessions (undici's
  * per-connector session cache), because a new mTLS handshake costs more CPU than a whole
  * token flow (see load/RESULTS.md once benchmarks exist, and the shared PERFORMANCE figures).
+ *
+ * Hardening: https only; redirects never followed; optional public-key pinning of the gate
+ * (./pin.ts); retries with jitter on 429/503 only where they are safe (./retry.ts).
  * @module
  */
 import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import { GateClientError } from './client-error.js';
+import { parsePins, pinnedServerIdentity } from './pin.js';
 import { solvePowAsync } from './pow.js';
 import { createProof, proofAlgFor, type ProofAlg, type ProofOverrides } from './proof.js';
 import {
   GATE_MAX_RESPONSE_BYTES,
+  gateRefusalCode,
   headerValue,
   isGateProblem,
   parseProblem,
@@ -25,6 +30,14 @@ import {
   retryAfterSeconds,
   type RawResponse,
 } from './response.js';
+import {
+  CONNECTION_RETRY_MAX_MS,
+  DEFAULT_MAX_RETRIES,
+  isConnectionError,
+  isGateRetryableRefusal,
+  refusalDelayMs,
+  SAFE_METHODS,
+} from './retry.js';
 
 /** Options of a {@link GateClient}. */
 export interface GateClientOptions {
@@ -39,14 +52,38 @@ export interface GateClientOptions {
   /** The gate's path prefix, default `/.agent-gate`. */
   pathPrefix?: string;
   /**
-   * Refresh a cached token this many seconds before it expires. Default 30, or 10% of the
-   * token's lifetime when that is shorter; an explicit value is capped at half the lifetime.
+   * Start refreshing a cached token this many seconds before it expires. Default 30, or 10%
+   * of the token's lifetime when that is shorter; an explicit value is capped at half the
+   * lifetime. The refresh runs in the background: callers keep getting the cached token until
+   * it is about to expire (the last min(5 s, half this margin) of its life), and only then wait.
    */
   refreshBeforeExpiryS?: number;
+  /**
+   * Called with the error of a failed background refresh (the token is still valid; the next
+   * call after a short pause tries again). Never called for foreground failures, which reject.
+   */
+  onRefreshError?: (err: unknown) => void;
   /** Timeout of one HTTP exchange (headers and body), default 30000. */
   requestTimeoutMs?: number;
-  /** Longest `Retry-After` (seconds) that is waited out before one retry, default 10. */
+  /**
+   * Longest `Retry-After` (seconds) that is waited out before a retry, default 10. A longer
+   * one is not waited for: the 429/503 is returned (request) or thrown (token flow).
+   */
   maxRetryAfterS?: number;
+  /**
+   * Retries per call after a 429/503 (Retry-After plus jitter, or backoff for a 503 without
+   * Retry-After); default 2, 0 disables them. See the README section on retries for which
+   * requests are retried.
+   */
+  maxRetries?: number;
+  /**
+   * Public-key pins of the gate, `sha256/<base64 of SHA-256 over the DER SubjectPublicKeyInfo>`
+   * (HPKP format, see {@link spkiPin}). Checked on every new TLS connection in addition to
+   * normal verification; the leaf or any certificate of its verified chain may match. List a
+   * backup pin (e.g. the next key, or the issuing CA) so that a key rotation does not lock
+   * agents out. A mismatch fails with {@link GateClientError} `pin_mismatch` and is not retried.
+   */
+  pins?: string[];
   /** SNI and the name the gate's certificate must match; default the host of `baseUrl`. */
   servername?: string;
   /**
@@ -87,14 +124,20 @@ const DEFAULT_PREFIX = '/.agent-gate';
 const DEFAULT_REFRESH_BEFORE_S = 30;
 const DEFAULT_TIMEOUT_MS = 30_000;
 const DEFAULT_MAX_RETRY_AFTER_S = 10;
+/** A cached token is handed out until at most this close to its expiry (then callers wait). */
+const EXPIRY_SAFETY_S = 5;
+/** Pause after a failed background refresh before the next one (unless Retry-After says more). */
+const BACKGROUND_RETRY_MS = 2000;
 const USER_AGENT = 'agent-gate-client/1';
 /** 401 codes a fresh token can cure; any other gate 401 is returned as is. */
 const TOKEN_CODES = new Set(['token_missing', 'token_invalid', 'token_expired']);
 
 interface CachedToken {
   token: TokenResponse;
-  /** Local time (ms) after which the token is no longer handed out. */
+  /** Local time (ms) from which a background refresh is started. */
   refreshAt: number;
+  /** Local time (ms) from which the token is no longer handed out. */
+  staleAt: number;
 }
 
 function fail(what: string): never {
@@ -174,6 +217,7 @@ export class GateClient {
   readonly #pool: Pool;
   readonly #timeoutMs: number;
   readonly #maxRetryAfterS: number;
+  readonly #maxRetries: number;
   readonly #refreshBeforeS: number;
   readonly #refreshExplicit: boolean;
   /** Aborts Retry-After waits and proof-of-work on close(). */
@@ -181,10 +225,14 @@ export class GateClient {
   #closed = false;
   #cached: CachedToken | undefined;
   #inflight: Promise<string> | undefined;
+  /** No background refresh starts before this local time (ms), after one failed. */
+  #backgroundNotBefore = 0;
   readonly #attestation: GateClientOptions['attestation'];
+  readonly #onRefreshError: GateClientOptions['onRefreshError'];
 
   constructor(opts: GateClientOptions) {
     this.#attestation = opts.attestation;
+    this.#onRefreshError = opts.onRefreshError;
     let url: URL;
     try {
       url = new URL(opts.baseUrl);
@@ -224,6 +272,9 @@ export class GateClient {
     };
     this.#timeoutMs = num(opts.requestTimeoutMs, DEFAULT_TIMEOUT_MS, 'requestTimeoutMs', 1);
     this.#maxRetryAfterS = num(opts.maxRetryAfterS, DEFAULT_MAX_RETRY_AFTER_S, 'maxRetryAfterS', 0);
+    this.#maxRetries = num(opts.maxRetries, DEFAULT_MAX_RETRIES, 'maxRetries', 0);
+    if (!Number.isInteger(this.#maxRetries)) fail('maxRetries must be an integer');
+    const pins = opts.pins === undefined ? undefined : parsePins(opts.pins);
     this.#refreshBeforeS = num(opts.refreshBeforeExpiryS, DEFAULT_REFRESH_BEFORE_S, 'refreshBeforeExpiryS', 0);
     this.#refreshExplicit = opts.refreshBeforeExpiryS !== undefined;
 
@@ -234,6 +285,8 @@ export class GateClient {
         ...(opts.ca !== undefined ? { ca: toPem(opts.ca) } : {}),
         ...(opts.servername !== undefined ? { servername: opts.servername } : {}),
         rejectUnauthorized: true,
+        // Runs only after the chain verified; host name check, then the pins.
+        ...(pins ? { checkServerIdentity: pinnedServerIdentity(pins) } : {}),
         minVersion: 'TLSv1.2',
         // undici resumes TLS sessions through this cache (default 100); one origin needs few.
         maxCachedSessions: 16,
@@ -248,14 +301,25 @@ export class GateClient {
   }
 
   /**
-   * A valid access token: the cached one until shortly before it expires, else one from a
-   * new challenge flow. Concurrent callers share one in-flight flow. Throws
+   * A valid access token. The cached one is returned at once while it is valid; within the
+   * refresh margin before its expiry a background flow fetches the next one meanwhile, so
+   * callers do not wait. Only without a usable token (none yet, or in its last seconds) do
+   * callers wait for a flow. Concurrent callers share one in-flight flow. Throws
    * {@link GateClientError} when the gate refuses.
    */
   async getToken(): Promise<string> {
     this.#assertOpen();
     const c = this.#cached;
-    if (c && Date.now() < c.refreshAt) return c.token.access_token;
+    const now = Date.now();
+    if (c && now < c.staleAt) {
+      if (now >= c.refreshAt) this.#refreshInBackground(now);
+      return c.token.access_token;
+    }
+    return this.#sharedFlow();
+  }
+
+  /** The in-flight token flow, started when there is none. */
+  #sharedFlow(): Promise<string> {
     if (!this.#inflight) {
       const p = this.fetchToken().then((t) => t.access_token);
       this.#inflight = p;
@@ -267,19 +331,49 @@ export class GateClient {
     return this.#inflight;
   }
 
+  #refreshInBackground(now: number): void {
+    if (this.#inflight || now < this.#backgroundNotBefore) return;
+    this.#sharedFlow().catch((err: unknown) => {
+      const retryAfterMs = err instanceof GateClientError && err.retryAfterS !== undefined ? err.retryAfterS * 1000 : 0;
+      this.#backgroundNotBefore = Date.now() + Math.max(BACKGROUND_RETRY_MS, retryAfterMs);
+      if (this.#closed) return;
+      try {
+        this.#onRefreshError?.(err);
+      } catch {
+        // A throwing callback must not become an unhandled rejection.
+      }
+    });
+  }
+
   /**
    * Runs a fresh challenge → proof → token flow (never shared, never from cache), caches its
-   * token and returns the full token response. When the gate answers 429 or 503 with a
-   * Retry-After of at most `maxRetryAfterS`, waits and runs the flow once more.
+   * token and returns the full token response. Every attempt is a new challenge, so a retry
+   * never replays anything: after a 429/503 from a gate endpoint the flow is run again, up to
+   * `maxRetries` times, after Retry-After plus jitter (when at most `maxRetryAfterS`) or, for a
+   * 503 without Retry-After, a jittered backoff; after a connection error, once, after a short
+   * random pause.
+   * Redirects, pin mismatches and every other refusal are thrown as they are.
    */
   async fetchToken(): Promise<TokenResponse> {
-    try {
-      return await this.#flow();
-    } catch (err) {
-      const wait = err instanceof GateClientError && (err.status === 429 || err.status === 503) ? err.retryAfterS : undefined;
-      if (wait === undefined || wait > this.#maxRetryAfterS) throw err;
-      await this.#sleep(wait * 1000);
-      return this.#flow();
+    let retries = 0;
+    let connectionRetried = false;
+    for (;;) {
+      try {
+        return await this.#flow();
+      } catch (err) {
+        let delay: number | undefined;
+        if (err instanceof GateClientError) {
+          if (retries < this.#maxRetries) delay = refusalDelayMs(err.status, err.retryAfterS, retries, this.#maxRetryAfterS);
+          if (delay === undefined) throw err;
+          retries++;
+        } else if (!connectionRetried && !this.#closed && isConnectionError(err)) {
+          connectionRetried = true;
+          delay = Math.random() * CONNECTION_RETRY_MAX_MS;
+        } else {
+          throw err;
+        }
+        await this.#sleep(delay);
+      }
     }
   }
 
@@ -305,7 +399,14 @@ export class GateClient {
     });
     if (res.status !== 200) throw GateClientError.fromResponse(res, 'token');
     const token = parseToken(res);
-    this.#cached = { token, refreshAt: started + (token.expires_in - this.#marginS(token.expires_in)) * 1000 };
+    const expiresAt = started + token.expires_in * 1000;
+    const marginS = this.#marginS(token.expires_in);
+    this.#cached = {
+      token,
+      refreshAt: expiresAt - marginS * 1000,
+      staleAt: expiresAt - Math.min(EXPIRY_SAFETY_S, marginS / 2) * 1000,
+    };
+    this.#backgroundNotBefore = 0;
     return token;
   }
 
@@ -341,11 +442,22 @@ export class GateClient {
 
   /**
    * Calls `path` (absolute path with optional query, outside the gate prefix) on the protected
-   * upstream through the gate, with `Authorization: Bearer <token>`. Redirects are returned,
-   * not followed. On a 401 that a new token can cure, refreshes the token and retries once; on
-   * 429/503 with a Retry-After of at most `maxRetryAfterS`, waits and retries once. The body is
-   * read completely, up to {@link REQUEST_MAX_RESPONSE_BYTES} (64 MiB; more is an error).
-   * A caller-supplied `Authorization` header is replaced; a `Host` header is refused.
+   * upstream through the gate, with `Authorization: Bearer <token>`, and returns the response
+   * whatever its status. The body is read completely, up to {@link REQUEST_MAX_RESPONSE_BYTES}
+   * (64 MiB; more is an error). A caller-supplied `Authorization` header is replaced; a `Host`
+   * header is refused.
+   *
+   * - Redirects (3xx) are returned untouched, never followed.
+   * - A 401 that a new token can cure: the token is refreshed and the request sent once more.
+   * - 429/503: retried up to `maxRetries` times, after Retry-After plus jitter (only when it
+   *   is at most `maxRetryAfterS`) or, for a 503 without Retry-After, a jittered backoff.
+   * - Connection errors: retried once.
+   *
+   * Safe methods (GET, HEAD, OPTIONS) are retried in all these cases. Any other method is
+   * retried only when the gate itself refused it before forwarding (problem+json of the
+   * contract: a token code for 401; `rate_limited`, `overloaded`, `store_unavailable` or
+   * `revocation_unavailable` for 429/503), never after a connection error or an answer that
+   * may come from the upstream or a proxy, which may have acted on it.
    */
   async request(path: string, init: GateRequestInit = {}): Promise<RawResponse> {
     if (typeof path !== 'string' || !path.startsWith('/')) throw new TypeError('request path must start with "/"');
@@ -357,30 +469,42 @@ export class GateClient {
       headers[n] = value;
     }
     const method = init.method ?? 'GET';
-    const send = (token: string) =>
-      this.#exchange(path, {
-        method,
-        headers: { ...headers, authorization: `Bearer ${token}` },
-        ...(init.body !== undefined ? { body: init.body } : {}),
-      }, REQUEST_MAX_RESPONSE_BYTES);
+    const safe = SAFE_METHODS.has(method.toUpperCase());
+    let connectionRetried = false;
+    const send = async (token: string): Promise<RawResponse> => {
+      for (;;) {
+        try {
+          return await this.#exchange(path, {
+            method,
+            headers: { ...headers, authorization: `Bearer ${token}` },
+            ...(init.body !== undefined ? { body: init.body } : {}),
+          }, REQUEST_MAX_RESPONSE_BYTES);
+        } catch (err) {
+          if (!safe || connectionRetried || this.#closed || !isConnectionError(err)) throw err;
+          connectionRetried = true;
+          await this.#sleep(Math.random() * CONNECTION_RETRY_MAX_MS);
+        }
+      }
+    };
 
     let token = await this.getToken();
     let res = await send(token);
     let refreshed = false;
-    let waited = false;
+    let retries = 0;
     for (;;) {
-      if (res.status === 401 && !refreshed && this.#tokenCanCure(res)) {
+      if (res.status === 401 && !refreshed && this.#tokenCanCure(res, safe)) {
         refreshed = true;
         this.#invalidate(token);
         token = await this.getToken();
         res = await send(token);
         continue;
       }
-      if ((res.status === 429 || res.status === 503) && !waited) {
-        const wait = retryAfterSeconds(headerValue(res.headers, 'retry-after'));
-        if (wait !== undefined && wait <= this.#maxRetryAfterS) {
-          waited = true;
-          await this.#sleep(wait * 1000);
+      if ((res.status === 429 || res.status === 503) && retries < this.#maxRetries && (safe || isGateRetryableRefusal(res))) {
+        const retryAfterS = retryAfterSeconds(headerValue(res.headers, 'retry-after'));
+        const delay = refusalDelayMs(res.status, retryAfterS, retries, this.#maxRetryAfterS);
+        if (delay !== undefined) {
+          retries++;
+          await this.#sleep(delay);
           token = await this.getToken();
           res = await send(token);
           continue;
@@ -402,8 +526,16 @@ export class GateClient {
     await this.#pool.close();
   }
 
-  /** A 401 from the gate with a non-token code (e.g. client_cert_required) is not retried. */
-  #tokenCanCure(res: RawResponse): boolean {
+  /**
+   * Whether a new token may cure a 401. A 401 from the gate with a non-token code (e.g.
+   * client_cert_required) never; for a method that is not safe, only the gate's own token
+   * refusal (given before forwarding), not a 401 that may come from the upstream.
+   */
+  #tokenCanCure(res: RawResponse, safe: boolean): boolean {
+    if (!safe) {
+      const code = gateRefusalCode(res);
+      return code !== undefined && TOKEN_CODES.has(code);
+    }
     const problem = parseProblem(res);
     return !isGateProblem(problem) || TOKEN_CODES.has(problem.code);
   }

@@ -120,6 +120,16 @@ export function isGateProblem(p: ProblemInfo | undefined): p is ProblemInfo {
 }
 
 /**
+ * The contract code of `res` when it is a problem document shaped exactly as the gate's own
+ * (`type` is `urn:agent-gate:error:<code>`), else undefined. Stricter than
+ * {@link isGateProblem}: used where a wrong guess would resend a request the upstream saw.
+ */
+export function gateRefusalCode(res: RawResponse): string | undefined {
+  const p = parseProblem(res);
+  return p !== undefined && p.type === `urn:agent-gate:error:${p.code}` ? p.code : undefined;
+}
+
+/**
  * Seconds to wait from a Retry-After value (delta-seconds or HTTP-date), or undefined when
  * absent or unparsable.
  */

@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -55,12 +55,84 @@ export function makeTestPki(): { server: CertPair; agent: CertPair; other: CertP
   };
 }
 
+/**
+ * A three-level server PKI: root CA → intermediate CA → gate leaf (IP SAN 127.0.0.1).
+ * `chain` is leaf + intermediate, what the gate presents; clients trust `root.cert`.
+ */
+export interface ChainPki {
+  root: CertPair;
+  intermediate: CertPair;
+  leaf: CertPair;
+  chain: string;
+}
+
+function openssl(dir: string, args: string[]): void {
+  execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+}
+
+/** Makes a {@link ChainPki} with openssl in a temp dir (removed afterwards). */
+export function makeChainPki(): ChainPki {
+  const dir = mkdtempSync(join(tmpdir(), 'agc-chain-'));
+  try {
+    const read = (f: string) => readFileSync(join(dir, f), 'utf8');
+    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+    openssl(dir, ['req', '-x509', ...ec, '-keyout', 'root.key', '-out', 'root.crt', '-days', '1', '-subj', '/CN=Test Root',
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+    openssl(dir, ['req', '-new', ...ec, '-keyout', 'int.key', '-out', 'int.csr', '-subj', '/CN=Test Intermediate']);
+    writeFileSync(join(dir, 'int.ext'), 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n');
+    openssl(dir, ['x509', '-req', '-in', 'int.csr', '-CA', 'root.crt', '-CAkey', 'root.key', '-CAcreateserial', '-out', 'int.crt', '-days', '1', '-extfile', 'int.ext']);
+    openssl(dir, ['req', '-new', ...ec, '-keyout', 'leaf.key', '-out', 'leaf.csr', '-subj', '/CN=chained-gate']);
+    writeFileSync(join(dir, 'leaf.ext'), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
+    openssl(dir, ['x509', '-req', '-in', 'leaf.csr', '-CA', 'int.crt', '-CAkey', 'int.key', '-CAcreateserial', '-out', 'leaf.crt', '-days', '1', '-extfile', 'leaf.ext']);
+    const leaf = { cert: read('leaf.crt'), key: read('leaf.key') };
+    const intermediate = { cert: read('int.crt'), key: read('int.key') };
+    return { root: { cert: read('root.crt'), key: read('root.key') }, intermediate, leaf, chain: leaf.cert + intermediate.cert };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * An attacker's server certificate for the pin test: `leaf` (IP SAN 127.0.0.1) is properly
+ * issued by `ca` (a CA the victim trusts, e.g. a compromised one); `decoy` claims to be that
+ * CA (same subject name) but carries `pinnedKeyOf`'s public key and a signature by an
+ * unrelated key. Presenting leaf + decoy makes Node's displayed chain show the pinned key
+ * above the leaf, although no valid signature links them.
+ */
+export function makeDecoyChain(pinnedKeyOf: CertPair): { ca: CertPair; leaf: CertPair; chain: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'agc-decoy-'));
+  try {
+    const read = (f: string) => readFileSync(join(dir, f), 'utf8');
+    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+    writeFileSync(join(dir, 'pinned.crt'), pinnedKeyOf.cert);
+    openssl(dir, ['x509', '-in', 'pinned.crt', '-pubkey', '-noout', '-out', 'pinned.pub']);
+    openssl(dir, ['req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '1', '-subj', '/CN=Rogue CA',
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+    openssl(dir, ['req', '-new', ...ec, '-keyout', 'leaf.key', '-out', 'leaf.csr', '-subj', '/CN=rogue-gate']);
+    // No key identifiers: the decoy then matches the leaf's issuer by name alone.
+    writeFileSync(join(dir, 'leaf.ext'), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nsubjectKeyIdentifier=none\nauthorityKeyIdentifier=none\n');
+    openssl(dir, ['x509', '-req', '-in', 'leaf.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'leaf.crt', '-days', '1', '-extfile', 'leaf.ext']);
+    openssl(dir, ['req', '-new', ...ec, '-keyout', 'decoy.key', '-out', 'decoy.csr', '-subj', '/CN=Rogue CA']);
+    writeFileSync(join(dir, 'decoy.ext'), 'basicConstraints=critical,CA:TRUE\nsubjectKeyIdentifier=none\nauthorityKeyIdentifier=none\n');
+    openssl(dir, ['x509', '-req', '-in', 'decoy.csr', '-signkey', 'decoy.key', '-force_pubkey', 'pinned.pub', '-out', 'decoy.crt', '-days', '1', '-extfile', 'decoy.ext']);
+    const leaf = { cert: read('leaf.crt'), key: read('leaf.key') };
+    return { ca: { cert: read('ca.crt'), key: read('ca.key') }, leaf, chain: leaf.cert + read('decoy.crt') };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** What a scripted handler answers. */
 export interface Reply {
+  /** Drop the connection instead of answering. */
+  destroy?: boolean;
   status: number;
   headers?: Record<string, string>;
   body?: string | Buffer;
 }
+
+/** What a hook returns: a reply, or undefined for the default behaviour, maybe later. */
+export type Hooked = Reply | undefined | Promise<Reply | undefined>;
 
 export interface GateRequest {
   method: string;
@@ -95,12 +167,15 @@ export class TestGate {
   calls = { challenge: 0, token: 0, upstream: 0 };
   /** TLS connections accepted, and how many of them resumed a session. */
   tls = { connections: 0, resumed: 0 };
+  /** TCP connections accepted (counted before any TLS handshake). */
+  tcp = 0;
   tokenTtlS = 300;
   pow: { alg: string; difficulty: number } | null = null;
   algs = ['EdDSA', 'ES256', 'ES384', 'PS256'];
-  onChallenge: ((n: number) => Reply | undefined) | undefined;
-  onToken: ((n: number) => Reply | undefined) | undefined;
-  onUpstream: ((req: GateRequest) => Reply | undefined) | undefined;
+  /** Hooks may be async (to hold an answer back); undefined means the default behaviour. */
+  onChallenge: ((n: number) => Hooked) | undefined;
+  onToken: ((n: number) => Hooked) | undefined;
+  onUpstream: ((req: GateRequest) => Hooked) | undefined;
   /** Upstream requests, in order. */
   upstreamLog: GateRequest[] = [];
   /** Proofs accepted, decoded. */
@@ -130,6 +205,9 @@ export class TestGate {
         });
       },
     );
+    this.server.on('connection', () => {
+      this.tcp++;
+    });
     this.server.on('secureConnection', (sock: TLSSocket) => {
       this.tls.connections++;
       if (sock.isSessionReused()) this.tls.resumed++;
@@ -154,17 +232,17 @@ export class TestGate {
     if (!sock.authorized) return problem(401, 'client_cert_required');
     if (path === `${PREFIX}/v1/challenge` && method === 'POST') {
       this.calls.challenge++;
-      return this.onChallenge?.(this.calls.challenge) ?? this.#challenge();
+      return (await this.onChallenge?.(this.calls.challenge)) ?? this.#challenge();
     }
     if (path === `${PREFIX}/v1/token` && method === 'POST') {
       this.calls.token++;
-      return this.onToken?.(this.calls.token) ?? (await this.#token(sock, req, body));
+      return (await this.onToken?.(this.calls.token)) ?? (await this.#token(sock, req, body));
     }
     if (path.startsWith(`${PREFIX}/`)) return problem(404, 'not_found');
     this.calls.upstream++;
     const gr: GateRequest = { method, path, headers: req.headers, body, n: this.calls.upstream };
     this.upstreamLog.push(gr);
-    const scripted = this.onUpstream?.(gr);
+    const scripted = await this.onUpstream?.(gr);
     if (scripted) return scripted;
     const auth = req.headers.authorization ?? '';
     const m = /^Bearer (.+)$/i.exec(auth);
@@ -229,6 +307,10 @@ export class TestGate {
 }
 
 function send(res: ServerResponse, reply: Reply): void {
+  if (reply.destroy) {
+    res.socket?.destroy();
+    return;
+  }
   res.writeHead(reply.status, reply.headers ?? {});
   res.end(reply.body ?? '');
 }
