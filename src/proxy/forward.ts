@@ -128,6 +128,9 @@ export class Forwarder {
         body: limiter ?? null,
         signal: abort.signal,
       });
+      // Wait for the first bytes (or the end) before committing the status: an upstream that
+      // fails after its headers but before any byte is relayed still gets a contract 502/504.
+      await firstChunkOrEnd(res.body);
       reply.code(res.statusCode).headers(downstreamHeaders(res.headers));
       return reply.send(res.body);
     } catch (err) {
@@ -140,6 +143,24 @@ export class Forwarder {
   async close(): Promise<void> {
     await this.pool.close();
   }
+}
+
+function firstChunkOrEnd(body: NodeJS.ReadableStream & { readableLength?: number; readableEnded?: boolean }): Promise<void> {
+  if ((body.readableLength ?? 0) > 0 || body.readableEnded) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const done = (err?: unknown) => {
+      body.off('readable', onReadable);
+      body.off('end', onEnd);
+      body.off('error', done);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onReadable = () => done();
+    const onEnd = () => done();
+    body.once('readable', onReadable);
+    body.once('end', onEnd);
+    body.once('error', done);
+  });
 }
 
 function upstreamError(err: unknown): GateError {
