@@ -4,7 +4,8 @@
  * @module
  */
 export { buildGate, type Gate, type GateDeps } from './app.js';
-export { agentGate, type AgentGateOptions, type AgentGateDecoration } from './plugin.js';
+export { agentGate, agentGateFrameworkErrors, type AgentGateOptions, type AgentGateDecoration } from './plugin.js';
+export type { VerifiedToken } from './tokens/index.js';
 export { createServices, loadMaterials, StartupError, type GateServices, type ServiceDeps } from './services.js';
 export { loadConfig, formatViolation, type GateConfig, type ConfigViolation } from './config/index.js';
 export { GateError, ERROR_CODES, ERROR_STATUS, type ErrorCode } from './errors.js';

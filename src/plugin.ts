@@ -8,7 +8,8 @@
  * import Fastify from 'fastify';
  * import { agentGate, loadConfig } from 'agent-gate';
  * const app = Fastify({ https: { key, cert, ca, requestCert: true, rejectUnauthorized: false } });
- * await app.register(agentGate, { config: loadConfig(process.env).config! });
+ * const { config, violations } = loadConfig(process.env, { embedded: true }); // refuse to start on violations
+ * await app.register(agentGate, { config: config! });
  * app.get('/things', { onRequest: app.agentGate.guard }, async (req) => ({ agent: req.agent!.agentId }));
  * ```
  * @module
@@ -18,7 +19,7 @@ import fp from 'fastify-plugin';
 import { challengeRoutes } from './challenge/index.js';
 import { checkAttestation } from './attestation/index.js';
 import type { GateConfig } from './config/index.js';
-import { GateError } from './errors.js';
+import { GateError, newRefusalId, problemFor } from './errors.js';
 import { makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
 import { decodeRequestPath, isGatePath } from './http/path.js';
 import { powDifficulty } from './http/shedding.js';
@@ -177,7 +178,7 @@ async function plugin(app: FastifyInstance, opts: AgentGateOptions): Promise<voi
 
 /** Edge steps for the whole server: shedding (1), path policy (2), metrics, access log, drain. */
 function installEdge(app: FastifyInstance, services: GateServices): void {
-  const { metrics, shedder, state, now, config } = services;
+  const { metrics, shedder, state, now, config, sinks } = services;
   const prefix = config.pathPrefix;
   const healthPaths = new Set([`${prefix}/healthz`, `${prefix}/readyz`]);
   app.addHook('onRequest', (request, reply, done) => {
@@ -197,32 +198,50 @@ function installEdge(app: FastifyInstance, services: GateServices): void {
         'request',
       );
     });
+    const refusal = edgeRefusal(request, reply);
+    // Refusals are answered here, not passed on: a host app's error handler must never see
+    // (or reformat) a contract refusal.
+    if (refusal) sendRefusal(request, reply, refusal, sinks);
+    else done();
+  });
+  const edgeRefusal = (request: FastifyRequest, reply: FastifyReply): GateError | undefined => {
     let path: string;
     try {
       path = decodeRequestPath(request.raw.url ?? '/');
     } catch (err) {
       // Step 1 before step 2: an overloaded gate does not even parse bad paths.
-      return done(shedder.refusal() ?? (err as Error));
+      return shedder.refusal() ?? (err as GateError);
     }
     if (!healthPaths.has(path)) {
       const shed = shedder.refusal();
-      if (shed) return done(shed);
+      if (shed) return shed;
       if (state.draining) {
         reply.header('connection', 'close');
-        return done(new GateError('overloaded', { detail: 'draining', headers: { 'retry-after': '5' } }));
+        return new GateError('overloaded', { detail: 'draining', headers: { 'retry-after': '5' } });
       }
     }
     // Routing and decoding agree (find-my-way decodes the same way), but never let a gate
     // path reach a host route if they ever disagree.
-    if (isGatePath(path, prefix) && !(request.routeOptions.url ?? '').startsWith(prefix)) return done(new GateError('not_found'));
-    done();
-  });
+    if (isGatePath(path, prefix) && !(request.routeOptions.url ?? '').startsWith(prefix)) return new GateError('not_found');
+    return undefined;
+  };
   // While draining, every response closes its connection, so keep-alive clients move on to
   // another instance and the listener can finish closing.
   app.addHook('onSend', (_request, reply, payload, done) => {
     if (state.draining) reply.header('connection', 'close');
     done(null, payload);
   });
+}
+
+/**
+ * fastify's `frameworkErrors` option for a server that registers {@link agentGate}: router
+ * errors (bad percent-encoding) become the contract's 400 problem+json.
+ */
+export function agentGateFrameworkErrors(err: Error, request: FastifyRequest, reply: FastifyReply): void {
+  const sinks = request.server.hasDecorator('agentGate') ? request.server.agentGate.services.sinks : undefined;
+  const gateErr = toGateError(err) ?? new GateError('request_malformed', { cause: err });
+  if (sinks) sendRefusal(request, reply, gateErr, sinks);
+  else void reply.code(gateErr.status).headers({ 'content-type': 'application/problem+json', 'cache-control': 'no-store' }).send(Buffer.from(JSON.stringify(problemFor(gateErr.code, gateErr.status, newRefusalId()))));
 }
 
 /** `/healthz`, `/readyz` and (public listener) `/jwks.json`. */

@@ -3,5 +3,5 @@
  * @module
  */
 export { loadConfig, formatViolation, isLoopbackHost } from './load.js';
-export type { GateConfig, GateEnv, ConfigViolation, LoadedConfig, ListenAddress, RateSpec } from './load.js';
+export type { GateConfig, GateEnv, ConfigViolation, LoadedConfig, LoadOptions, ListenAddress, RateSpec } from './load.js';
 export { maskedConfig } from './mask.js';

@@ -88,6 +88,12 @@ export interface LoadedConfig {
   violations: ConfigViolation[];
 }
 
+/** Options of {@link loadConfig}. */
+export interface LoadOptions {
+  /** The gate is embedded as a fastify plugin: nothing is proxied, so no upstream is required. */
+  embedded?: boolean;
+}
+
 /** Formats a violation as the contract's stderr line. */
 export function formatViolation(v: ConfigViolation): string {
   return `config violation: ${v.variable}: ${v.why}`;
@@ -104,7 +110,7 @@ export function isLoopbackHost(host: string): boolean {
  * Parses and checks `env` (normally `process.env`). Never throws for bad values: every
  * problem becomes a violation so `config check` can list them all at once.
  */
-export function loadConfig(env: Record<string, string | undefined>): LoadedConfig {
+export function loadConfig(env: Record<string, string | undefined>, opts: LoadOptions = {}): LoadedConfig {
   const gateVars: Record<string, string> = {};
   for (const [k, v] of Object.entries(env)) {
     // An empty variable means unset: shells and compose files produce them easily.
@@ -119,7 +125,7 @@ export function loadConfig(env: Record<string, string | undefined>): LoadedConfi
     return { config: undefined, violations: [...unknown, ...invalid] };
   }
   const config = resolve(parsed.data);
-  const violations = [...unknown, ...checkPolicy(config)];
+  const violations = [...unknown, ...checkPolicy(config, opts)];
   return { config: deepFreeze(config), violations };
 }
 
@@ -197,13 +203,13 @@ function resolve(r: RawEnv): GateConfig {
 }
 
 /** The refusals of section 11 plus what this build cannot do yet (fail closed, never ignore). */
-function checkPolicy(c: GateConfig): ConfigViolation[] {
+function checkPolicy(c: GateConfig, opts: LoadOptions): ConfigViolation[] {
   const out: ConfigViolation[] = [];
   const add = (variable: string, why: string) => out.push({ variable, why });
   const strict = c.env !== 'dev';
 
   // Required everywhere.
-  if (!c.upstream.url) add('GATE_UPSTREAM_URL', 'required: the protected service the gate proxies to');
+  if (!c.upstream.url && !opts.embedded) add('GATE_UPSTREAM_URL', 'required: the protected service the gate proxies to');
   if (c.mode === 'direct') {
     if (!c.tls.certFile) add('GATE_TLS_CERT', 'required in direct mode: the server certificate chain (PEM)');
     if (!c.tls.keyFile) add('GATE_TLS_KEY', 'required in direct mode: the server private key (PEM)');
