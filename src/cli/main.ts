@@ -7,6 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { generateSigningJwk } from '../tokens/index.js';
 import { registerAgentCommands } from './agent.js';
+import { registerAdminCommands } from './admin.js';
 import { registerAuditCommands } from './audit.js';
 import { registerNginxCommands } from './nginx.js';
 import { runDev } from './dev.js';
@@ -55,6 +56,7 @@ program
 registerPkiCommands(program);
 registerAgentCommands(program);
 registerAuditCommands(program);
+registerAdminCommands(program);
 registerNginxCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
