@@ -13,7 +13,7 @@ import { buildAdminApp } from './admin/index.js';
 import { OPENAPI_INFO } from './admin/openapi.js';
 import type { GateConfig } from './config/index.js';
 import { GateError } from './errors.js';
-import { makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
+import { makeClientErrorHandler, makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
 import type { GateMetrics } from './metrics/index.js';
 import { agentGate } from './plugin.js';
 import { Forwarder, proxyRoutes } from './proxy/index.js';
@@ -82,6 +82,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     requestTimeout: 30_000,
     keepAliveTimeout: 65_000,
     routerOptions: { maxParamLength: 2048 },
+    clientErrorHandler: makeClientErrorHandler(sinks, () => services.log.current),
     frameworkErrors: (err, request, reply) => {
       sendRefusal(request, reply, toGateError(err) ?? new GateError('request_malformed', { cause: err }), sinks);
     },

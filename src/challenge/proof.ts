@@ -7,6 +7,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { compactVerify, decodeProtectedHeader } from 'jose';
 import { GateError } from '../errors.js';
+import { isCanonicalCompactJws } from '../lib/b64url.js';
 import type { AgentIdentity } from '../identity/index.js';
 
 /** The `typ` a proof must carry, exactly. */
@@ -40,7 +41,7 @@ function sameString(a: unknown, b: string): boolean {
  * verification time in seconds (for `signature_verification_seconds`).
  */
 export async function verifyProof(proof: string, agent: AgentIdentity, want: ProofExpectation, observe?: (seconds: number) => void): Promise<void> {
-  if (proof.length > MAX_PROOF_LENGTH || proof.split('.').length !== 3) throw invalid('not a compact JWS');
+  if (proof.length > MAX_PROOF_LENGTH || !isCanonicalCompactJws(proof)) throw invalid('not a canonical compact JWS');
   let header: Record<string, unknown>;
   try {
     header = decodeProtectedHeader(proof) as Record<string, unknown>;

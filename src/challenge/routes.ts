@@ -148,8 +148,14 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
   };
 
   const hooks = (limit?: onRequestHookHandler) => (limit ? [opts.identify, limit] : [opts.identify]);
+  // Section 3: an empty challenge body is fine "with any or no content type". fastify refuses a
+  // malformed media type before any handler runs, so an empty body's header is dropped first.
+  const ignoreEmptyBodyType: onRequestHookHandler = (request, _reply, done) => {
+    if (!announcesBody(request.headers)) delete request.headers['content-type'];
+    done();
+  };
 
-  app.post('/v1/challenge', { onRequest: hooks(opts.limits?.challenge), config: { route: 'challenge' }, schema: CHALLENGE_SCHEMA, ...DOCS_ONLY }, async (request, reply) => {
+  app.post('/v1/challenge', { onRequest: [ignoreEmptyBodyType, ...hooks(opts.limits?.challenge)], config: { route: 'challenge' }, schema: CHALLENGE_SCHEMA, ...DOCS_ONLY }, async (request, reply) => {
     await readChallengeBody(request);
     const agent = requireAgent(request);
     const issuedAt = now();

@@ -94,3 +94,25 @@ export function makeErrorHandler(sinks: RefusalSinks) {
     return reply.send(Buffer.from(JSON.stringify({ type: 'about:blank', title: 'Internal error', status: 500, instance: `urn:agent-gate:refusal:${id}` })));
   };
 }
+
+/**
+ * fastify's `clientErrorHandler`: requests Node's HTTP parser refuses (bad request line,
+ * control bytes, headers over the size limit) still get the contract's 400 problem+json.
+ * Timeouts and resets get no answer: the client is gone or too slow to wait for.
+ */
+export function makeClientErrorHandler(sinks: RefusalSinks, log: () => { info(o: object, msg: string): void } | undefined) {
+  return function clientErrorHandler(err: NodeJS.ErrnoException, socket: import('node:stream').Duplex): void {
+    if (socket.destroyed || err.code === 'ECONNRESET') return;
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const id = newRefusalId();
+    sinks.metrics.errors.inc({ code: 'request_malformed' });
+    log()?.info({ event: 'refusal', code: 'request_malformed', status: 400, refusal_id: id, detail: `HTTP parser: ${err.code ?? 'error'}` }, 'refused');
+    const body = JSON.stringify(problemFor('request_malformed', 400, id));
+    socket.end(
+      `HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncache-control: no-store\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  };
+}

@@ -7,13 +7,19 @@ import { GateError } from '../errors.js';
 
 /**
  * Returns the percent-decoded path of a raw request target, or throws `request_malformed`
- * for `.`/`..` segments, an encoded `/`, a NUL (raw or encoded), or bad percent-encoding.
+ * for `.`/`..` segments, an encoded `/`, a NUL (raw or encoded), a raw `#` or `\\`, a leading
+ * `//`, or bad percent-encoding.
  */
 export function decodeRequestPath(rawUrl: string): string {
   const q = rawUrl.indexOf('?');
   const raw = q === -1 ? rawUrl : rawUrl.slice(0, q);
   if (!raw.startsWith('/')) throw new GateError('request_malformed', { detail: 'request target is not an absolute path' });
   if (raw.includes('\0')) throw new GateError('request_malformed', { detail: 'NUL in path' });
+  // A raw '#' or '\\' is read differently by URL parsers upstream (fragment; '\\' as '/'),
+  // so the gate and the upstream could disagree about the path.
+  if (rawUrl.includes('#') || raw.includes('\\')) throw new GateError('request_malformed', { detail: 'raw # in target or \\ in path' });
+  // A path starting with '//' reads as an authority to URL parsers ('//host/path').
+  if (raw.startsWith('//')) throw new GateError('request_malformed', { detail: 'path starts with //' });
   if (/%2f|%00/i.test(raw)) throw new GateError('request_malformed', { detail: 'encoded / or NUL in path' });
   let decoded: string;
   try {

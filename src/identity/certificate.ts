@@ -72,13 +72,24 @@ function invalid(detail: string): GateError {
  * returns the identity; throws `client_cert_invalid` naming the reason in `detail`.
  */
 export function verifyAgentCertificate(leafDer: Buffer, intermediatesDer: Buffer[], trust: TrustBundle, now: number = Date.now()): AgentIdentity {
-  if (leafDer.length > CERT_LIMITS.maxDerBytes) throw invalid(`certificate is ${leafDer.length} bytes, over ${CERT_LIMITS.maxDerBytes}`);
-  let leaf: X509Certificate;
   try {
-    leaf = new X509Certificate(leafDer);
+    return verify(leafDer, intermediatesDer, trust, now);
   } catch (err) {
-    throw new GateError('client_cert_invalid', { detail: 'certificate does not parse', cause: err });
+    // Extension decoders (@peculiar/x509 parses lazily) and OpenSSL can throw plain errors on
+    // hostile certificates: every one of them is a refused certificate, never a 500.
+    if (err instanceof GateError) throw err;
+    throw new GateError('client_cert_invalid', { detail: 'certificate does not decode', cause: err });
   }
+}
+
+function verify(input: Buffer, intermediatesDer: Buffer[], trust: TrustBundle, now: number): AgentIdentity {
+  if (input.length > CERT_LIMITS.maxDerBytes) throw invalid(`certificate is ${input.length} bytes, over ${CERT_LIMITS.maxDerBytes}`);
+  const leaf = new X509Certificate(input);
+  // The thumbprint, the size and every later parse are over the certificate's own DER, even
+  // if the input carried something else (PEM text, trailing bytes).
+  const leafDer = leaf.raw;
+  if (leafDer.length > CERT_LIMITS.maxDerBytes) throw invalid(`certificate is ${leafDer.length} bytes, over ${CERT_LIMITS.maxDerBytes}`);
+  if (!input.equals(leafDer)) throw invalid('not exactly one DER certificate');
   if (leaf.ca) throw invalid('a CA certificate cannot be an agent certificate');
   checkValidity(leaf, now, 'certificate');
 

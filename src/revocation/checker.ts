@@ -9,7 +9,8 @@ import { Agent } from 'undici';
 import { GateError } from '../errors.js';
 import type { AgentIdentity } from '../identity/index.js';
 import type { GateMetrics } from '../metrics/index.js';
-import { crlDistributionPoints, issuerDnOf, parseCrl, type ParsedCrl } from './crl.js';
+import { certificateSubject } from '../lib/der.js';
+import { crlDistributionPoints, parseCrl, type ParsedCrl } from './crl.js';
 import { fetchBounded } from './fetch.js';
 import { buildOcspRequest, ocspResponderUrls, verifyOcspResponse } from './ocsp.js';
 import { normalizeSerial } from './serial.js';
@@ -154,7 +155,7 @@ export class RevocationChecker {
   private async crl(agent: AgentIdentity): Promise<SourceResult> {
     const now = this.now();
     const candidates: ParsedCrl[] = [];
-    const issuerDn = issuerDnOf(agent.issuer);
+    const issuerName = certificateSubject(agent.issuer.raw);
     for (const f of this.fileCrls) {
       // A file past nextUpdate is read again: an operator's cron may have replaced it.
       if (f.crl.nextUpdate !== undefined && f.crl.nextUpdate < now) {
@@ -164,7 +165,7 @@ export class RevocationChecker {
           // keep the stale one; it is rejected below as past nextUpdate
         }
       }
-      if (f.crl.issuer === issuerDn) candidates.push(f.crl);
+      if (f.crl.issuerDer.equals(issuerName)) candidates.push(f.crl);
     }
     const errors: string[] = [];
     for (const url of crlDistributionPoints(agent.certDer).slice(0, 2)) {
@@ -179,7 +180,7 @@ export class RevocationChecker {
         errors.push('CRL past nextUpdate');
         continue;
       }
-      if (!(await crl.verifiedBy(agent.issuer))) {
+      if (!crl.verifiedBy(agent.issuer)) {
         errors.push('CRL not signed by the issuing CA');
         continue;
       }

@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { decodeProtectedHeader, errors as joseErrors, jwtVerify, SignJWT, type JWK } from 'jose';
 import { GateError } from '../errors.js';
+import { isCanonicalCompactJws } from '../lib/b64url.js';
 import type { SigningKey, SigningKeySet } from './keys.js';
 
 type SignerKey = SigningKey & { privateKey: NonNullable<SigningKey['privateKey']> };
@@ -80,7 +81,8 @@ export class TokenService {
     const nowS = this.now() / 1000;
     const hit = this.cache.get(token);
     if (hit) {
-      if (nowS <= hit.exp + this.opts.skewS) return hit;
+      // Same boundary as jose: expired once exp <= now - tolerance.
+      if (hit.exp > nowS - this.opts.skewS) return hit;
       this.cache.delete(token);
       throw new GateError('token_expired', { detail: 'token past exp' });
     }
@@ -96,6 +98,7 @@ export class TokenService {
 
   private async verifyUncached(token: string, nowS: number): Promise<VerifiedToken> {
     if (token.length > 8192) throw new GateError('token_invalid', { detail: 'token too long' });
+    if (!isCanonicalCompactJws(token)) throw new GateError('token_invalid', { detail: 'not a canonical compact JWS' });
     let kid: string | undefined;
     try {
       const h = decodeProtectedHeader(token);

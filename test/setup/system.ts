@@ -3,12 +3,23 @@
  * package cannot be had, the run stops with one line naming it.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 
 /** binary -> Debian package that provides it */
 export const REQUIRED: Record<string, string> = {
   'redis-server': 'redis-server',
   'redis-cli': 'redis-tools',
   openssl: 'openssl',
+  // The nginx tests (test/nginx, test/integration/nginx-gate.test.ts) run a real nginx.
+  nginx: 'nginx',
+};
+
+/**
+ * file -> Debian package that provides it, for what is not a binary on PATH: the njs module
+ * the rendered nginx configuration loads (src/nginx NJS_MODULE_PATH).
+ */
+export const REQUIRED_FILES: Record<string, string> = {
+  '/usr/lib/nginx/modules/ngx_http_js_module.so': 'libnginx-mod-http-js',
 };
 
 function has(bin: string): boolean {
@@ -17,11 +28,22 @@ function has(bin: string): boolean {
 
 let updated = false;
 
-/** Ensures every binary is on PATH; throws one clear line per missing package. */
-export function ensureSystemPackages(required: Record<string, string> = REQUIRED): void {
-  const missing = Object.entries(required).filter(([bin]) => !has(bin));
+/**
+ * Ensures every binary of `required` is on PATH and every file of `files` exists; throws one
+ * clear line naming the missing packages.
+ */
+export function ensureSystemPackages(required: Record<string, string> = REQUIRED, files: Record<string, string> = REQUIRED_FILES): void {
+  const missingNow = (): string[] => [
+    ...Object.entries(required)
+      .filter(([bin]) => !has(bin))
+      .map(([, pkg]) => pkg),
+    ...Object.entries(files)
+      .filter(([file]) => !existsSync(file))
+      .map(([, pkg]) => pkg),
+  ];
+  const missing = missingNow();
   if (missing.length === 0) return;
-  const pkgs = [...new Set(missing.map(([, pkg]) => pkg))];
+  const pkgs = [...new Set(missing)];
   const canInstall = process.getuid?.() === 0 && has('apt-get');
   if (canInstall) {
     try {
@@ -36,8 +58,8 @@ export function ensureSystemPackages(required: Record<string, string> = REQUIRED
       // Fall through to the one-line report below.
     }
   }
-  const still = missing.filter(([bin]) => !has(bin)).map(([, pkg]) => pkg);
+  const still = [...new Set(missingNow())];
   if (still.length > 0) {
-    throw new Error(`missing system package: ${[...new Set(still)].join(', ')} (install with: apt-get install ${[...new Set(still)].join(' ')})`);
+    throw new Error(`missing system package: ${still.join(', ')} (install with: apt-get install ${still.join(' ')})`);
   }
 }
