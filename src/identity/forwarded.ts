@@ -6,6 +6,7 @@
 import { BlockList, isIP } from 'node:net';
 import type { FastifyRequest } from 'fastify';
 import { GateError } from '../errors.js';
+import { decodeRequestPath } from '../http/path.js';
 import type { GateMetrics, LabelOf } from '../metrics/index.js';
 import type { GateStore } from '../store/index.js';
 import { verifyAgentCertificate, type AgentIdentity, type TrustBundle } from './certificate.js';
@@ -126,8 +127,7 @@ export class ForwardedVerifier {
     if (actualHost !== host.toLowerCase()) throw this.fail('bad_signature', 'signed host differs from Host');
     const skew = this.opts.maxSkewS;
     if (Math.abs(this.now() / 1000 - Number(ts)) > skew) throw this.fail('stale', `ts ${ts} outside ${skew} s`);
-    const path = request.raw.url ?? '';
-    if (this.opts.replayCheck === 'all' || path.startsWith(`${this.opts.pathPrefix}/v1/`)) {
+    if (this.opts.replayCheck === 'all' || isV1Path(request.raw.url ?? '', this.opts.pathPrefix)) {
       if (!(await this.opts.store.rememberOnce(`fwd:${id}`, (2 * skew + 1) * 1000))) {
         this.opts.metrics.replaysDetected.inc({ kind: 'forwarded' });
         throw this.fail('replayed', `request id ${id} seen before`);
@@ -145,6 +145,15 @@ export class ForwardedVerifier {
     const identity = verifyAgentCertificate(cert.der, [], this.opts.trust, now);
     remember(this.identities, cert.thumbprint, identity);
     return identity;
+  }
+}
+
+/** Judged on the decoded path, as routing is, so `%76` cannot skip the v1 replay check. */
+function isV1Path(rawUrl: string, prefix: string): boolean {
+  try {
+    return decodeRequestPath(rawUrl).startsWith(`${prefix}/v1/`);
+  } catch {
+    return true;
   }
 }
 
