@@ -10,6 +10,7 @@ import { registerAgentCommands } from './agent.js';
 import { registerAdminCommands } from './admin.js';
 import { registerAuditCommands } from './audit.js';
 import { registerNginxCommands } from './nginx.js';
+import { registerDemoCommands } from './demo.js';
 import { runDev } from './dev.js';
 import { configCheck, configOrExit, runGate } from './gate.js';
 import { registerPkiCommands } from './pki.js';
@@ -58,6 +59,7 @@ registerAgentCommands(program);
 registerAuditCommands(program);
 registerAdminCommands(program);
 registerNginxCommands(program);
+registerDemoCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   process.stderr.write(`agent-gate: ${(err as Error)?.message ?? String(err)}\n`);

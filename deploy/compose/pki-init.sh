@@ -1,0 +1,105 @@
+#!/bin/sh
+# The one-shot `pki-init` service of docker-compose.yml (deploy/compose/README.md). Runs in the
+# agent-gate image as uid 1000 before anything else starts, and again on every `up`: each step
+# keeps what is already there and current, so the CA (and every agent it issued) survives.
+#
+#   1. dev/staging CA (`agent-gate pki init`), with the OCSP responder URL (AIA) that every
+#      agent certificate issued from then on carries;
+#   2. server certificates for the compose names: gate.{crt,key} (gate, gate1, gate2) for the
+#      gates, nginx.{crt,key} (nginx, localhost, 127.0.0.1, ::1) for nginx;
+#   3. agent certificates (P-256, PKCS#8 keys, as k6 needs): demo and load-1 by default;
+#   4. a fresh CRL (ca.crl, the gates' GATE_CRL_FILES fallback when OCSP cannot answer);
+#   5. the token-signing key both gates share (`agent-gate keygen --out`, 0600);
+#   6. the nginx configuration (`agent-gate nginx-config`): nginx.conf, the njs signer and the
+#      0600 copy of the forwarded-header HMAC key, with the gates as an https upstream verified
+#      against the CA and the name `gate`.
+#
+# Every path and name can be overridden through the environment (the test suite runs this
+# script outside a container that way); the defaults are the container's.
+set -eu
+
+PKI_DIR=${PKI_DIR:-/var/lib/agent-gate/pki}
+SECRETS_DIR=${SECRETS_DIR:-/var/lib/agent-gate/secrets}
+NGINX_DIR=${NGINX_DIR:-/var/lib/agent-gate/nginx}
+# Commands, word-split on purpose: AGENT_GATE='node --import tsx src/cli/main.ts' in tests.
+AGENT_GATE=${AGENT_GATE:-agent-gate}
+NODE=${NODE:-node}
+HELPER=${HELPER:-$(dirname "$0")/pki-helper.mjs}
+
+OCSP_URL=${OCSP_URL:-http://ocsp:8080}
+NGINX_GATE_URL=${NGINX_GATE_URL:-https://gate:8443}
+NGINX_GATE_TLS_NAME=${NGINX_GATE_TLS_NAME:-gate}
+CERT_NAMES_GATE=${CERT_NAMES_GATE:-gate,gate1,gate2,localhost,127.0.0.1}
+CERT_NAMES_NGINX=${CERT_NAMES_NGINX:-nginx,localhost,127.0.0.1,::1}
+NGINX_LISTEN=${NGINX_LISTEN:-0.0.0.0:8443}
+PATH_PREFIX=${PATH_PREFIX:-/.agent-gate}
+AGENTS=${AGENTS:-demo load-1}
+AGENT_DAYS=${AGENT_DAYS:-30}
+CRL_DAYS=${CRL_DAYS:-7}
+FWD_HMAC_KID=${FWD_HMAC_KID:-compose-1}
+: "${FWD_HMAC_SECRET:?must be set: base64 of at least 32 random bytes, the same value the gates get in GATE_FWD_HMAC_KEYS (deploy/compose/README.md)}"
+
+umask 077
+say() { printf 'pki-init: %s\n' "$*" >&2; }
+
+for d in "$PKI_DIR" "$SECRETS_DIR" "$NGINX_DIR"; do
+  mkdir -p "$d" 2>/dev/null || true
+  if [ ! -d "$d" ] || [ ! -w "$d" ]; then
+    say "$d is not a directory writable by uid $(id -u): the named volume must start empty (docker then gives it the image's ownership, uid 1000) or be chowned to 1000"
+    exit 1
+  fi
+done
+
+say "1/6 CA in $PKI_DIR (OCSP responder $OCSP_URL)"
+$AGENT_GATE pki init --dir "$PKI_DIR" --alg ec-p256 --ocsp-url "$OCSP_URL" >/dev/null
+
+say "2/6 server certificates: gate ($CERT_NAMES_GATE), nginx ($CERT_NAMES_NGINX)"
+$NODE "$HELPER" server-cert "$PKI_DIR" gate "$CERT_NAMES_GATE" >/dev/null
+$NODE "$HELPER" server-cert "$PKI_DIR" nginx "$CERT_NAMES_NGINX" >/dev/null
+
+say "3/6 agent certificates: $AGENTS"
+for agent in $AGENTS; do
+  if $NODE "$HELPER" fresh "$PKI_DIR" "$PKI_DIR/agents/$agent.crt" "$PKI_DIR/agents/$agent.key"; then
+    say "    $agent: current"
+  else
+    $AGENT_GATE pki issue "$agent" --dir "$PKI_DIR" --alg ec-p256 --days "$AGENT_DAYS" >/dev/null
+    say "    $agent: issued for $AGENT_DAYS days"
+  fi
+done
+
+say "4/6 CRL (next update in $CRL_DAYS days)"
+$AGENT_GATE pki crl --dir "$PKI_DIR" --days "$CRL_DAYS" >/dev/null
+
+say "5/6 token-signing key"
+if [ -s "$SECRETS_DIR/signing.jwk" ]; then
+  say "    $SECRETS_DIR/signing.jwk: kept"
+else
+  rm -f "$SECRETS_DIR/signing.jwk"
+  $AGENT_GATE keygen --out "$SECRETS_DIR/signing.jwk" 2>/dev/null
+  say "    $SECRETS_DIR/signing.jwk: generated"
+fi
+
+say "6/6 nginx configuration in $NGINX_DIR (gates at $NGINX_GATE_URL, kid $FWD_HMAC_KID)"
+key_file=$(mktemp "${TMPDIR:-/tmp}/fwd-hmac.XXXXXX")
+trap 'rm -f "$key_file"' EXIT
+printf '%s\n' "$FWD_HMAC_SECRET" >"$key_file"
+$AGENT_GATE nginx-config \
+  --listen "$NGINX_LISTEN" \
+  --gate-url "$NGINX_GATE_URL" \
+  --gate-ca "$PKI_DIR/ca.crt" \
+  --gate-tls-name "$NGINX_GATE_TLS_NAME" \
+  --tls-cert "$PKI_DIR/nginx.crt" \
+  --tls-key "$PKI_DIR/nginx.key" \
+  --client-ca "$PKI_DIR/ca.crt" \
+  --hmac-key-file "$key_file" \
+  --kid "$FWD_HMAC_KID" \
+  --path-prefix "$PATH_PREFIX" \
+  --dir "$NGINX_DIR" >/dev/null 2>"$NGINX_DIR/render.log" || {
+  cat "$NGINX_DIR/render.log" >&2
+  exit 1
+}
+# Warnings of the renderer (there should be none), then the line saying how nginx is run.
+grep -v '^run: ' "$NGINX_DIR/render.log" >&2 || true
+rm -f "$NGINX_DIR/render.log"
+
+say "done"
