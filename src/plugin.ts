@@ -87,7 +87,7 @@ async function plugin(app: FastifyInstance, opts: AgentGateOptions): Promise<voi
 
   const identify = identityHook(services.identitySource, [
     ...(revocation.enabled ? [(agent: Parameters<typeof operator.check>[0]) => revocation.check(agent)] : []),
-    async (agent) => operator.check(agent),
+    (agent) => operator.check(agent),
   ]);
 
   const readiness = async (): Promise<GateError | undefined> => {

@@ -67,6 +67,9 @@ function downstreamHeaders(h: Record<string, string | string[] | undefined>): Re
   return out;
 }
 
+/** Upstream answers with a declared length below this are buffered rather than streamed. */
+const BUFFER_BELOW_BYTES = 64 * 1024;
+
 /** Counts bytes and fails the stream past the limit. */
 class ByteLimit extends Transform {
   exceeded = false;
@@ -128,6 +131,14 @@ export class Forwarder {
         body: limiter ?? null,
         signal: abort.signal,
       });
+      const length = Number(res.headers['content-length']);
+      if (length <= BUFFER_BELOW_BYTES) {
+        // Small answers (most API responses) are read whole and written with their headers in
+        // one TLS record: streaming them costs a write (and a record) per piece.
+        const body = Buffer.from(await res.body.arrayBuffer());
+        reply.code(res.statusCode).headers(downstreamHeaders(res.headers));
+        return reply.send(body);
+      }
       // Wait for the first bytes (or the end) before committing the status: an upstream that
       // fails after its headers but before any byte is relayed still gets a contract 502/504.
       await firstChunkOrEnd(res.body);

@@ -73,20 +73,26 @@ export class RevocationChecker {
   }
 
   /**
-   * Resolves when `agent` may pass; throws `client_cert_revoked`, or `revocation_unavailable`
-   * when the status is unknown and the policy fails closed.
+   * Returns (synchronously, from the cache) or resolves when `agent` may pass; throws or
+   * rejects with `client_cert_revoked`, or `revocation_unavailable` when the status is unknown
+   * and the policy fails closed.
    */
-  async check(agent: AgentIdentity): Promise<void> {
+  check(agent: AgentIdentity): void | Promise<void> {
     if (this.opts.mode === 'off') return;
     const key = cacheKey(agent);
     const now = this.now();
-    let entry = this.cache.get(key);
+    const entry = this.cache.get(key);
     if (entry && now < entry.until) {
+      // The hot path: answered from memory, synchronously.
       this.opts.metrics.revocationCacheHits.inc({ method: entry.method });
       if (now >= entry.refreshAt) void this.refresh(key, agent);
-    } else {
-      entry = (this.failedAt.get(key) ?? -Infinity) + ERROR_BACKOFF_MS > now ? undefined : await this.refresh(key, agent);
+      return this.decide(agent, entry);
     }
+    if ((this.failedAt.get(key) ?? -Infinity) + ERROR_BACKOFF_MS > now) return this.decide(agent, undefined);
+    return this.refresh(key, agent).then((fresh) => this.decide(agent, fresh));
+  }
+
+  private decide(agent: AgentIdentity, entry: CacheEntry | undefined): void {
     if (entry?.status === 'revoked') throw new GateError('client_cert_revoked', { detail: `serial ${agent.serial} revoked (${entry.method})` });
     if (entry?.status === 'good') return;
     if (this.opts.fail === 'open') {

@@ -78,15 +78,24 @@ export class TokenService {
    * `token_invalid` or `token_expired`. The certificate binding is the caller's check.
    */
   async verify(token: string): Promise<VerifiedToken> {
-    const nowS = this.now() / 1000;
+    return this.cached(token) ?? this.verifyAndRemember(token);
+  }
+
+  /**
+   * The cached verification of `token`, synchronously: undefined when not cached (then call
+   * {@link verify}); throws `token_expired` when it was cached and has expired since.
+   */
+  cached(token: string): VerifiedToken | undefined {
     const hit = this.cache.get(token);
-    if (hit) {
-      // Same boundary as jose: expired once exp <= now - tolerance.
-      if (hit.exp > nowS - this.opts.skewS) return hit;
-      this.cache.delete(token);
-      throw new GateError('token_expired', { detail: 'token past exp' });
-    }
-    const verified = await this.verifyUncached(token, nowS);
+    if (!hit) return undefined;
+    // Same boundary as jose: expired once exp <= now - tolerance.
+    if (hit.exp > this.now() / 1000 - this.opts.skewS) return hit;
+    this.cache.delete(token);
+    throw new GateError('token_expired', { detail: 'token past exp' });
+  }
+
+  private async verifyAndRemember(token: string): Promise<VerifiedToken> {
+    const verified = await this.verifyUncached(token, this.now() / 1000);
     if (this.cache.size >= this.cacheMax) {
       // Map iteration is insertion order: drop the oldest entry.
       const oldest = this.cache.keys().next().value;
