@@ -46,7 +46,6 @@ interface Kv {
   hgetall(key: string): Promise<Record<string, string>>;
   setPx(key: string, value: string, ttlMs: number): Promise<void>;
   get(key: string): Promise<string | undefined>;
-  incr(key: string): Promise<number>;
 }
 
 function redisKv(client: Redis | Cluster): Kv {
@@ -63,7 +62,6 @@ function redisKv(client: Redis | Cluster): Kv {
     hgetall: (k) => wrap(() => client.hgetall(k)),
     setPx: (k, v, ttl) => wrap(async () => void (await client.set(k, v, 'PX', ttl))),
     get: (k) => wrap(async () => (await client.get(k)) ?? undefined),
-    incr: (k) => wrap(() => client.incr(k)),
   };
 }
 
@@ -95,17 +93,14 @@ function memoryKv(now: () => number): Kv {
       const e = values.get(k);
       return e && e.until > now() ? e.v : undefined;
     },
-    async incr(k) {
-      const n = Number((await this.get(k)) ?? 0) + 1;
-      values.set(k, { v: String(n), until: Number.MAX_SAFE_INTEGER });
-      return n;
-    },
   };
 }
 
 const KEY = { deny: 'ag:op:deny', denyVersion: 'ag:op:deny:v', cooldowns: 'ag:op:cooldowns', refusal: (id: string) => `ag:op:refusal:${id}` };
 /** How long a refusal can be looked up by id. */
-export const REFUSAL_RETENTION_MS = 7 * 24 * 3600_000;
+export const REFUSAL_RETENTION_MS = 3 * 24 * 3600_000;
+/** Anonymous refusals kept for lookup per second per gate (about 0.5 GB of Redis over the retention, at most). */
+export const ANONYMOUS_PER_S = 5;
 /** Refusals not kept for lookup: they come in floods and say nothing about one agent. */
 const NOT_KEPT = new Set(['overloaded', 'rate_limited']);
 
@@ -122,10 +117,12 @@ export interface OperatorStateOptions {
 export class OperatorState {
   private readonly kv: Kv;
   private readonly now: () => number;
-  private version = -1;
+  private version: string | undefined = '(never loaded)';
   private byThumbprint = new Map<string, DenyEntry>();
   private byAgentId = new Map<string, DenyEntry>();
   private timer: NodeJS.Timeout | undefined;
+  private anonSecond = 0;
+  private anonCount = 0;
 
   constructor(private readonly opts: OperatorStateOptions) {
     this.now = opts.now;
@@ -147,7 +144,7 @@ export class OperatorState {
   /** Reloads the local deny-list copy when the shared version moved. Never throws. */
   async refresh(): Promise<void> {
     try {
-      const v = Number((await this.kv.get(KEY.denyVersion)) ?? 0);
+      const v = await this.kv.get(KEY.denyVersion);
       if (v === this.version) return;
       const all = await this.kv.hgetall(KEY.deny);
       const byT = new Map<string, DenyEntry>();
@@ -178,7 +175,7 @@ export class OperatorState {
   async deny(input: { thumbprint?: string; agent_id?: string; reason: string; expires_at?: number }): Promise<DenyEntry> {
     const entry: DenyEntry = { id: randomBytes(8).toString('hex'), created_at: this.now(), ...input };
     await this.kv.hset(KEY.deny, entry.id, JSON.stringify(entry));
-    await this.kv.incr(KEY.denyVersion);
+    await this.bumpVersion();
     await this.refresh();
     return entry;
   }
@@ -187,10 +184,18 @@ export class OperatorState {
   async undeny(id: string): Promise<boolean> {
     const removed = await this.kv.hdel(KEY.deny, id);
     if (removed) {
-      await this.kv.incr(KEY.denyVersion);
+      await this.bumpVersion();
       await this.refresh();
     }
     return removed;
+  }
+
+  /**
+   * A random version rather than a counter: a store restarted empty would restart a counter
+   * at values gates have already seen, and they would miss the next change.
+   */
+  private async bumpVersion(): Promise<void> {
+    await this.kv.setPx(KEY.denyVersion, randomBytes(8).toString('hex'), 365 * 24 * 3600_000);
   }
 
   /** Current deny-list entries (expired ones are dropped from the store on the way). */
@@ -226,9 +231,21 @@ export class OperatorState {
     return this.kv.hdel(KEY.cooldowns, thumbprint);
   }
 
-  /** Keeps a refusal for lookup by id (best effort; floods of 503/429 are not kept). */
+  /**
+   * Keeps a refusal for lookup by id (best effort). Refusals of an identified agent are always
+   * kept; anonymous ones (no or an unacceptable certificate) at most {@link ANONYMOUS_PER_S}
+   * a second per gate, so a flood cannot fill the store. Every refusal is in the audit trail.
+   */
   record(r: RefusalRecord): void {
     if (NOT_KEPT.has(r.code)) return;
+    if (!r.thumbprint) {
+      const second = Math.floor(this.now() / 1000);
+      if (second !== this.anonSecond) {
+        this.anonSecond = second;
+        this.anonCount = 0;
+      }
+      if (++this.anonCount > ANONYMOUS_PER_S) return;
+    }
     this.kv.setPx(KEY.refusal(r.refusal_id), JSON.stringify(r), REFUSAL_RETENTION_MS).catch(() => undefined);
   }
 

@@ -6,6 +6,6 @@ export function maskedConfig(c: GateConfig): unknown {
     ...c,
     signing: { jwk: c.signing.jwk ? '***' : undefined, keyFile: c.signing.keyFile },
     forwarded: { ...c.forwarded, hmacKeys: c.forwarded.hmacKeys ? c.forwarded.hmacKeys.replace(/:[^,]*/g, ':***') : undefined },
-    store: { ...c.store, redisUrl: c.store.redisUrl?.replace(/\/\/([^@/]*)@/, '//***@') },
+    store: { ...c.store, redisUrl: c.store.redisUrl?.replace(/\/\/([^@/]*)@/, '//***@'), clusterNodes: c.store.clusterNodes?.map((n) => n.replace(/\/\/([^@/]*)@/, '//***@')) },
   };
 }

@@ -4,7 +4,7 @@
  * per cache period per certificate (single-flight), never per request.
  * @module
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { Agent } from 'undici';
 import { GateError } from '../errors.js';
 import type { AgentIdentity } from '../identity/index.js';
@@ -58,13 +58,13 @@ export class RevocationChecker {
   private readonly failedAt = new Map<string, number>();
   private readonly crlByUrl = new Map<string, { crl: ParsedCrl; until: number }>();
   private readonly crlFetches = new Map<string, Promise<ParsedCrl>>();
-  private fileCrls: { crl: ParsedCrl; path: string }[] = [];
+  private fileCrls: { crl: ParsedCrl; path: string; mtimeMs: number }[] = [];
   private readonly http = new Agent({ connections: 16, keepAliveTimeout: 10_000 });
   private readonly now: () => number;
 
   constructor(private readonly opts: RevocationOptions) {
     this.now = opts.now ?? Date.now;
-    if (opts.mode !== 'off' && opts.mode !== 'ocsp') this.fileCrls = opts.crlFiles.map((path) => ({ path, crl: loadCrlFile(path) }));
+    if (opts.mode !== 'off' && opts.mode !== 'ocsp') this.fileCrls = opts.crlFiles.map((path) => ({ path, crl: loadCrlFile(path), mtimeMs: mtimeOf(path) }));
   }
 
   /** True unless the mode is off. */
@@ -163,12 +163,15 @@ export class RevocationChecker {
     const candidates: ParsedCrl[] = [];
     const issuerName = certificateSubject(agent.issuer.raw);
     for (const f of this.fileCrls) {
-      // A file past nextUpdate is read again: an operator's cron may have replaced it.
-      if (f.crl.nextUpdate !== undefined && f.crl.nextUpdate < now) {
+      // A replaced file (new mtime) or one past nextUpdate is read again: an operator's cron
+      // publishes new CRLs by replacing the file.
+      const mtimeMs = mtimeOf(f.path);
+      if (mtimeMs !== f.mtimeMs || (f.crl.nextUpdate !== undefined && f.crl.nextUpdate < now)) {
         try {
           f.crl = loadCrlFile(f.path);
+          f.mtimeMs = mtimeMs;
         } catch {
-          // keep the stale one; it is rejected below as past nextUpdate
+          // keep the previous one; a stale one is rejected below as past nextUpdate
         }
       }
       if (f.crl.issuerDer.equals(issuerName)) candidates.push(f.crl);
@@ -224,6 +227,14 @@ export class RevocationChecker {
 /** CertID-equivalent key: the issuer certificate (name and key) and the serial. */
 function cacheKey(agent: AgentIdentity): string {
   return `${agent.issuer.fingerprint256}/${agent.serial}`;
+}
+
+function mtimeOf(path: string): number {
+  try {
+    return statSync(path).mtimeMs;
+  } catch {
+    return -1;
+  }
 }
 
 function loadCrlFile(path: string): ParsedCrl {

@@ -60,9 +60,18 @@ export class RedisStore implements GateStore {
       retryStrategy: (times) => Math.min(50 * times, 1000),
       lazyConnect: false,
     };
-    const client = opts.clusterNodes
-      ? new Cluster(opts.clusterNodes.map(parseNode), {
-          redisOptions: common,
+    const seeds = opts.clusterNodes?.map(parseNode);
+    // Credentials and TLS for the cluster come from the seed entries (`rediss://user:pass@h:p`);
+    // every node of one cluster shares them.
+    const secured = seeds?.find((n) => n.password !== undefined || n.tls);
+    const client = seeds
+      ? new Cluster(seeds.map(({ host, port }) => ({ host, port })), {
+          redisOptions: {
+            ...common,
+            ...(secured?.username ? { username: secured.username } : {}),
+            ...(secured?.password !== undefined ? { password: secured.password } : {}),
+            ...(secured?.tls ? { tls: {} } : {}),
+          },
           enableOfflineQueue: false,
           clusterRetryStrategy: (times) => Math.min(50 * times, 1000),
         })
@@ -130,7 +139,18 @@ export class RedisStore implements GateStore {
   }
 }
 
-function parseNode(s: string): { host: string; port: number } {
+/** A cluster seed: `host:port`, or `redis://` / `rediss://[user:pass@]host:port`. */
+function parseNode(s: string): { host: string; port: number; username?: string; password?: string; tls: boolean } {
+  if (/^rediss?:\/\//.test(s)) {
+    const u = new URL(s);
+    return {
+      host: u.hostname.replace(/^\[|\]$/g, ''),
+      port: Number(u.port || 6379),
+      username: u.username ? decodeURIComponent(u.username) : undefined,
+      password: u.password ? decodeURIComponent(u.password) : undefined,
+      tls: u.protocol === 'rediss:',
+    };
+  }
   const i = s.lastIndexOf(':');
-  return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(s.slice(i + 1)) };
+  return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(s.slice(i + 1)), tls: false };
 }
