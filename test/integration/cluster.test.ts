@@ -254,7 +254,14 @@ it('a master killed mid-run: 503 store_unavailable meanwhile, never two tokens p
     const probe = JSON.stringify({ challenge_id: await challengeIdOn(victim), proof: 'a.b.c' });
     killedAt = Date.now();
     await cluster.kill(victim);
-    const during = await timed(() => submit(ds[0]!, gates[0]!, probe));
+    // Until the gates' connections notice the dead master, a probe can still be answered (404,
+    // the id is unknown); poll until the outage shows as 503, bounded by the failover itself.
+    let during = await timed(() => submit(ds[0]!, gates[0]!, probe));
+    const pollUntil = Date.now() + 10_000;
+    while (during.status !== 503 && Date.now() < pollUntil) {
+      await new Promise((r) => setTimeout(r, 50));
+      during = await timed(() => submit(ds[0]!, gates[0]!, probe));
+    }
     expect(during.status).toBe(503);
     expect(during.json().code).toBe('store_unavailable');
     await waitFor(async () => {
