@@ -7,6 +7,7 @@
 import { writeFile } from 'node:fs/promises';
 import { Command, type ErrorOptions } from 'commander';
 import { AuditSetupError, generateAuditKey, loadAuditKey, verifyAudit, type AuditReport } from '../audit/index.js';
+import { writeOut, writeErr, oneLine } from './output.js';
 
 const EXIT_BROKEN = 1;
 // As for `config check` and `pki`: refused input and failed operations.
@@ -21,22 +22,6 @@ class AuditCommand extends Command {
   override error(message: string, errorOptions?: ErrorOptions): never {
     return super.error(message, { exitCode: EXIT_ERROR, ...errorOptions });
   }
-}
-
-// Through commander's output configuration, so a program (or a test) that redirects it gets ours too.
-function writeOut(cmd: Command, text: string): void {
-  const write = cmd.configureOutput().writeOut ?? ((s: string) => process.stdout.write(s));
-  write(text);
-}
-
-function writeErr(cmd: Command, text: string): void {
-  const write = cmd.configureOutput().writeErr ?? ((s: string) => process.stderr.write(s));
-  write(text);
-}
-
-function oneLine(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.replace(/\s*\n\s*/g, ' ').trim();
 }
 
 /** A non-zero outcome that is a result, not a failure: its own exit status and stderr line. */

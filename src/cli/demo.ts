@@ -8,6 +8,7 @@
 import { isIP } from 'node:net';
 import { Command, type ErrorOptions } from 'commander';
 import { startDemoUpstream } from './demo-upstream.js';
+import { oneLine } from './output.js';
 
 const EXIT_ERROR = 2;
 const DEFAULT_LISTEN = '127.0.0.1:8080';
@@ -34,11 +35,6 @@ export function parseListen(value: string): { host: string; port: number } {
   const host = bracketed ? m[1]!.slice(1, -1) : m[1]!;
   if (bracketed && isIP(host) !== 6) throw new TypeError(`--listen: ${m[1]} is not an IPv6 address`);
   return { host, port };
-}
-
-function oneLine(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.replace(/\s*\n\s*/g, ' ').trim();
 }
 
 /** Resolves on the first SIGTERM or SIGINT, then stops listening for them. */

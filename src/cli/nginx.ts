@@ -8,6 +8,7 @@
 import { dirname } from 'node:path';
 import { Command, type ErrorOptions } from 'commander';
 import { DEFAULT_PATH_PREFIX, renderNginxConfig, type NginxConfigOptions } from '../nginx/index.js';
+import { writeOut, writeErr, oneLine } from './output.js';
 
 const EXIT_ERROR = 2;
 
@@ -35,21 +36,6 @@ interface NginxFlags {
   gateCa?: string;
   gateTlsName?: string;
   tlsMinVersion?: string;
-}
-
-function oneLine(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.replace(/\s*\n\s*/g, ' ').trim();
-}
-
-function writeOut(cmd: Command, text: string): void {
-  const write = cmd.configureOutput().writeOut ?? ((s: string) => process.stdout.write(s));
-  write(text);
-}
-
-function writeErr(cmd: Command, text: string): void {
-  const write = cmd.configureOutput().writeErr ?? ((s: string) => process.stderr.write(s));
-  write(text);
 }
 
 function shellQuote(s: string): string {

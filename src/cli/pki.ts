@@ -22,6 +22,7 @@ import {
   type KeyAlg,
   type RevocationReason,
 } from '../pki/index.js';
+import { writeOut, writeErr, oneLine } from './output.js';
 
 const DEFAULT_DIR = 'pki/dev';
 const DEFAULT_ALG: KeyAlg = 'ec-p256';
@@ -97,22 +98,6 @@ async function readPassword(file: string): Promise<string> {
   if (password.length === 0) throw new UsageError(`--p12-password-file ${file} is empty`);
   if (/[\r\n]/.test(password)) throw new UsageError(`--p12-password-file ${file} must hold a single line`);
   return password;
-}
-
-// Through commander's output configuration, so a program (or a test) that redirects it gets ours too.
-function writeOut(cmd: Command, text: string): void {
-  const write = cmd.configureOutput().writeOut ?? ((s: string) => process.stdout.write(s));
-  write(text);
-}
-
-function writeErr(cmd: Command, text: string): void {
-  const write = cmd.configureOutput().writeErr ?? ((s: string) => process.stderr.write(s));
-  write(text);
-}
-
-function oneLine(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.replace(/\s*\n\s*/g, ' ').trim();
 }
 
 /** Runs `fn`, turning any failure into one `error: ...` line on stderr and exit status 2. */
