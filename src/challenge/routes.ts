@@ -3,7 +3,7 @@
  * plugin. The checks run in the contract's order; each step is a small function below.
  * @module
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify';
 import { GateError } from '../errors.js';
 import { announcesBody, GATE_BODY_LIMIT, isJsonContentType, parseJsonObject, readLimited } from '../http/body.js';
@@ -12,6 +12,7 @@ import type { AgentIdentity } from '../identity/index.js';
 import type { GateMetrics, LabelOf } from '../metrics/index.js';
 import type { ChallengeRecord, GateStore } from '../store/index.js';
 import type { TokenService } from '../tokens/index.js';
+import { checkPow } from '../lib/pow.js';
 import { verifyProof } from './proof.js';
 
 /** proofs_total result for each refusal of steps 9-11. */
@@ -23,21 +24,6 @@ const PROOF_RESULT: Partial<Record<string, LabelOf<'proofResult'>>> = {
   attestation_invalid: 'attestation_invalid',
 };
 
-/** True when SHA-256(nonce + "." + work) starts with `bits` zero bits (section 3). */
-export function powSatisfied(nonce: string, work: string, bits: number): boolean {
-  const h = createHash('sha256').update(`${nonce}.${work}`).digest();
-  let left = bits;
-  for (const byte of h) {
-    if (left <= 0) return true;
-    if (left >= 8) {
-      if (byte !== 0) return false;
-      left -= 8;
-    } else {
-      return byte >> (8 - left) === 0;
-    }
-  }
-  return left <= 0;
-}
 
 /**
  * Route schemas document the endpoints (OpenAPI) but do not drive validation or serialisation:
@@ -135,7 +121,7 @@ export async function challengeRoutes(app: FastifyInstance, opts: ChallengeRoute
   const checkProofSteps = async (receivedAt: number, rec: ChallengeRecord, agent: AgentIdentity, body: TokenBody): Promise<number | undefined> => {
     if (receivedAt > rec.expiresAt) throw new GateError('challenge_expired', { detail: `received ${receivedAt - rec.expiresAt} ms late` });
     if (rec.thumbprint !== agent.thumbprint) throw new GateError('challenge_binding_mismatch');
-    if (rec.powDifficulty > 0 && (body.work === undefined || !powSatisfied(rec.nonce, body.work, rec.powDifficulty))) {
+    if (rec.powDifficulty > 0 && (body.work === undefined || !checkPow(rec.nonce, rec.powDifficulty, body.work))) {
       throw new GateError('pow_invalid', { detail: `difficulty ${rec.powDifficulty} not met` });
     }
     await verifyProof(body.proof, agent, { cid: body.challengeId, nonce: rec.nonce, aud: rec.aud, skewS: opts.skewS, nowMs: now() }, (s) =>

@@ -5,36 +5,18 @@
  * @module
  */
 import { createHash } from 'node:crypto';
+import { hasLeadingZeroBits } from '../lib/pow.js';
 
 /** The largest difficulty the solver accepts (the contract caps the gate at 24). */
 export const MAX_POW_DIFFICULTY = 32;
 
-/** Longest `work` value the gate accepts. */
-export const MAX_WORK_LENGTH = 64;
+export { MAX_WORK_LENGTH, hasLeadingZeroBits, checkPow } from '../lib/pow.js';
 
 /** Iterations between two yields to the event loop in {@link solvePowAsync}. */
 const YIELD_EVERY = 20_000;
 
-/** True when `digest` starts with at least `bits` zero bits. */
-export function hasLeadingZeroBits(digest: Uint8Array, bits: number): boolean {
-  const full = Math.floor(bits / 8);
-  if (digest.length * 8 < bits) return false;
-  for (let i = 0; i < full; i++) {
-    if (digest[i] !== 0) return false;
-  }
-  const rest = bits % 8;
-  if (rest === 0) return true;
-  return ((digest[full] ?? 0xff) >> (8 - rest)) === 0;
-}
-
 function sha256(input: string): Buffer {
   return createHash('sha256').update(input, 'utf8').digest();
-}
-
-/** True when `work` solves the challenge `nonce` at `difficulty`. */
-export function checkPow(nonce: string, difficulty: number, work: string): boolean {
-  if (work.length > MAX_WORK_LENGTH) return false;
-  return hasLeadingZeroBits(sha256(`${nonce}.${work}`), difficulty);
 }
 
 function validate(nonce: string, difficulty: number, maxIterations: number | undefined): number {

@@ -7,18 +7,17 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { CompactSign } from 'jose';
+import { proofAlgOf, type ProofAlg } from '../lib/proof-alg.js';
 
 /** The `typ` header of every proof. */
 export const PROOF_TYP = 'agent-gate-proof+jwt';
 
 /** A proof signature algorithm of the contract. */
-export type ProofAlg = 'EdDSA' | 'ES256' | 'ES384' | 'PS256';
+export type { ProofAlg };
 
 /** All proof algorithms, in the order of the contract. */
 export const PROOF_ALGS: readonly ProofAlg[] = ['EdDSA', 'ES256', 'ES384', 'PS256'];
 
-const RSA_MIN_BITS = 2048;
-const RSA_MAX_BITS = 4096;
 
 /**
  * The proof algorithm for an agent key (private or public): Ed25519 → EdDSA, P-256 → ES256,
@@ -29,26 +28,9 @@ export function proofAlgFor(key: KeyObject): ProofAlg {
   if (key.type !== 'private' && key.type !== 'public') {
     throw new TypeError('agent key must be an asymmetric key');
   }
-  const details = key.asymmetricKeyDetails ?? {};
-  switch (key.asymmetricKeyType) {
-    case 'ed25519':
-      return 'EdDSA';
-    case 'ec':
-      if (details.namedCurve === 'prime256v1') return 'ES256';
-      if (details.namedCurve === 'secp384r1') return 'ES384';
-      throw new TypeError(`unsupported EC curve for an agent key: ${details.namedCurve ?? 'unknown'} (use P-256 or P-384)`);
-    case 'rsa': {
-      const bits = details.modulusLength ?? 0;
-      if (bits < RSA_MIN_BITS || bits > RSA_MAX_BITS) {
-        throw new TypeError(`unsupported RSA key size for an agent key: ${bits} bits (use ${RSA_MIN_BITS}..${RSA_MAX_BITS})`);
-      }
-      return 'PS256';
-    }
-    default:
-      throw new TypeError(
-        `unsupported agent key type: ${key.asymmetricKeyType ?? 'unknown'} (use Ed25519, ECDSA P-256/P-384 or RSA 2048..4096)`,
-      );
-  }
+  const r = proofAlgOf(key);
+  if ('refused' in r) throw new TypeError(`unsupported agent key: ${r.refused}`);
+  return r.alg;
 }
 
 /** The challenge fields a proof binds. */

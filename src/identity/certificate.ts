@@ -7,9 +7,10 @@
 import { createHash, X509Certificate, type KeyObject } from 'node:crypto';
 import { x509 } from '../lib/x509.js';
 import { GateError } from '../errors.js';
+import { proofAlgOf, type ProofAlg } from '../lib/proof-alg.js';
 
 /** Proof algorithms of the contract, one per key type. */
-export type ProofAlg = 'EdDSA' | 'ES256' | 'ES384' | 'PS256';
+export type { ProofAlg };
 
 /** The verified identity of an agent. */
 export interface AgentIdentity {
@@ -165,20 +166,9 @@ function checkCaConstraints(ca: X509Certificate, casBelow: number, what: string)
 
 /** The proof algorithm for a key, or `client_cert_invalid` for a key type outside the allow-list. */
 export function algForKey(key: KeyObject): ProofAlg {
-  const d = key.asymmetricKeyDetails ?? {};
-  switch (key.asymmetricKeyType) {
-    case 'ed25519':
-      return 'EdDSA';
-    case 'ec':
-      if (d.namedCurve === 'prime256v1') return 'ES256';
-      if (d.namedCurve === 'secp384r1') return 'ES384';
-      throw invalid(`EC curve ${d.namedCurve} not allowed`);
-    case 'rsa':
-      if (d.modulusLength !== undefined && d.modulusLength >= 2048 && d.modulusLength <= 4096) return 'PS256';
-      throw invalid(`RSA ${d.modulusLength}-bit key not allowed (2048-4096)`);
-    default:
-      throw invalid(`key type ${key.asymmetricKeyType} not allowed`);
-  }
+  const r = proofAlgOf(key);
+  if ('refused' in r) throw invalid(r.refused);
+  return r.alg;
 }
 
 function agentIdOf(der: Buffer): { agentId: string; sanCount: number } {
