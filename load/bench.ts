@@ -1,0 +1,428 @@
+/**
+ * `npm run bench`: the gate against nginx and Node baselines, on loopback, in one run.
+ *
+ * Starts redis-server, the upstream, the Node mTLS baseline server, the gate in direct mode
+ * (plus a second direct gate logging at info), two nginx baselines (mTLS proxy_pass to the
+ * same upstream, 1 worker and `auto`), nginx + a gate in forwarded mode, and the load
+ * generator, then measures (each the median of `--runs` runs, interleaved across setups):
+ *
+ * 1. gated keep-alive requests/s and p50/p99, gate vs nginx proxy_pass (closed loop, 32
+ *    connections; also open loop at equal offered load for a latency comparison);
+ * 2. full flows/s (new mTLS connection + challenge + proof + token) vs Node mTLS new
+ *    connections/s;
+ * 3. `/v1/token` p50/p99 and on-time share with flows arriving at 50%, 70% and 80% of the
+ *    measured max flow rate (open loop);
+ * 4. the gate's peak RSS.
+ *
+ * Writes `load/results/<date>.json` and the generated section of `load/RESULTS.md`.
+ *
+ * Flags: `--quick` (short windows, 1 run: a smoke test, written as `<date>-quick.json`),
+ * `--runs=N`, `--profile` (CPU-profile the gate under keep-alive and flow load instead; see
+ * load/bench/profile-run.ts).
+ * @module
+ */
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, release, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from 'node:tls';
+import type { Job } from './bench/jobs.js';
+import { profileMain } from './bench/profile-run.js';
+import { MACHINE, QUIET_CORES, QUIET_TOTAL_MS, killAll, quietWaitedMs, statusKb, waitQuiet } from './bench/procs.js';
+import { fmt, markdownSection, medianMetrics, metricsOf, targetTable, upsertBlock, detailTable, type BenchData, type RunRecord, type TargetRow } from './bench/report.js';
+import { median } from './bench/stats.js';
+import {
+  FORWARDED_EDITS,
+  ROOT,
+  gateEnv,
+  makePki,
+  startBaselineNginx,
+  startForwarded,
+  startGate,
+  startLoadgen,
+  startRedis,
+  startServer,
+  type BenchPki,
+  type CpuGroups,
+  type Started,
+} from './bench/setup.js';
+
+const args = process.argv.slice(2);
+const QUICK = args.includes('--quick');
+const PROFILE = args.includes('--profile');
+const RUNS = Number(args.find((a) => a.startsWith('--runs='))?.slice('--runs='.length) ?? (QUICK ? 1 : 3));
+/** Hard cap on the whole run: children are killed and the process exits 1 beyond it. */
+const BUDGET_MS = 8 * 60_000;
+
+/** Windows and sizes. Full: about 5 minutes on a 2-core machine. */
+const S = QUICK
+  ? { kaWarm: 500, kaDur: 1500, flowWarm: 500, flowDur: 1500, openWarm: 500, openDur: 1500 }
+  : { kaWarm: 2000, kaDur: 6000, flowWarm: 1000, flowDur: 5000, openWarm: 1000, openDur: 5000 };
+const CONNECTIONS = 32;
+const FLOW_CONCURRENCY = 16;
+const DEADLINE_MS = 3000;
+const PREFIX = '/.agent-gate';
+const GATED_PATH = '/api/items/42?view=full';
+
+function sh(cmd: string, argv: string[]): string {
+  try {
+    return execFileSync(cmd, argv, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+  } catch (err) {
+    const e = err as { stderr?: string; stdout?: string };
+    return (e.stderr || e.stdout || String(err)).trim();
+  }
+}
+
+function pkgVersion(name: string): string {
+  try {
+    return (JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'n/a';
+  }
+}
+
+/** HEAD and whether src/ differs from it: the code base moves while benchmarks run. */
+function gitState(): string {
+  const head = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+  const dirty = sh('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src']);
+  return `${head}${dirty ? ' + uncommitted changes in src/' : ''}`;
+}
+
+function machineInfo(): Record<string, string | number> {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  return {
+    nproc: sh('nproc', []),
+    'CPU model': /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? 'unknown',
+    'free -h': sh('free', ['-h']),
+    kernel: release(),
+  };
+}
+
+function versions(): Record<string, string> {
+  return {
+    node: process.version,
+    nginx: sh('/usr/sbin/nginx', ['-v']).replace(/^nginx version: /, ''),
+    'redis-server': sh('redis-server', ['--version']),
+    fastify: pkgVersion('fastify'),
+    undici: pkgVersion('undici'),
+    jose: pkgVersion('jose'),
+    ioredis: pkgVersion('ioredis'),
+    pino: pkgVersion('pino'),
+    openssl: process.versions.openssl ?? 'n/a',
+    'agent-gate commit': gitState(),
+  };
+}
+
+/** What a fresh client negotiates with a server: protocol, cipher, key exchange group. */
+function probeTls(port: number, pki: BenchPki): Promise<string> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port, servername: 'localhost', ca: pki.clientTls.ca, cert: pki.clientTls.cert, key: pki.clientTls.key });
+    s.setTimeout(5000, () => {
+      s.destroy();
+      resolve('timeout');
+    });
+    s.once('secureConnect', () => {
+      const eph = s.getEphemeralKeyInfo();
+      const group = eph && 'name' in eph ? eph.name : eph && 'type' in eph ? eph.type : '?';
+      resolve(`${s.getProtocol() ?? '?'} ${s.getCipher().name} ${group}`);
+      s.destroy();
+    });
+    s.once('error', (err) => resolve(`error: ${err.message}`));
+  });
+}
+
+/** process_resident_memory_bytes from the gate's admin /metrics, in MB. */
+async function metricsRssMb(adminPort: number): Promise<number> {
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+    const m = /^process_resident_memory_bytes\s+([0-9.e+]+)/m.exec(text);
+    return m ? Number(m[1]) / 1e6 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+const mb = (kb: number) => Math.round((kb / 1024) * 10) / 10;
+const ratio = (a: number | undefined, b: number | undefined) => (a !== undefined && b !== undefined && b > 0 ? Math.round((a / b) * 100) / 100 : Number.NaN);
+
+async function main(): Promise<void> {
+  const started = new Date();
+  const t0 = performance.now();
+  const date = started.toISOString().slice(0, 10);
+  const cores = availableParallelism();
+  const work = mkdtempSync(join(tmpdir(), 'agent-gate-bench-'));
+  // nginx workers (nobody when started as root) must be able to reach their temp dirs.
+  chmodSync(work, 0o755);
+  const log = (s: string) => process.stdout.write(`[${((performance.now() - t0) / 1000).toFixed(0).padStart(3)} s] ${s}\n`);
+  log(`work dir ${work}; ${RUNS} run(s) per measurement${QUICK ? ' (quick)' : ''}`);
+
+  const pki = await makePki(work);
+  const redis = await startRedis(work);
+  const upstream = await startServer('upstream', pki);
+  const tlsBase = await startServer('tls-baseline', pki);
+  const redisUrl = `redis://127.0.0.1:${redis.port}`;
+  const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
+  const gate = await startGate('gate-direct', work, gateEnv(pki, redisUrl, upstreamUrl));
+  const gateInfo = await startGate('gate-direct-info', work, gateEnv(pki, redisUrl, upstreamUrl, { GATE_LOG_LEVEL: 'info' }));
+  const nginx1 = await startBaselineNginx('nginx-baseline-1', work, pki, upstream.port, '1', cores);
+  const nginxAuto = await startBaselineNginx('nginx-baseline-auto', work, pki, upstream.port, 'auto', cores);
+  let fwd: { gate: Started; nginx: Started; workers: number } | undefined;
+  const notes: string[] = [];
+  try {
+    fwd = await startForwarded(work, pki, redisUrl, upstreamUrl, cores);
+  } catch (err) {
+    notes.push(`forwarded setup not measured: ${(err as Error).message.split('\n')[0]}`);
+    log(`forwarded setup failed, not measured: ${(err as Error).message}`);
+  }
+  const lg = await startLoadgen(pki.clientTls);
+  log(`started: redis ${redis.port}, upstream ${upstream.port}, tls-baseline ${tlsBase.port}, gate ${gate.port}, gate-info ${gateInfo.port}, nginx ${nginx1.port}/${nginxAuto.port}${fwd ? `, forwarded nginx ${fwd.nginx.port} → gate ${fwd.gate.port}` : ''}`);
+
+  const tls: Record<string, string> = {
+    gate: await probeTls(gate.port, pki),
+    nginx: await probeTls(nginx1.port, pki),
+    'tls-baseline': await probeTls(tlsBase.port, pki),
+    ...(fwd ? { 'nginx forwarded': await probeTls(fwd.nginx.port, pki) } : {}),
+  };
+
+  const origin = (p: Started) => `https://127.0.0.1:${p.port}`;
+  const base = { upstream: upstream.pids, loadgen: [lg.pid] };
+  const cpu: Record<string, CpuGroups> = {
+    gate: { gate: gate.pids, redis: redis.pids, ...base },
+    gateInfo: { gate: gateInfo.pids, redis: redis.pids, ...base },
+    nginx1: { nginx: nginx1.pids, ...base },
+    nginxAuto: { nginx: nginxAuto.pids, ...base },
+    fwd: fwd ? { nginx: fwd.nginx.pids, gate: fwd.gate.pids, redis: redis.pids, ...base } : {},
+    tlsBase: { server: tlsBase.pids, loadgen: [lg.pid] },
+  };
+
+  const ourPids = () => [process.pid, lg.pid, redis.pid, upstream.pid, tlsBase.pid, gate.pid, gateInfo.pid, ...nginx1.pids, ...nginxAuto.pids, ...(fwd ? [fwd.gate.pid, ...fwd.nginx.pids] : [])];
+  const foreignBefore: Record<string, number[]> = {};
+  const runs: Record<string, RunRecord[]> = {};
+  const record = async (key: string, job: Job, groups: CpuGroups) => {
+    (foreignBefore[key] ??= []).push(await waitQuiet(ourPids, 5000));
+    const r = await lg.run(job, groups);
+    (runs[key] ??= []).push(r);
+    const res = r.result;
+    const summary =
+      res.kind === 'keepalive'
+        ? `${fmt(res.rps)} rps p50 ${res.latency.p50} p99 ${res.latency.p99} ms, errors ${res.errors}`
+        : res.kind === 'flow'
+          ? `${fmt(res.rate, 1)}/s flow p50 ${res.flow.p50} p99 ${res.flow.p99} ms, token p99 ${res.token.p99} ms, errors ${res.errors}`
+          : `${res.ok}/${res.scheduled} ok, ${res.onTime} within ${DEADLINE_MS} ms, expired ${res.expired}, failed ${res.failed}, token p50 ${res.token.p50} p99 ${res.token.p99} ms`;
+    const other = r.cpuSeconds[MACHINE] !== undefined && r.windowS > 0 ? (r.cpuSeconds[MACHINE] - Object.entries(r.cpuSeconds).filter(([k]) => k !== MACHINE).reduce((a, [, v]) => a + v, 0)) / r.windowS : 0;
+    log(`${key.padEnd(14)} ${summary}${other > QUIET_CORES ? ` [other processes used ${other.toFixed(2)} cores]` : ''}${res.examples.length ? ` (e.g. ${res.examples[0]})` : ''}`);
+    return r;
+  };
+  const ka = (o: string, tokenPrefix?: string, rate?: number): Job => ({
+    kind: 'keepalive',
+    origin: o,
+    path: GATED_PATH,
+    connections: CONNECTIONS,
+    warmupMs: S.kaWarm,
+    durationMs: S.kaDur,
+    ...(tokenPrefix !== undefined ? { tokenPrefix } : {}),
+    ...(rate ? { rate } : {}),
+  });
+
+  // 1. Keep-alive, closed loop.
+  for (let i = 0; i < RUNS; i++) {
+    await record('ka.gate', ka(origin(gate), PREFIX), cpu.gate!);
+    await record('ka.nginx', ka(origin(nginx1)), cpu.nginx1!);
+    if (fwd) await record('ka.fwd', ka(origin(fwd.nginx), PREFIX), cpu.fwd!);
+    await record('ka.gate-info', ka(origin(gateInfo), PREFIX), cpu.gateInfo!);
+    await record('ka.nginx-auto', ka(origin(nginxAuto)), cpu.nginxAuto!);
+  }
+  // 1b. Keep-alive, open loop at the same offered load for both (half the gate's max).
+  const kaRate = Math.max(100, Math.round((medianMetrics(runs['ka.gate'] ?? []).rps ?? 0) * 0.5));
+  for (let i = 0; i < RUNS; i++) {
+    await record('kaopen.gate', ka(origin(gate), PREFIX, kaRate), cpu.gate!);
+    await record('kaopen.nginx', ka(origin(nginx1), undefined, kaRate), cpu.nginx1!);
+  }
+  // 2. New connection per flow, closed loop.
+  const flow = (o: string, mode: 'gate' | 'tls'): Job => ({ kind: 'flow', mode, origin: o, prefix: PREFIX, concurrency: FLOW_CONCURRENCY, warmupMs: S.flowWarm, durationMs: S.flowDur });
+  for (let i = 0; i < RUNS; i++) {
+    await record('flow.gate', flow(origin(gate), 'gate'), cpu.gate!);
+    await record('flow.tls', flow(origin(tlsBase), 'tls'), cpu.tlsBase!);
+    if (fwd) await record('flow.fwd', flow(origin(fwd.nginx), 'gate'), cpu.fwd!);
+  }
+  // 3. Open-loop flows at fractions of the max flow rate.
+  const maxFlow = medianMetrics(runs['flow.gate'] ?? []).rate ?? 0;
+  const maxFlowFwd = fwd ? (medianMetrics(runs['flow.fwd'] ?? []).rate ?? 0) : 0;
+  const pcts = [50, 70, 80];
+  const openJob = (o: string, rate: number): Job => ({ kind: 'flow-open', origin: o, prefix: PREFIX, rate, warmupMs: S.openWarm, durationMs: S.openDur, deadlineMs: DEADLINE_MS, maxOutstanding: 5000 });
+  for (let i = 0; i < RUNS; i++) {
+    for (const pct of pcts) await record(`open.${pct}`, openJob(origin(gate), Math.max(1, Math.round((maxFlow * pct) / 100))), cpu.gate!);
+    // The same at 70% through nginx + forwarded gate: TLS handshakes leave the gate's event loop.
+    if (fwd) await record('openfwd.70', openJob(origin(fwd.nginx), Math.max(1, Math.round(maxFlowFwd * 0.7))), cpu.fwd!);
+  }
+
+  // 4. Memory, after everything.
+  const memory: Record<string, number> = {
+    'gate direct VmHWM (peak RSS)': mb(statusKb(gate.pid, 'VmHWM')),
+    'gate direct VmRSS (now)': mb(statusKb(gate.pid, 'VmRSS')),
+    'gate direct process_resident_memory_bytes (admin /metrics)': Math.round((await metricsRssMb(gate.adminPort)) * 10) / 10,
+    'gate direct, info logs, VmHWM': mb(statusKb(gateInfo.pid, 'VmHWM')),
+    ...(fwd ? { 'gate forwarded VmHWM': mb(statusKb(fwd.gate.pid, 'VmHWM')) } : {}),
+    'nginx baseline worker VmHWM': mb(statusKb(nginx1.pids[0] ?? 0, 'VmHWM')),
+    'load generator VmHWM': mb(statusKb(lg.pid, 'VmHWM')),
+  };
+
+  const medians: Record<string, ReturnType<typeof medianMetrics>> = {};
+  for (const [k, v] of Object.entries(runs)) medians[k] = medianMetrics(v);
+  const M = (k: string) => medians[k] ?? {};
+  /** Median over rounds of run-by-run ratios a/b of `field`: adjacent runs share the machine's state, so this resists drift. */
+  const paired = (a: string, b: string, field: string) => {
+    const ra = (runs[a] ?? []).map((r) => metricsOf(r)[field]);
+    const rb = (runs[b] ?? []).map((r) => metricsOf(r)[field]);
+    const rs = ra.map((v, i) => ratio(v, rb[i])).filter((v) => !Number.isNaN(v));
+    return Math.round(median(rs) * 100) / 100;
+  };
+  const both = (r: number, p: number) => `${fmt(r, 2)} (per round: ${fmt(p, 2)})`;
+
+  const targets: TargetRow[] = [];
+  {
+    const g = M('ka.gate');
+    const n = M('ka.nginx');
+    const r = ratio(g.rps, n.rps);
+    targets.push({ id: '1a', measurement: `gated keep-alive requests/s (closed loop, ${CONNECTIONS} conns)`, gate: fmt(g.rps), baseline: `${fmt(n.rps)} (nginx, 1 worker)`, ratio: both(r, paired('ka.gate', 'ka.nginx', 'rps')), target: '≥ 0.6', pass: r >= 0.6, values: { gate: g.rps ?? NaN, baseline: n.rps ?? NaN, ratio: r, pairedRatio: paired('ka.gate', 'ka.nginx', 'rps') } });
+    targets.push({ id: '1b', measurement: 'gated keep-alive p50 latency (same closed loop)', gate: `${fmt(g.p50, 2)} ms`, baseline: `${fmt(n.p50, 2)} ms`, ratio: fmt(ratio(g.p50, n.p50), 2), target: '–', pass: null });
+    const r99 = ratio(g.p99, n.p99);
+    targets.push({ id: '1c', measurement: 'gated keep-alive p99 latency (same closed loop)', gate: `${fmt(g.p99, 2)} ms`, baseline: `${fmt(n.p99, 2)} ms`, ratio: both(r99, paired('ka.gate', 'ka.nginx', 'p99')), target: '≤ 2', pass: r99 <= 2, values: { gate: g.p99 ?? NaN, baseline: n.p99 ?? NaN, ratio: r99, pairedRatio: paired('ka.gate', 'ka.nginx', 'p99') } });
+    const go = M('kaopen.gate');
+    const no = M('kaopen.nginx');
+    targets.push({ id: '1d', measurement: `p99 at equal offered load (open loop, ${fmt(kaRate)} req/s each)`, gate: `${fmt(go.p99, 2)} ms`, baseline: `${fmt(no.p99, 2)} ms`, ratio: both(ratio(go.p99, no.p99), paired('kaopen.gate', 'kaopen.nginx', 'p99')), target: '(≤ 2)', pass: null });
+    const na = M('ka.nginx-auto');
+    targets.push({ id: '1e', measurement: 'gated keep-alive requests/s vs nginx with `worker_processes auto`', gate: fmt(g.rps), baseline: `${fmt(na.rps)} (nginx, ${cores} workers)`, ratio: both(ratio(g.rps, na.rps), paired('ka.gate', 'ka.nginx-auto', 'rps')), target: '(≥ 0.6)', pass: null });
+    if (fwd) {
+      const f = M('ka.fwd');
+      targets.push({ id: '1f', measurement: 'forwarded mode (nginx + gate) keep-alive requests/s', gate: fmt(f.rps), baseline: `${fmt(n.rps)} (nginx)`, ratio: both(ratio(f.rps, n.rps), paired('ka.fwd', 'ka.nginx', 'rps')), target: '–', pass: null });
+    }
+    const cpuR = ratio(g.serverCpuUsPerOp, n.serverCpuUsPerOp);
+    targets.push({ id: '1g', measurement: 'server-side CPU per gated request (gate + upstream + redis vs nginx + upstream)', gate: `${fmt(g.serverCpuUsPerOp)} µs`, baseline: `${fmt(n.serverCpuUsPerOp)} µs`, ratio: both(cpuR, paired('ka.gate', 'ka.nginx', 'serverCpuUsPerOp')), target: '–', pass: null });
+    const gi = M('ka.gate-info');
+    targets.push({ id: '1h', measurement: 'gate with GATE_LOG_LEVEL=info (access log per request) vs warn', gate: `${fmt(gi.rps)} (info)`, baseline: `${fmt(g.rps)} (warn)`, ratio: both(ratio(gi.rps, g.rps), paired('ka.gate-info', 'ka.gate', 'rps')), target: '–', pass: null });
+  }
+  {
+    const g = M('flow.gate');
+    const b = M('flow.tls');
+    const r = ratio(g.rate, b.rate);
+    targets.push({ id: '2', measurement: `full flows/s (new mTLS conn + challenge + proof + token, ${FLOW_CONCURRENCY} in flight)`, gate: fmt(g.rate, 1), baseline: `${fmt(b.rate, 1)} (Node https new conns/s)`, ratio: both(r, paired('flow.gate', 'flow.tls', 'rate')), target: '≥ 0.7', pass: r >= 0.7, values: { gate: g.rate ?? NaN, baseline: b.rate ?? NaN, ratio: r, pairedRatio: paired('flow.gate', 'flow.tls', 'rate') } });
+    if (fwd) {
+      const f = M('flow.fwd');
+      targets.push({ id: '2b', measurement: 'full flows/s through nginx + forwarded gate', gate: fmt(f.rate, 1), baseline: `${fmt(b.rate, 1)} (Node https)`, ratio: both(ratio(f.rate, b.rate), paired('flow.fwd', 'flow.tls', 'rate')), target: '–', pass: null });
+    }
+    targets.push({ id: '2c', measurement: 'server-side CPU per flow vs per new mTLS connection', gate: `${fmt(g.serverCpuUsPerOp)} µs`, baseline: `${fmt(b.serverCpuUsPerOp)} µs`, ratio: both(ratio(g.serverCpuUsPerOp, b.serverCpuUsPerOp), paired('flow.gate', 'flow.tls', 'serverCpuUsPerOp')), target: '–', pass: null });
+  }
+  for (const pct of pcts) {
+    const o = M(`open.${pct}`);
+    const tokenTarget = pct === 70 ? o.tokenP99 !== undefined && o.tokenP99 < 10 : null;
+    targets.push({
+      id: `3-${pct}`,
+      measurement: `\`/v1/token\` p50 / p99 at ${pct}% of max flow rate (${fmt(o.targetRate)} flows/s)`,
+      gate: `${fmt(o.tokenP50, 2)} / ${fmt(o.tokenP99, 2)} ms`,
+      baseline: '–',
+      ratio: '–',
+      target: pct === 70 ? 'p99 < 10 ms' : '–',
+      pass: tokenTarget,
+      values: { tokenP50: o.tokenP50 ?? NaN, tokenP99: o.tokenP99 ?? NaN },
+    });
+    targets.push({
+      id: `3-${pct}d`,
+      measurement: `proofs accepted on time / flows done within ${DEADLINE_MS} ms at ${pct}%`,
+      gate: `${fmt(o.okPct, 2)}% / ${fmt(o.onTimePct, 2)}%`,
+      baseline: '–',
+      ratio: '–',
+      target: pct === 80 ? '100%' : '–',
+      pass: pct === 80 ? o.okPct === 100 && o.onTimePct === 100 : null,
+      values: { okPct: o.okPct ?? NaN, onTimePct: o.onTimePct ?? NaN },
+    });
+  }
+  if (fwd) {
+    const o = M('openfwd.70');
+    targets.push({
+      id: '3-70f',
+      measurement: `\`/v1/token\` p50 / p99 at 70% of the forwarded max (${fmt(o.targetRate)} flows/s), nginx + forwarded gate; on time`,
+      gate: `${fmt(o.tokenP50, 2)} / ${fmt(o.tokenP99, 2)} ms; ${fmt(o.onTimePct, 2)}%`,
+      baseline: '–',
+      ratio: '–',
+      target: '(p99 < 10 ms)',
+      pass: null,
+    });
+  }
+  const hwm = memory['gate direct VmHWM (peak RSS)'] ?? NaN;
+  targets.push({ id: '4', measurement: 'gate peak RSS (VmHWM, direct gate, after all runs)', gate: `${fmt(hwm, 1)} MB`, baseline: '–', ratio: '–', target: '< 200 MB', pass: hwm < 200, values: { mb: hwm } });
+
+  notes.push(
+    'nginx baseline: `worker_processes 1` because the gate is one Node process; `worker_processes auto` is row 1e. Both: access_log off, keepalive 64 to the upstream, keepalive_requests raised so neither side reconnects mid-run.',
+    `forwarded setup: config from renderNginxConfig, ${FORWARDED_EDITS}; otherwise as rendered (worker_processes auto, JSON access log on, njs signing per request). Gate on plain HTTP loopback, GATE_FWD_TRUSTED_PROXIES=127.0.0.1/32.`,
+    'gates: GATE_ENV=dev, GATE_STORE=redis (own redis-server), GATE_RATE_LIMITS=off, GATE_MAX_INFLIGHT=100000, GATE_LOG_LEVEL=warn (one gate at info for row 1h), logs to a file; ephemeral Ed25519 signing key; revocation off (dev default).',
+    `machine sharing: before each run the bench waits (up to 5 s, ${QUIET_TOTAL_MS / 1000} s in all; waited ${Math.round(quietWaitedMs() / 1000)} s) until other processes use < ${QUIET_CORES} cores; the "other" CPU column shows what they used during each window anyway.`,
+    'CPU figures are /proc utime+stime of each process over the measurement window; "server CPU/op" excludes the load generator. Load generator, servers and redis share the same cores, so absolute rates are noisy; compare ratios and CPU per op.',
+  );
+
+  const finished = new Date();
+  const data: BenchData = {
+    date,
+    startedAt: started.toISOString(),
+    finishedAt: finished.toISOString(),
+    durationS: Math.round((performance.now() - t0) / 100) / 10,
+    command: `npm run bench${args.length ? ' -- ' + args.join(' ') : ''}`,
+    quick: QUICK,
+    machine: machineInfo(),
+    versions: versions(),
+    tls,
+    settings: {
+      runs: RUNS,
+      'keep-alive connections': CONNECTIONS,
+      'keep-alive warm-up / window (ms)': `${S.kaWarm} / ${S.kaDur}`,
+      'gated request': `GET ${GATED_PATH} with Bearer token (upstream answers ~60 B JSON)`,
+      'flow concurrency (closed loop)': FLOW_CONCURRENCY,
+      'flow warm-up / window (ms)': `${S.flowWarm} / ${S.flowDur}`,
+      'open-loop warm-up / window (ms)': `${S.openWarm} / ${S.openDur}`,
+      'max flow rate (median closed-loop gate flows/s)': maxFlow,
+      'max flow rate, forwarded (median closed-loop flows/s)': maxFlowFwd,
+      'open-loop keep-alive rate (half the gate max)': kaRate,
+      'flow deadline (ms)': DEADLINE_MS,
+      'agent key': 'ECDSA P-256, proof ES256 (node:crypto, ieee-p1363)',
+      'nginx baseline workers': `1 and auto (${cores})`,
+      'forwarded nginx workers': fwd ? fwd.workers : 'not measured',
+    },
+    runs,
+    foreignCoresBeforeRun: foreignBefore,
+    medians,
+    memory,
+    targets,
+    notes,
+  };
+
+  const resultsDir = join(ROOT, 'load', 'results');
+  mkdirSync(resultsDir, { recursive: true });
+  const jsonFile = join(resultsDir, `${date}${QUICK ? '-quick' : ''}.json`);
+  writeFileSync(jsonFile, JSON.stringify(data, null, 2) + '\n');
+  if (!QUICK) upsertBlock(join(ROOT, 'load', 'RESULTS.md'), `bench:${date}`, markdownSection(data));
+
+  process.stdout.write('\n' + targetTable(targets) + '\n\n' + detailTable(data) + '\n\n');
+  for (const [k, v] of Object.entries(memory)) process.stdout.write(`${k}: ${fmt(v, 1)} MB\n`);
+  process.stdout.write(`\nwrote ${jsonFile}${QUICK ? '' : ' and load/RESULTS.md'} (${data.durationS} s)\n`);
+
+  await lg.stop();
+  for (const p of [fwd?.nginx, fwd?.gate, nginxAuto, nginx1, gateInfo, gate, tlsBase, upstream, redis]) await p?.stop();
+  rmSync(work, { recursive: true, force: true });
+}
+
+const watchdog = setTimeout(() => {
+  process.stderr.write(`bench: over the ${BUDGET_MS / 60_000} minute budget, stopping\n`);
+  process.exit(1);
+}, BUDGET_MS);
+watchdog.unref();
+
+(PROFILE ? profileMain(args) : main()).then(
+  () => {
+    killAll();
+    process.exit(0);
+  },
+  (err: unknown) => {
+    process.stderr.write(`bench failed: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);
