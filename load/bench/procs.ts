@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 
 const children = new Set<ChildProcess>();
 /** Processes we did not spawn directly but started (nginx workers): killed at exit too. */
@@ -80,33 +80,8 @@ export async function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'S
   });
 }
 
-/** A currently free loopback TCP port. */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.unref();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** Polls `check` until true or `timeoutMs` passes (then throws naming `what`). */
-export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: string, intervalMs = 50): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      if (await check()) return;
-    } catch {
-      // not yet
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-}
+/** Free ports and bounded polling: the test helpers' own, so both behave the same. */
+export { freePort, waitFor } from '../../test/helpers/ports.js';
 
 /** True when something accepts TCP connections on 127.0.0.1:port. */
 export function tcpOpen(port: number): Promise<boolean> {
@@ -124,26 +99,7 @@ export function tcpOpen(port: number): Promise<boolean> {
   });
 }
 
-/** redis PING over a raw socket. */
-export function redisPing(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(port, '127.0.0.1');
-    let buf = '';
-    s.setTimeout(500, () => {
-      s.destroy();
-      resolve(false);
-    });
-    s.on('connect', () => s.write('PING\r\n'));
-    s.on('data', (d) => {
-      buf += d.toString();
-      if (buf.includes('\r\n')) {
-        s.destroy();
-        resolve(buf.startsWith('+PONG'));
-      }
-    });
-    s.on('error', () => resolve(false));
-  });
-}
+export { redisPing } from '../../test/helpers/redis.js';
 
 // ---- /proc readings ----
 

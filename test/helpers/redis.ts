@@ -11,7 +11,8 @@ export interface RedisServer {
   start(): Promise<void>;
 }
 
-function ping(port: number): Promise<boolean> {
+/** redis PING over a raw socket: true when the server answers +PONG. */
+export function redisPing(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect(port, '127.0.0.1');
     let buf = '';
@@ -39,7 +40,7 @@ export async function startRedis(): Promise<RedisServer> {
     proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], {
       stdio: 'ignore',
     });
-    await waitFor(() => ping(port), 10_000, `redis-server on port ${port}`);
+    await waitFor(() => redisPing(port), 10_000, `redis-server on port ${port}`);
   };
   const stop = async () => {
     const p = proc;
