@@ -142,7 +142,11 @@ describe('rate limits', () => {
   });
 
   it('a flood of challenges from one address does not stop an agent on another address', async () => {
-    const g = await gate({ GATE_RATE_CHALLENGE_IP: '10/60', GATE_RATE_CHALLENGE_IDENTITY: '1000/60' });
+    // A private Redis: the per-address counters of 127.0.0.1 are shared with this file's other
+    // gates otherwise, and the well-behaved agent (which connects from 127.0.0.1) would inherit them.
+    const redis = await startRedis();
+    closers.push(() => redis.stop());
+    const g = await gate({ GATE_RATE_CHALLENGE_IP: '10/60', GATE_RATE_CHALLENGE_IDENTITY: '1000/60' }, redis.url);
     const flooder = agent(await fresh(), freshAddress());
     const results = await Promise.all(Array.from({ length: 60 }, () => challenge(g, flooder)));
     expect(results.map((r) => r.status).sort()).toEqual([...Array<number>(10).fill(201), ...Array<number>(50).fill(429)]);
