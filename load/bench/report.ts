@@ -198,7 +198,7 @@ export function detailTable(data: BenchData): string {
 export function markdownSection(data: BenchData): string {
   const kv = (o: Record<string, string | number | boolean>) =>
     Object.entries(o)
-      .map(([k, v]) => `- ${k}: ${String(v).includes('\n') ? '\n\n```\n' + String(v).trim() + '\n```\n' : '`' + String(v) + '`'}`)
+      .map(([k, v]) => `- ${k}: ${String(v).includes('\n') ? '\n\n```\n' + String(v).replace(/^\n+|\s+$/g, '') + '\n```\n' : '`' + String(v) + '`'}`)
       .join('\n');
   const mem = Object.entries(data.memory)
     .map(([k, v]) => `- ${k}: ${fmt(v, 1)} MB`)

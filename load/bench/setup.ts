@@ -269,7 +269,14 @@ export const FORWARDED_EDITS = 'limit_req/limit_conn lines removed (all load com
  * nginx + gate in forwarded mode: the gate on plain HTTP loopback (trusted proxy 127.0.0.1),
  * nginx from `renderNginxConfig`, minus the per-address edge rate limits.
  */
-export async function startForwarded(root: string, pki: BenchPki, redisUrl: string, upstreamUrl: string, cores: number): Promise<{ gate: StartedGate; nginx: Started; workers: number }> {
+export async function startForwarded(
+  root: string,
+  pki: BenchPki,
+  redisUrl: string,
+  upstreamUrl: string,
+  cores: number,
+  gateNodeArgs: string[] = [],
+): Promise<{ gate: StartedGate; nginx: Started; workers: number }> {
   const dir = join(root, 'nginx-forwarded');
   mkdirSync(dir, { recursive: true });
   chmodSync(dir, 0o755);
@@ -288,6 +295,7 @@ export async function startForwarded(root: string, pki: BenchPki, redisUrl: stri
       // No certificate: plain HTTP on loopback behind nginx.
       ['GATE_TLS_CERT', 'GATE_TLS_KEY'],
     ),
+    gateNodeArgs,
   );
   const port = await freePort();
   const rendered = await renderNginxConfig({
