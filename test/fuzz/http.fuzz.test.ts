@@ -29,6 +29,7 @@ import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { rawRequest, tlsAgent } from '../helpers/http.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
+import { derTlv, readTlv } from '../helpers/der.js';
 
 const SEED = Number(process.env.AG_FUZZ_SEED ?? 20_250_611);
 console.info(`[http.fuzz] fast-check seed ${SEED} (rerun with AG_FUZZ_SEED=${SEED})`);
@@ -308,25 +309,6 @@ async function sendFwd(method: string, path: string, list: string[], extra: Reco
 // ---------------------------------------------------------------------------------------------
 // Raw DER helpers (certificates with hostile extensions, signed by the fixture CA)
 
-function derLength(n: number): Buffer {
-  if (n < 0x80) return Buffer.from([n]);
-  const bytes: number[] = [];
-  for (let v = n; v > 0; v = Math.floor(v / 256)) bytes.unshift(v & 0xff);
-  return Buffer.from([0x80 | bytes.length, ...bytes]);
-}
-const derTlv = (tag: number, content: Uint8Array) => Buffer.concat([Buffer.from([tag]), derLength(content.length), content]);
-function readTlv(buf: Uint8Array, off: number): { tag: number; start: number; contentStart: number; end: number } {
-  const tag = buf[off]!;
-  let len = buf[off + 1]!;
-  let p = off + 2;
-  if (len & 0x80) {
-    const n = len & 0x7f;
-    len = 0;
-    for (let i = 0; i < n; i++) len = len * 256 + buf[p + i]!;
-    p += n;
-  }
-  return { tag, start: off, contentStart: p, end: p + len };
-}
 function derOid(oid: string): Buffer {
   const [a, b, ...rest] = oid.split('.').map(Number) as [number, number, ...number[]];
   const body: number[] = [a * 40 + b];

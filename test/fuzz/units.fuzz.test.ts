@@ -18,6 +18,7 @@ import { parseIssuer, signCertificate } from '../../src/pki/issue.js';
 import { parseCrl } from '../../src/revocation/crl.js';
 import { generateSigningJwk, loadSigningKeys, TokenService } from '../../src/tokens/index.js';
 import { x509 } from '../../src/lib/x509.js';
+import { children, derTlv, readTlv, type Tlv } from '../helpers/der.js';
 
 const SEED = Number(process.env.AG_FUZZ_SEED ?? 20_250_611);
 // One line per worker so a failing run names the seed to rerun with.
@@ -48,47 +49,6 @@ function expectGateError(err: unknown, code: string, ctx: string): void {
 
 // ---------------------------------------------------------------------------------------------
 // DER helpers: read TLVs and rebuild (re-signed) certificates without any X.509 library.
-
-interface Tlv {
-  tag: number;
-  start: number;
-  contentStart: number;
-  end: number;
-}
-
-function readTlv(buf: Uint8Array, off: number): Tlv {
-  const tag = buf[off]!;
-  let len = buf[off + 1]!;
-  let p = off + 2;
-  if (len & 0x80) {
-    const n = len & 0x7f;
-    len = 0;
-    for (let i = 0; i < n; i++) len = len * 256 + buf[p + i]!;
-    p += n;
-  }
-  return { tag, start: off, contentStart: p, end: p + len };
-}
-
-function children(buf: Uint8Array, parent: Tlv): Tlv[] {
-  const out: Tlv[] = [];
-  for (let p = parent.contentStart; p < parent.end; ) {
-    const t = readTlv(buf, p);
-    out.push(t);
-    p = t.end;
-  }
-  return out;
-}
-
-function derLength(n: number): Buffer {
-  if (n < 0x80) return Buffer.from([n]);
-  const bytes: number[] = [];
-  for (let v = n; v > 0; v = Math.floor(v / 256)) bytes.unshift(v & 0xff);
-  return Buffer.from([0x80 | bytes.length, ...bytes]);
-}
-
-function derTlv(tag: number, content: Uint8Array): Buffer {
-  return Buffer.concat([Buffer.from([tag]), derLength(content.length), content]);
-}
 
 /** The parts of a certificate (or CRL): TBS bytes and the raw signature algorithm. */
 function splitSigned(der: Buffer): { tbs: Buffer; sigAlg: Buffer; tbsTlv: Tlv } {

@@ -29,6 +29,7 @@ import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent, type Res } from '../helpers/http.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
+import { derTlv, readTlv } from '../helpers/der.js';
 
 const HEAVY = process.env.AG_HEAVY === '1';
 const MB = 1024 * 1024;
@@ -208,26 +209,6 @@ describe('memory store end to end: 200 real challenges from 20 agents', () => {
 
 // ---------------------------------------------------------------------------------------------
 // Large CRLs
-
-function derLength(n: number): Buffer {
-  if (n < 0x80) return Buffer.from([n]);
-  const bytes: number[] = [];
-  for (let v = n; v > 0; v = Math.floor(v / 256)) bytes.unshift(v & 0xff);
-  return Buffer.from([0x80 | bytes.length, ...bytes]);
-}
-const derTlv = (tag: number, content: Uint8Array) => Buffer.concat([Buffer.from([tag]), derLength(content.length), content]);
-function readTlv(buf: Uint8Array, off: number): { tag: number; start: number; contentStart: number; end: number } {
-  const tag = buf[off]!;
-  let len = buf[off + 1]!;
-  let p = off + 2;
-  if (len & 0x80) {
-    const n = len & 0x7f;
-    len = 0;
-    for (let i = 0; i < n; i++) len = len * 256 + buf[p + i]!;
-    p += n;
-  }
-  return { tag, start: off, contentStart: p, end: p + len };
-}
 
 /**
  * A CRL of `ca` listing `n` revoked serials (16-byte, distinct), `revoked` among them, signed by
