@@ -13,7 +13,7 @@
  * @module
  */
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -21,10 +21,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Pool } from 'undici';
 import { GateClient } from '../src/client/index.js';
-import { createCa, issueAgentCert, issueServerCert, startOcspResponder } from '../src/pki/index.js';
+import { startOcspResponder } from '../src/pki/index.js';
 import { cpuSeconds, killAll, stopChild, track } from './bench/procs.js';
 import { upsertBlock } from './bench/report.js';
-import { startGate, type StartedGate } from './bench/setup.js';
+import { makePki, startGate, type StartedGate } from './bench/setup.js';
 import { Samples, median, type LatencySummary } from './bench/stats.js';
 
 const SELF = fileURLToPath(import.meta.url);
@@ -213,17 +213,7 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'agent-gate-revbench-'));
   const closers: (() => Promise<unknown>)[] = [];
   try {
-    const ca = await createCa();
-    const server = await issueServerCert(ca);
-    const agent = await issueAgentCert(ca, 'bench-agent', { alg: 'ec-p256' });
-    const file = (name: string, text: string, mode = 0o644) => {
-      const p = join(dir, name);
-      writeFileSync(p, text, { mode });
-      return p;
-    };
-    const caFile = file('ca.pem', ca.certPem);
-    const certFile = file('server.pem', server.certPem);
-    const keyFile = file('server.key', server.keyPem, 0o600);
+    const { ca, caFile, serverCertFile: certFile, serverKeyFile: keyFile, clientTls } = await makePki(dir);
 
     const responder = await startOcspResponder({ issuer: ca, lookup: () => ({ status: 'good' }), nextUpdateS: 3600 });
     closers.push(() => responder.close());
@@ -256,7 +246,7 @@ async function main(): Promise<void> {
     // A token per gate, then a few requests each: the OCSP answer is cached from here on.
     const tokens = {} as Record<'off' | 'ocsp', string>;
     for (const mode of ['off', 'ocsp'] as const) {
-      const client = new GateClient({ baseUrl: `https://127.0.0.1:${gates[mode].port}`, cert: agent.certPem, key: agent.keyPem, ca: ca.certPem });
+      const client = new GateClient({ baseUrl: `https://127.0.0.1:${gates[mode].port}`, cert: clientTls.cert, key: clientTls.key, ca: clientTls.ca });
       try {
         tokens[mode] = await client.getToken();
         for (let i = 0; i < 5; i++) {
@@ -279,7 +269,7 @@ async function main(): Promise<void> {
         const job: LoadJob = {
           origin: `https://127.0.0.1:${g.port}`,
           token: tokens[mode],
-          tls: { cert: agent.certPem, key: agent.keyPem, ca: ca.certPem },
+          tls: { cert: clientTls.cert, key: clientTls.key, ca: clientTls.ca },
           connections: CONNECTIONS,
           warmupMs: WARMUP_MS,
           durationMs: WINDOW_MS,

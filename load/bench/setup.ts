@@ -11,7 +11,7 @@ import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, writeFileSync 
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { renderNginxConfig } from '../../src/nginx/index.js';
-import { createCa, issueAgentCert, issueServerCert } from '../../src/pki/index.js';
+import { createCa, issueAgentCert, issueServerCert, type KeyAndCert } from '../../src/pki/index.js';
 import type { ClientTls, FromLoadgen, Job, JobResult, ToLoadgen } from './jobs.js';
 import type { CpuGroups, CpuReading } from './procs.js';
 import { MACHINE, childPids, cpuSeconds, freePort, machineBusySeconds, redisPing, spawnTracked, stopChild, tcpOpen, track, trackPid, waitFor } from './procs.js';
@@ -26,6 +26,8 @@ export interface BenchPki {
   serverCertFile: string;
   serverKeyFile: string;
   clientTls: ClientTls;
+  /** The CA itself (for benches that also run an OCSP responder for it). */
+  ca: KeyAndCert;
 }
 
 /** CA, server certificate (localhost, 127.0.0.1, ::1) and one ECDSA P-256 agent, as files. */
@@ -43,7 +45,7 @@ export async function makePki(dir: string): Promise<BenchPki> {
   const serverKeyFile = file('server.key', server.keyPem, 0o600);
   file('agent.pem', agent.certPem);
   file('agent.key', agent.keyPem, 0o600);
-  return { caFile, serverCertFile, serverKeyFile, clientTls: { cert: agent.certPem, key: agent.keyPem, ca: ca.certPem, servername: 'localhost' } };
+  return { caFile, serverCertFile, serverKeyFile, clientTls: { cert: agent.certPem, key: agent.keyPem, ca: ca.certPem, servername: 'localhost' }, ca };
 }
 
 /** A started process with the pids whose CPU time counts as its own. */
