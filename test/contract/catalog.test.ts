@@ -1,19 +1,18 @@
 /**
- * The error catalog and metric names against the wire contract itself (../shared/PROTOCOL.md),
- * so that code and contract cannot drift apart silently.
+ * The error catalog and metric names against the wire contract itself (docs/protocol.md, the
+ * project's own copy), so that code and contract cannot drift apart silently.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ERROR_STATUS } from '../../src/errors.js';
 import { createMetrics, LABELS } from '../../src/metrics/index.js';
 
-const protocolPath = resolve(__dirname, '../../../shared/PROTOCOL.md');
-const protocol = existsSync(protocolPath) ? readFileSync(protocolPath, 'utf8') : undefined;
+const protocol = readFileSync(resolve(__dirname, '../../docs/protocol.md'), 'utf8');
 
-describe.runIf(protocol !== undefined)('contract catalog', () => {
+describe('contract catalog', () => {
   it('every error code of section 9 has the status the contract gives it, and no others exist', () => {
-    const section = protocol!.slice(protocol!.indexOf('## 9. Errors'), protocol!.indexOf('## 10.'));
+    const section = protocol.slice(protocol.indexOf('## 9. Errors'), protocol.indexOf('## 10.'));
     const fromDoc = new Map<string, number[]>();
     for (const line of section.split('\n')) {
       const m = /^\| ([a-z_, ]+) \| (\d{3})(?: \(.*?\) or (\d{3}))?/.exec(line);
@@ -26,7 +25,7 @@ describe.runIf(protocol !== undefined)('contract catalog', () => {
   });
 
   it('every metric of section 10 exists with the contract name and label set', async () => {
-    const section = protocol!.slice(protocol!.indexOf('## 10. Metrics'), protocol!.indexOf('## 11.'));
+    const section = protocol.slice(protocol.indexOf('## 10. Metrics'), protocol.indexOf('## 11.'));
     const names = [...section.matchAll(/`([a-z_]+)(?:\{([a-z_,]+)\})?`/g)]
       .map((m) => ({ name: m[1]!, labels: m[2]?.split(',') ?? [] }))
       .filter((m) => /_(total|seconds|requests)$/.test(m.name) && !m.name.startsWith('process_'));
@@ -42,7 +41,7 @@ describe.runIf(protocol !== undefined)('contract catalog', () => {
   });
 
   it('label value sets are the ones the contract lists', () => {
-    const section = protocol!.slice(protocol!.indexOf('## 10. Metrics'), protocol!.indexOf('## 11.'));
+    const section = protocol.slice(protocol.indexOf('## 10. Metrics'), protocol.indexOf('## 11.'));
     const listed = (metric: string) => {
       const line = section.split('\n').find((l) => l.includes('`' + metric + '{'))!;
       return line.split(':').slice(1).join(':').replace(/`/g, '').split(/[,|]/).map((s) => s.trim().split(' ').at(-1)!).filter(Boolean);
