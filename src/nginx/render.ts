@@ -9,10 +9,11 @@
  * `nginx -p DIR -c DIR/nginx.conf -g 'daemon off; pid DIR/nginx.pid;'`.
  * @module
  */
-import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { parseHmacKeys } from '../identity/forwarded-canonical.js';
+import { prepareOutputDir, writePrivateFile } from './write.js';
 
 /** Where Debian's libnginx-mod-http-js installs the njs module (nginx's --modules-path). */
 export const NJS_MODULE_PATH = '/usr/lib/nginx/modules/ngx_http_js_module.so';
@@ -256,13 +257,8 @@ export async function renderNginxConfig(opts: NginxConfigOptions): Promise<Rende
 
   const [template, signer] = await Promise.all([readFile(templateUrl('agent-gate.conf'), 'utf8'), readFile(templateUrl('gate_sign.js'), 'utf8')]);
 
-  await mkdir(dir, { recursive: true, mode: 0o755 });
-  const dirStat = await stat(dir);
-  if (!dirStat.isDirectory()) throw new TypeError(`--dir ${dir} is not a directory`);
-  // Workers (nobody, when nginx starts as root) must reach DIR/temp/*: search permission only.
-  if ((dirStat.mode & 0o011) !== 0o011) await chmod(dir, (dirStat.mode & 0o7777) | 0o011);
-  await mkdir(resolve(dir, 'temp'), { recursive: true, mode: 0o755 });
-  await chmod(resolve(dir, 'temp'), 0o755);
+  // DIR will hold the HMAC secret: the caller's own, closed to others (search only, for the workers).
+  await prepareOutputDir(dir);
   const blocked = await unsearchableAncestors(dir);
   if (blocked.length > 0) {
     warnings.push(`${blocked.join(', ')} cannot be searched by others: when nginx starts as root its workers (nobody) cannot reach ${dir}/temp; chmod o+x or choose another --dir`);
@@ -286,9 +282,8 @@ export async function renderNginxConfig(opts: NginxConfigOptions): Promise<Rende
   });
 
   // The key first, so a config never points at a missing or stale key; 0600 even if it existed.
-  await writeFile(keyPath, JSON.stringify(key) + '\n', { mode: 0o600 });
-  await chmod(keyPath, 0o600);
-  await writeFile(jsPath, signer, { mode: 0o644 });
-  await writeFile(confPath, conf, { mode: 0o644 });
+  await writePrivateFile(keyPath, JSON.stringify(key) + '\n', 0o600);
+  await writePrivateFile(jsPath, signer, 0o644);
+  await writePrivateFile(confPath, conf, 0o644);
   return { confPath, jsPath, keyPath, warnings };
 }
