@@ -20,6 +20,7 @@ import { challengeRoutes } from './challenge/index.js';
 import { checkAttestation } from './attestation/index.js';
 import type { GateConfig } from './config/index.js';
 import { GateError, newRefusalId, problemFor } from './errors.js';
+import { deferContinue } from './http/continue.js';
 import { makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
 import { decodeRequestPath, isGatePath } from './http/path.js';
 import { powDifficulty } from './http/shedding.js';
@@ -76,6 +77,9 @@ async function plugin(app: FastifyInstance, opts: AgentGateOptions): Promise<voi
   app.decorateRequest('clientAddress', '');
   app.decorateRequest('ipLoad', 0);
 
+  // Section 5: identity and token are checked before the body is read, and before the client
+  // is told to send it (`100 Continue`), on the host's routes as well as the gate's.
+  deferContinue(app.server);
   if (opts.edge !== false) installEdge(app, services);
   else {
     app.addHook('onRequest', (request, _reply, done) => {
