@@ -2,7 +2,9 @@
  * Operator state shared by every gate through the store: the deny list, the registry of
  * failed-proof cooldowns, and recent refusals by id (for appeals). Gates keep a local copy of
  * the deny list, refreshed by polling a version counter, so the per-request check is a map
- * lookup and a new entry reaches every instance within one poll interval.
+ * lookup and a new entry reaches every instance within one poll interval. The admin listing
+ * is read from that same copy (reloaded first) with the same expiry rule, so what an operator
+ * sees listed is exactly what is enforced.
  * @module
  */
 import { randomBytes } from 'node:crypto';
@@ -96,6 +98,12 @@ function memoryKv(now: () => number): Kv {
   };
 }
 
+/**
+ * One memory twin per store object, so gates built on the same MemoryStore (tests, an app
+ * embedding two gates) share the deny list and refusal records the way Redis users do.
+ */
+const memoryKvs = new WeakMap<GateStore, Kv>();
+
 const KEY = { deny: 'ag:op:deny', denyVersion: 'ag:op:deny:v', cooldowns: 'ag:op:cooldowns', refusal: (id: string) => `ag:op:refusal:${id}` };
 /** How long a refusal can be looked up by id. */
 export const REFUSAL_RETENTION_MS = 3 * 24 * 3600_000;
@@ -113,20 +121,42 @@ export interface OperatorStateOptions {
   log?: (event: Record<string, unknown>) => void;
 }
 
+/** The one expiry rule, for enforcement and listing alike. */
+export function isLive(e: DenyEntry, now: number): boolean {
+  return e.expires_at === undefined || e.expires_at > now;
+}
+
+/** Adds `e` to the entries under `key` (several entries may name the same agent). */
+function addTo(index: Map<string, DenyEntry[]>, key: string, e: DenyEntry): void {
+  const list = index.get(key);
+  if (list) list.push(e);
+  else index.set(key, [e]);
+}
+
 /** Deny list, cooldown registry and refusal records. */
 export class OperatorState {
   private readonly kv: Kv;
   private readonly now: () => number;
   private version: string | undefined = '(never loaded)';
-  private byThumbprint = new Map<string, DenyEntry>();
-  private byAgentId = new Map<string, DenyEntry>();
+  /** Every entry, expired or not, as last loaded: the one copy that is enforced and listed. */
+  private entries: DenyEntry[] = [];
+  private byThumbprint = new Map<string, DenyEntry[]>();
+  private byAgentId = new Map<string, DenyEntry[]>();
+  /** Loads started and applied: an older load finishing late must not overwrite a newer one. */
+  private loadsStarted = 0;
+  private loadApplied = 0;
   private timer: NodeJS.Timeout | undefined;
   private anonSecond = 0;
   private anonCount = 0;
 
   constructor(private readonly opts: OperatorStateOptions) {
     this.now = opts.now;
-    this.kv = opts.store instanceof RedisStore ? redisKv(opts.store.redis) : memoryKv(opts.now);
+    if (opts.store instanceof RedisStore) this.kv = redisKv(opts.store.redis);
+    else {
+      let kv = memoryKvs.get(opts.store);
+      if (!kv) memoryKvs.set(opts.store, (kv = memoryKv(opts.now)));
+      this.kv = kv;
+    }
   }
 
   /** Starts polling the deny-list version. */
@@ -144,31 +174,42 @@ export class OperatorState {
   /** Reloads the local deny-list copy when the shared version moved. Never throws. */
   async refresh(): Promise<void> {
     try {
-      const v = await this.kv.get(KEY.denyVersion);
-      if (v === this.version) return;
-      const all = await this.kv.hgetall(KEY.deny);
-      const byT = new Map<string, DenyEntry>();
-      const byA = new Map<string, DenyEntry>();
-      for (const raw of Object.values(all)) {
-        const e = JSON.parse(raw) as DenyEntry;
-        if (e.thumbprint) byT.set(e.thumbprint, e);
-        if (e.agent_id) byA.set(e.agent_id, e);
-      }
-      this.byThumbprint = byT;
-      this.byAgentId = byA;
-      this.version = v;
+      await this.load(false);
     } catch (err) {
       // Keep the last copy: a store outage must not empty the deny list.
       this.opts.log?.({ event: 'deny_list_refresh_failed', detail: (err as Error).message });
     }
   }
 
-  /** The identity step's deny-list check (section 2): `agent_denied` for a listed agent. */
-  check(agent: AgentIdentity): void {
-    const e = this.byThumbprint.get(agent.thumbprint) ?? this.byAgentId.get(agent.agentId);
-    if (e && (e.expires_at === undefined || e.expires_at > this.now())) {
-      throw new GateError('agent_denied', { detail: `deny-list entry ${e.id}: ${e.reason}` });
+  /** Reads the shared list into the local copy (unless `force` is false and the version did not move). */
+  private async load(force: boolean): Promise<void> {
+    const seq = ++this.loadsStarted;
+    const v = await this.kv.get(KEY.denyVersion);
+    if (!force && v === this.version) return;
+    const all = await this.kv.hgetall(KEY.deny);
+    // Commands on one connection are answered in order: a later load saw a newer list.
+    if (seq < this.loadApplied) return;
+    const entries: DenyEntry[] = [];
+    const byT = new Map<string, DenyEntry[]>();
+    const byA = new Map<string, DenyEntry[]>();
+    for (const raw of Object.values(all)) {
+      const e = JSON.parse(raw) as DenyEntry;
+      entries.push(e);
+      if (e.thumbprint) addTo(byT, e.thumbprint, e);
+      if (e.agent_id) addTo(byA, e.agent_id, e);
     }
+    this.entries = entries.sort((a, b) => a.created_at - b.created_at);
+    this.byThumbprint = byT;
+    this.byAgentId = byA;
+    this.version = v;
+    this.loadApplied = seq;
+  }
+
+  /** The identity step's deny-list check (section 2): `agent_denied` when any live entry names the agent. */
+  check(agent: AgentIdentity): void {
+    const now = this.now();
+    const e = this.byThumbprint.get(agent.thumbprint)?.find((x) => isLive(x, now)) ?? this.byAgentId.get(agent.agentId)?.find((x) => isLive(x, now));
+    if (e) throw new GateError('agent_denied', { detail: `deny-list entry ${e.id}: ${e.reason}` });
   }
 
   /** Adds an entry, visible to every gate within one refresh interval (here at once). */
@@ -198,16 +239,19 @@ export class OperatorState {
     await this.kv.setPx(KEY.denyVersion, randomBytes(8).toString('hex'), 365 * 24 * 3600_000);
   }
 
-  /** Current deny-list entries (expired ones are dropped from the store on the way). */
+  /**
+   * The live deny-list entries: the enforced copy, reloaded from the store first, filtered by
+   * the same {@link isLive} as {@link check}. Expired entries are dropped from the store on the way.
+   */
   async denyList(): Promise<DenyEntry[]> {
+    await this.load(true);
     const now = this.now();
     const out: DenyEntry[] = [];
-    for (const [id, raw] of Object.entries(await this.kv.hgetall(KEY.deny))) {
-      const e = JSON.parse(raw) as DenyEntry;
-      if (e.expires_at !== undefined && e.expires_at <= now) await this.kv.hdel(KEY.deny, id);
-      else out.push(e);
+    for (const e of this.entries) {
+      if (isLive(e, now)) out.push(e);
+      else await this.kv.hdel(KEY.deny, e.id);
     }
-    return out.sort((a, b) => a.created_at - b.created_at);
+    return out;
   }
 
   /** Records a cooldown (called by the failed-proof limiter when it blocks a certificate). */
