@@ -13,6 +13,7 @@ import { buildAdminApp } from './admin/index.js';
 import { OPENAPI_INFO } from './admin/openapi.js';
 import type { GateConfig } from './config/index.js';
 import { GateError } from './errors.js';
+import { installConnectionLimits, serverTimeoutOptions, type ConnectionGuard, type ConnectionLimits } from './http/connections.js';
 import { makeClientErrorHandler, makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
 import type { GateMetrics } from './metrics/index.js';
 import { agentGate } from './plugin.js';
@@ -40,6 +41,8 @@ export interface Gate {
   tokens: TokenService;
   publicApp: FastifyInstance;
   adminApp: FastifyInstance;
+  /** Open connections of the public listener, as its connection caps count them. */
+  connections: ConnectionGuard;
   /** Binds both listeners; returns the actual ports (0 in config means random). */
   listen(): Promise<{ publicPort: number; adminPort: number }>;
   /** SIGTERM behaviour: readiness 503, stop accepting, let in-flight requests finish (bounded). */
@@ -70,8 +73,18 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
 
   // Forwarded mode: a URL-encoded 16 KiB certificate header is about 24 KB (section 12).
   const maxHeaderSize = config.mode === 'forwarded' ? 48 * 1024 : 16 * 1024;
+  const limits: ConnectionLimits = {
+    handshakeTimeoutMs: config.connections.handshakeTimeoutMs,
+    headersTimeoutMs: config.connections.headersTimeoutMs,
+    requestTimeoutMs: 30_000,
+    idleTimeoutMs: config.connections.idleTimeoutMs,
+    maxConnections: config.connections.max,
+    // Behind nginx every connection comes from nginx: its own limit_conn caps each client address.
+    maxConnectionsPerAddress: config.mode === 'direct' ? config.connections.maxPerAddress : 0,
+  };
+  const timeouts = serverTimeoutOptions(limits, Boolean(tls));
   const publicApp = Fastify({
-    ...(tls ? { https: { ...tls, maxHeaderSize } } : { http: { maxHeaderSize } }),
+    ...(tls ? { https: { ...tls, maxHeaderSize, ...timeouts } } : { http: { maxHeaderSize, ...timeouts } }),
     logger,
     // One access-log line per request is written by the gate itself (with agent and outcome).
     logController: new LogController({ disableRequestLogging: true }),
@@ -79,17 +92,17 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     // Request ids only correlate log lines; a random prefix and a counter cost no entropy per request.
     genReqId: ((prefix: string, n = 0) => () => `${prefix}${(n++).toString(36)}`)(randomBytes(4).toString('hex')),
     return503OnClosing: false,
-    // Slow clients: whole request within 30 s, headers within 10 s, idle keep-alive 65 s.
-    requestTimeout: 30_000,
-    keepAliveTimeout: 65_000,
+    // fastify sets these on the server after creating it: the same values as above.
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.idleTimeoutMs,
     routerOptions: { maxParamLength: 2048 },
     clientErrorHandler: makeClientErrorHandler(sinks, () => services.log.current),
     frameworkErrors: (err, request, reply) => {
       sendRefusal(request, reply, toGateError(err) ?? new GateError('request_malformed', { cause: err }), sinks);
     },
   } as FastifyServerOptions);
-  publicApp.server.headersTimeout = 10_000;
   publicApp.server.maxHeadersCount = 100;
+  const connections = installConnectionLimits(publicApp.server, limits, { metrics: services.metrics, log: () => services.log.current });
   services.log.current = publicApp.log;
   publicApp.setErrorHandler(makeErrorHandler(sinks));
   // Route schemas of the gate endpoints become the public half of /openapi.json (admin listener).
@@ -106,7 +119,12 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     let p: Promise<T> | undefined;
     return () => (p ??= fn());
   };
-  const closePublic = once(() => publicApp.close());
+  const closePublic = once(() => {
+    const closing = publicApp.close();
+    // Connections still in their TLS handshake carry no request to finish.
+    connections.destroyPending();
+    return closing;
+  });
   const close = once(async () => {
     await Promise.allSettled([closePublic(), adminApp.close()]);
     await forwarder.close().catch(() => undefined);
@@ -126,6 +144,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
       // is down does not stop the start (readiness reports it and the gate recovers by itself).
       await services.store.waitReady?.(Math.max(2000, config.store.timeoutMs));
       await publicApp.listen({ host: config.listen.host, port: config.listen.port });
+    connections,
       await adminApp.listen({ host: config.adminListen.host, port: config.adminListen.port });
       return { publicPort: portOf(publicApp), adminPort: portOf(adminApp) };
     },
@@ -141,6 +160,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
         // admin listener keeps answering, with /readyz at 503, so probes see the drain.
         await closePublic();
       } finally {
+        connections.destroyPending();
         clearTimeout(timer);
         await close();
       }

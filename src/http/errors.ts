@@ -98,15 +98,24 @@ export function makeErrorHandler(sinks: RefusalSinks) {
 /**
  * fastify's `clientErrorHandler`: requests Node's HTTP parser refuses (bad request line,
  * control bytes, headers over the size limit) still get the contract's 400 problem+json.
- * Timeouts and resets get no answer: the client is gone or too slow to wait for.
+ * Anything else is not an HTTP request to answer and the socket is destroyed: a TLS error or
+ * handshake timeout comes from a connection whose handshake never completed (a 400 written into
+ * it would wait for that handshake forever, holding the connection open), a header or request
+ * timeout from a client too slow to wait for, a reset from a client that is gone.
  */
 export function makeClientErrorHandler(sinks: RefusalSinks, log: () => { info(o: object, msg: string): void } | undefined) {
   return function clientErrorHandler(err: NodeJS.ErrnoException, socket: import('node:stream').Duplex): void {
-    if (socket.destroyed || err.code === 'ECONNRESET') return;
-    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || !socket.writable) {
+    const code = err.code ?? '';
+    if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') sinks.metrics.connectionTimeouts.inc({ phase: 'handshake' });
+    else if (code === 'ERR_HTTP_REQUEST_TIMEOUT') sinks.metrics.connectionTimeouts.inc({ phase: 'request' });
+    // Only the HTTP parser (HPE_*) sees decrypted bytes, so only its errors follow a completed handshake.
+    if (socket.destroyed || !code.startsWith('HPE_') || !socket.writable) {
       socket.destroy();
       return;
     }
+/** How long a 400 from the client-error handler may take to reach a client that does not read. */
+const CLIENT_ERROR_LINGER_MS = 2000;
+
     const id = newRefusalId();
     sinks.metrics.errors.inc({ code: 'request_malformed' });
     log()?.info({ event: 'refusal', code: 'request_malformed', status: 400, refusal_id: id, detail: `HTTP parser: ${err.code ?? 'error'}` }, 'refused');
@@ -116,3 +125,7 @@ export function makeClientErrorHandler(sinks: RefusalSinks, log: () => { info(o:
     );
   };
 }
+    // end() closes only our side: a client that neither reads nor closes must not keep the socket.
+    const linger = setTimeout(() => socket.destroy(), CLIENT_ERROR_LINGER_MS);
+    linger.unref();
+    socket.once('close', () => clearTimeout(linger));

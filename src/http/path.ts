@@ -7,8 +7,9 @@ import { GateError } from '../errors.js';
 
 /**
  * Returns the percent-decoded path of a raw request target, or throws `request_malformed`
- * for `.`/`..` segments, an encoded `/`, a NUL (raw or encoded), a raw `#` or `\\`, a leading
- * `//`, or bad percent-encoding.
+ * for `.`/`..` segments (also when followed by `;` path parameters, as in `..;x`), an encoded
+ * `/` or `\\`, a NUL (raw or encoded), a raw `#` or `\\`, a leading `//`, or bad
+ * percent-encoding.
  */
 export function decodeRequestPath(rawUrl: string): string {
   const q = rawUrl.indexOf('?');
@@ -20,7 +21,9 @@ export function decodeRequestPath(rawUrl: string): string {
   if (rawUrl.includes('#') || raw.includes('\\')) throw new GateError('request_malformed', { detail: 'raw # in target or \\ in path' });
   // A path starting with '//' reads as an authority to URL parsers ('//host/path').
   if (raw.startsWith('//')) throw new GateError('request_malformed', { detail: 'path starts with //' });
-  if (/%2f|%00/i.test(raw)) throw new GateError('request_malformed', { detail: 'encoded / or NUL in path' });
+  // An encoded '\\' is read as '/' by upstreams that decode before splitting (IIS, some Java
+  // and Python stacks), like an encoded '/'.
+  if (/%2f|%5c|%00/i.test(raw)) throw new GateError('request_malformed', { detail: 'encoded /, \\ or NUL in path' });
   let decoded: string;
   try {
     decoded = raw.includes('%') ? decodeURIComponent(raw) : raw;
@@ -29,7 +32,11 @@ export function decodeRequestPath(rawUrl: string): string {
   }
   if (decoded.includes('\0')) throw new GateError('request_malformed', { detail: 'NUL in path' });
   for (const seg of decoded.split('/')) {
-    if (seg === '.' || seg === '..') throw new GateError('request_malformed', { detail: 'dot segment in path' });
+    // Servlet containers (Tomcat, Jetty) and Spring drop ';' path parameters before resolving
+    // dot segments, so '/a/..;x/b' reaches them as '/b': judge the part before the first ';'.
+    const semi = seg.indexOf(';');
+    const bare = semi === -1 ? seg : seg.slice(0, semi);
+    if (bare === '.' || bare === '..') throw new GateError('request_malformed', { detail: 'dot segment in path' });
   }
   return decoded;
 }

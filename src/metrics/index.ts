@@ -15,6 +15,8 @@ export const LABELS = {
   revocationResult: ['good', 'revoked', 'unknown', 'error'],
   forwardedResult: ['ok', 'missing', 'bad_signature', 'stale', 'unknown_kid', 'replayed', 'untrusted_proxy'],
   shedReason: ['concurrency', 'event_loop'],
+  connectionLimit: ['per_address', 'total'],
+  connectionPhase: ['handshake', 'request'],
   route: ['challenge', 'token', 'proxy', 'jwks', 'health', 'other'],
   alg: ['EdDSA', 'ES256', 'ES384', 'PS256'],
 } as const;
@@ -35,6 +37,12 @@ export interface GateMetrics {
   forwardedVerifications: Counter<'result'>;
   errors: Counter<'code'>;
   loadShed: Counter<'reason'>;
+  /** Public-listener connections reset at accept by a cap. */
+  connectionsRefused: Counter<'limit'>;
+  /** Public-listener connections closed for missing a deadline: TLS handshake, or headers/whole request. */
+  connectionTimeouts: Counter<'phase'>;
+  /** Public-listener connections open now. */
+  openConnections: Gauge;
   storeErrors: Counter;
   inflight: Gauge;
   requestDuration: Histogram<'route'>;
@@ -60,6 +68,9 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): GateMetr
     forwardedVerifications: counter('forwarded_verifications_total', 'Forwarded-header verifications, by result', ['result']),
     errors: counter('errors_total', 'Refusals and errors answered, by contract code', ['code']),
     loadShed: counter('load_shed_total', 'Requests shed, by reason', ['reason']),
+    connectionsRefused: counter('connections_refused_total', 'Connections reset at accept by a connection cap, by cap', ['limit']),
+    connectionTimeouts: counter('connection_timeouts_total', 'Connections closed for missing the handshake or request deadline, by phase', ['phase']),
+    openConnections: new Gauge({ name: p + 'open_connections', help: 'Connections open on the public listener', registers: [registry] }),
     storeErrors: counter('store_errors_total', 'Store commands that failed or timed out'),
     inflight: new Gauge({ name: p + 'inflight_requests', help: 'Requests in flight on the public listener', registers: [registry] }),
     requestDuration: new Histogram({
@@ -87,5 +98,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): GateMetr
   for (const v of LABELS.forwardedResult) m.forwardedVerifications.inc({ result: v }, 0);
   for (const v of ERROR_CODES) m.errors.inc({ code: v }, 0);
   for (const v of LABELS.shedReason) m.loadShed.inc({ reason: v }, 0);
+  for (const v of LABELS.connectionLimit) m.connectionsRefused.inc({ limit: v }, 0);
+  for (const v of LABELS.connectionPhase) m.connectionTimeouts.inc({ phase: v }, 0);
   return m;
 }

@@ -870,7 +870,7 @@ describe('direct mode: Authorization on gated paths', () => {
 describe('direct mode: raw request paths', () => {
   const PIECES = [
     'a', 'api', 'x', 'v1', 'healthz', 'readyz', 'jwks.json', 'challenge', 'token', '.agent-gate', '/', '//', '.', '..', '...', '%2e', '%2E', '%2e%2e', '.%2e',
-    '%2f', '%2F', '%5c', '%00', '%', '%zz', '%c0%ae', '%ff', '%e2%80%ae', '%F0%9F%98%80', '%252e', '%23', '%3f', ';', '..;', '~', '@', ':', '!', '$', '&', "'",
+    '%2f', '%2F', '%5c', '%5C', '%00', '%', '%zz', '%3b', '.;', '%2E%2e;', '%c0%ae', '%ff', '%e2%80%ae', '%F0%9F%98%80', '%252e', '%23', '%3f', ';', '..;', '~', '@', ':', '!', '$', '&', "'",
     '(', ')', '*', '+', ',', '=', '%20', '%0a', '%0d%0a', '%68ealthz',
   ];
   const segs = fc.array(fc.constantFrom(...PIECES), { maxLength: 10 });
@@ -887,12 +887,13 @@ describe('direct mode: raw request paths', () => {
       // Beyond the contract's list, the gate also refuses a raw '#' (anywhere), a raw '\\' and a
       // leading '//' in the path: URL parsers upstream read those differently.
       if (raw.includes('#') || path.includes('\\') || path.startsWith('//')) throw new Error('ambiguous for URL parsers');
-      if (path.includes('\0') || /%2f|%00/i.test(path)) throw new Error('encoded / or NUL');
+      if (path.includes('\0') || /%2f|%5c|%00/i.test(path)) throw new Error('encoded /, \\ or NUL');
       decoded = decodeURIComponent(path);
     } catch {
       return { want: 'request_malformed', upstream: false };
     }
-    if (decoded.includes('\0') || decoded.split('/').some((s) => s === '.' || s === '..')) return { want: 'request_malformed', upstream: false };
+    // A dot segment also when ';' path parameters follow it ('..;x'), as servlet containers read it.
+    if (decoded.includes('\0') || decoded.split('/').some((s) => ['.', '..'].includes(s.split(';')[0]!))) return { want: 'request_malformed', upstream: false };
     if (decoded === P || decoded.startsWith(`${P}/`)) {
       const rest = decoded.slice(P.length);
       if (['/healthz', '/readyz', '/jwks.json'].includes(rest)) return { want: 'ok', upstream: false };
@@ -902,7 +903,7 @@ describe('direct mode: raw request paths', () => {
     return { want: 'ok', upstream: true };
   }
 
-  it('paths the HTTP parser accepts: request_malformed exactly for dot segments, encoded / or NUL; otherwise routed, and proxied unchanged', async () => {
+  it('paths the HTTP parser accepts: request_malformed exactly for dot segments (with or without ;parameters), encoded /, \\ or NUL; otherwise routed, and proxied unchanged', async () => {
     await fc.assert(
       fc.asyncProperty(target, async (raw) => {
         const id = `p${++seq}`;
