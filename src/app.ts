@@ -139,12 +139,12 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     tokens: services.tokens,
     publicApp,
     adminApp,
+    connections,
     async listen() {
       // Give the store a moment to connect so the first requests are not refused; a store that
       // is down does not stop the start (readiness reports it and the gate recovers by itself).
       await services.store.waitReady?.(Math.max(2000, config.store.timeoutMs));
       await publicApp.listen({ host: config.listen.host, port: config.listen.port });
-    connections,
       await adminApp.listen({ host: config.adminListen.host, port: config.adminListen.port });
       return { publicPort: portOf(publicApp), adminPort: portOf(adminApp) };
     },
@@ -153,6 +153,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
       const timer = setTimeout(() => {
         // In-flight requests past the drain deadline are cut: the process must exit in time.
         publicApp.server.closeAllConnections();
+        connections.destroyPending();
       }, config.drainTimeoutMs);
       timer.unref();
       try {
@@ -160,7 +161,6 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
         // admin listener keeps answering, with /readyz at 503, so probes see the drain.
         await closePublic();
       } finally {
-        connections.destroyPending();
         clearTimeout(timer);
         await close();
       }
