@@ -109,7 +109,12 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   await publicApp.register(swagger, { openapi: { openapi: '3.1.0', info: OPENAPI_INFO } });
   await publicApp.register(agentGate, { services });
 
-  const forwarder = new Forwarder({ upstreamUrl: config.upstream.url!, timeoutMs: config.upstream.timeoutMs, maxBodyBytes: config.upstream.maxBodyBytes });
+  const forwarder = new Forwarder({
+    upstreamUrl: config.upstream.url!,
+    timeoutMs: config.upstream.timeoutMs,
+    maxBodyBytes: config.upstream.maxBodyBytes,
+    headers: { pass: new Set(config.upstream.passHeaders), xff: config.upstream.xff },
+  });
   await publicApp.register(proxyRoutes, { forwarder, guard: publicApp.agentGate.guard });
 
   const adminApp = await buildAdminApp(services, { logger, readiness: publicApp.agentGate.readiness, gateApp: publicApp });

@@ -49,7 +49,16 @@ export interface GateConfig {
   /** Challenge store. */
   store: { kind: 'redis' | 'memory'; memoryMax: number; redisUrl?: string; clusterNodes?: string[]; timeoutMs: number };
   /** The protected service. */
-  upstream: { url?: string; timeoutMs: number; allowHttp: boolean; maxBodyBytes: number };
+  upstream: {
+    url?: string;
+    timeoutMs: number;
+    allowHttp: boolean;
+    maxBodyBytes: number;
+    /** `GATE_PROXY_PASS_HEADERS`: stripped client headers passed anyway (lowercase). */
+    passHeaders: string[];
+    /** `GATE_PROXY_XFF`: replace (default) or append to a client-sent X-Forwarded-For. */
+    xff: 'replace' | 'append';
+  };
   /** Token and proof audience, token issuer. */
   audience: string;
   issuer: string;
@@ -167,6 +176,8 @@ function resolve(r: RawEnv): GateConfig {
       timeoutMs: r.GATE_UPSTREAM_TIMEOUT_MS,
       allowHttp: r.GATE_UPSTREAM_ALLOW_HTTP ?? false,
       maxBodyBytes: r.GATE_PROXY_MAX_BODY_BYTES,
+      passHeaders: r.GATE_PROXY_PASS_HEADERS ?? [],
+      xff: r.GATE_PROXY_XFF,
     },
     audience: r.GATE_AUDIENCE ?? 'agent-gate',
     issuer: r.GATE_ISSUER ?? 'agent-gate',

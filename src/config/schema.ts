@@ -4,6 +4,7 @@
  * @module
  */
 import { z } from 'zod';
+import { passHeaderProblem } from '../proxy/headers.js';
 
 /** `host:port`; IPv6 hosts in brackets. */
 const hostPort = z
@@ -62,6 +63,18 @@ export const envSchema = z.object({
   GATE_UPSTREAM_TIMEOUT_MS: int(100, 600_000).default(30_000),
   GATE_UPSTREAM_ALLOW_HTTP: bool.optional(),
   GATE_PROXY_MAX_BODY_BYTES: int(0, 1024 ** 3).default(10 * 1024 * 1024),
+  // Client-sent headers the operator deliberately passes although section 5 strips them.
+  GATE_PROXY_PASS_HEADERS: z
+    .string()
+    .transform((v) => v.split(',').map((n) => n.trim().toLowerCase()).filter(Boolean))
+    .superRefine((names, ctx) => {
+      for (const n of names) {
+        const why = passHeaderProblem(n);
+        if (why) ctx.addIssue({ code: 'custom', message: why });
+      }
+    })
+    .optional(),
+  GATE_PROXY_XFF: z.enum(['replace', 'append']).default('replace'),
   GATE_AUDIENCE: z.string().min(1).max(256).optional(),
   GATE_ISSUER: z.string().min(1).max(256).optional(),
   GATE_CHALLENGE_TTL_MS: int(500, 300_000).default(3000),

@@ -6,16 +6,8 @@
 import { Transform, type TransformCallback } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { errors as undiciErrors, Pool } from 'undici';
-import type { IncomingHttpHeaders } from 'node:http';
 import { GateError } from '../errors.js';
-
-/** Headers that describe one hop (RFC 9110 section 7.6.1), never forwarded. */
-const HOP_BY_HOP = new Set([
-  'connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection',
-  'te', 'trailer', 'transfer-encoding', 'upgrade', 'host', 'expect', 'http2-settings',
-]);
-/** Names reserved for the gate's own identity headers, any case, `-` or `_`. */
-const RESERVED = /^x[-_](agent|gate)[-_]/i;
+import { DEFAULT_HEADER_POLICY, HOP_BY_HOP, upstreamRequestHeaders, type ForwardIdentity, type HeaderPolicy } from './headers.js';
 
 /** Options of {@link Forwarder}. */
 export interface ForwarderOptions {
@@ -25,33 +17,8 @@ export interface ForwarderOptions {
   maxBodyBytes: number;
   /** Most connections to the upstream. */
   connections?: number;
-}
-
-/** What the gate asserts about the caller to the upstream. */
-export interface ForwardIdentity {
-  agentId: string;
-  thumbprint: string;
-  tokenId: string;
-}
-
-/** Request headers as the upstream must see them (section 5). */
-export function upstreamRequestHeaders(incoming: IncomingHttpHeaders, who: ForwardIdentity, remoteAddress: string | undefined): Record<string, string | string[]> {
-  const named = new Set<string>();
-  const conn = incoming.connection;
-  if (typeof conn === 'string') for (const n of conn.split(',')) named.add(n.trim().toLowerCase());
-  const out: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(incoming)) {
-    if (value === undefined) continue;
-    if (HOP_BY_HOP.has(name) || named.has(name) || name === 'authorization' || RESERVED.test(name)) continue;
-    out[name] = value;
-  }
-  out['x-agent-id'] = who.agentId;
-  out['x-agent-thumbprint'] = who.thumbprint;
-  out['x-agent-token-id'] = who.tokenId;
-  const prior = incoming['x-forwarded-for'];
-  if (remoteAddress) out['x-forwarded-for'] = typeof prior === 'string' ? `${prior}, ${remoteAddress}` : remoteAddress;
-  out['x-forwarded-proto'] = 'https';
-  return out;
+  /** `GATE_PROXY_PASS_HEADERS` and `GATE_PROXY_XFF`; default: strip all, replace. */
+  headers?: HeaderPolicy;
 }
 
 /** Response headers minus hop-by-hop ones. */
@@ -127,7 +94,8 @@ export class Forwarder {
       const res = await this.pool.request({
         method: request.method as 'GET',
         path: this.basePath + request.url,
-        headers: upstreamRequestHeaders(request.headers, who, request.socket.remoteAddress),
+        // clientAddress is the signed x-gate-fwd-addr in forwarded mode, never nginx's address.
+        headers: upstreamRequestHeaders(request.headers, who, request.clientAddress || request.socket.remoteAddress, this.opts.headers ?? DEFAULT_HEADER_POLICY),
         body: limiter ?? null,
         signal: abort.signal,
       });

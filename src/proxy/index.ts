@@ -6,7 +6,8 @@ import type { FastifyInstance, onRequestHookHandler } from 'fastify';
 import { GateError } from '../errors.js';
 import { Forwarder } from './forward.js';
 
-export { Forwarder, upstreamRequestHeaders, type ForwarderOptions, type ForwardIdentity } from './forward.js';
+export { Forwarder, type ForwarderOptions } from './forward.js';
+export { isStrippedHeader, passHeaderProblem, STRIPPED_HEADERS, upstreamRequestHeaders, type ForwardIdentity, type HeaderPolicy, type XffMode } from './headers.js';
 
 /** Options of {@link proxyRoutes}. */
 export interface ProxyRoutesOptions {

@@ -529,6 +529,17 @@ describe('the direct-mode flow through nginx (same SDK, only the URL differs)', 
     expect(seen.headers['x-agent-thumbprint']).toBe(thumb(fx.agents.p256));
     expect(seen.headers['x-gate-anything']).toBeUndefined();
   });
+
+  it('client-sent proxy headers never reach the upstream; X-Forwarded-For is the address nginx signed', async () => {
+    const spoof = { 'X-Forwarded-For': '6.6.6.6', 'X-Real-IP': '6.6.6.6', Forwarded: 'for=6.6.6.6', 'X-Forwarded-Host': 'admin.internal', 'X-Forwarded-Client-Cert': 'Hash=abc;URI=spiffe://x/admin' };
+    const res = await client(fx.agents.p256).request('/api/xff', { headers: spoof });
+    expect(res.status).toBe(200);
+    const sent = relay.captured.at(-1)!;
+    const seen = up.seen.at(-1)!;
+    expect(seen.headers['x-forwarded-for']).toBe(fwd(sent, 'x-gate-fwd-addr'));
+    for (const name of ['x-real-ip', 'forwarded', 'x-forwarded-host', 'x-forwarded-client-cert']) expect(seen.headers[name], name).toBeUndefined();
+    expect(JSON.stringify(seen.headers)).not.toContain('6.6.6.6');
+  });
 });
 
 describe('spoofing refused (nginx-signed headers, replayed straight to the gate)', () => {
