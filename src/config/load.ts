@@ -89,6 +89,11 @@ export interface GateConfig {
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /** How long in-flight requests may take to finish after SIGTERM (`GATE_DRAIN_TIMEOUT_MS`). */
   drainTimeoutMs: number;
+  /**
+   * Public-listener connections: handshake, header and keep-alive idle deadlines in ms, and the
+   * caps on open connections, in total and per client address (direct mode only).
+   */
+  connections: { handshakeTimeoutMs: number; headersTimeoutMs: number; idleTimeoutMs: number; max: number; maxPerAddress: number };
 }
 
 /** The outcome of {@link loadConfig}: a config when the variables parse, and every violation. */
@@ -100,11 +105,6 @@ export interface LoadedConfig {
 /** Options of {@link loadConfig}. */
 export interface LoadOptions {
   /** The gate is embedded as a fastify plugin: nothing is proxied, so no upstream is required. */
-  /**
-   * Public-listener connections: handshake, header and keep-alive idle deadlines in ms, and the
-   * caps on open connections, in total and per client address (direct mode only).
-   */
-  connections: { handshakeTimeoutMs: number; headersTimeoutMs: number; idleTimeoutMs: number; max: number; maxPerAddress: number };
   embedded?: boolean;
 }
 
@@ -215,6 +215,13 @@ function resolve(r: RawEnv): GateConfig {
     attestation: { registry: r.GATE_ATTESTATION_REGISTRY, required: r.GATE_ATTESTATION_REQUIRED },
     logLevel: r.GATE_LOG_LEVEL,
     drainTimeoutMs: r.GATE_DRAIN_TIMEOUT_MS,
+    connections: {
+      handshakeTimeoutMs: r.GATE_HANDSHAKE_TIMEOUT_MS,
+      headersTimeoutMs: r.GATE_HEADERS_TIMEOUT_MS,
+      idleTimeoutMs: r.GATE_IDLE_TIMEOUT_MS,
+      max: r.GATE_MAX_CONNECTIONS,
+      maxPerAddress: r.GATE_MAX_CONNECTIONS_PER_ADDRESS,
+    },
   };
 }
 
@@ -230,13 +237,6 @@ function checkPolicy(c: GateConfig, opts: LoadOptions): ConfigViolation[] {
     if (!c.tls.certFile) add('GATE_TLS_CERT', 'required in direct mode: the server certificate chain (PEM)');
     if (!c.tls.keyFile) add('GATE_TLS_KEY', 'required in direct mode: the server private key (PEM)');
   } else {
-    connections: {
-      handshakeTimeoutMs: r.GATE_HANDSHAKE_TIMEOUT_MS,
-      headersTimeoutMs: r.GATE_HEADERS_TIMEOUT_MS,
-      idleTimeoutMs: r.GATE_IDLE_TIMEOUT_MS,
-      max: r.GATE_MAX_CONNECTIONS,
-      maxPerAddress: r.GATE_MAX_CONNECTIONS_PER_ADDRESS,
-    },
     if (!c.tls.certFile !== !c.tls.keyFile) add(c.tls.certFile ? 'GATE_TLS_KEY' : 'GATE_TLS_CERT', 'set both GATE_TLS_CERT and GATE_TLS_KEY, or neither');
     // Section 1: plain HTTP behind nginx only in dev or when only trusted proxies can connect.
     if (!c.tls.certFile && !plainHttpAllowed(c)) add('GATE_TLS_CERT', 'plain HTTP in forwarded mode needs GATE_ENV=dev or GATE_FWD_TRUSTED_PROXIES');

@@ -108,13 +108,13 @@ export const envSchema = z.object({
   GATE_ATTESTATION_REQUIRED: int(0, 4).optional(),
   GATE_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   GATE_DRAIN_TIMEOUT_MS: int(0, 600_000).default(10_000),
-});
-
-/** The parsed variables, before environment-dependent defaults. */
-export type RawEnv = z.output<typeof envSchema>;
   // Connection lifecycle of the public listener (src/http/connections.ts); headers at most the fixed 30 s request timeout.
   GATE_HANDSHAKE_TIMEOUT_MS: int(100, 120_000).default(10_000),
   GATE_HEADERS_TIMEOUT_MS: int(100, 30_000).default(10_000),
   GATE_IDLE_TIMEOUT_MS: int(100, 600_000).default(65_000),
   GATE_MAX_CONNECTIONS: int(1, 1_000_000).default(4096),
   GATE_MAX_CONNECTIONS_PER_ADDRESS: int(1, 1_000_000).default(128),
+});
+
+/** The parsed variables, before environment-dependent defaults. */
+export type RawEnv = z.output<typeof envSchema>;

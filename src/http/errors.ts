@@ -95,6 +95,9 @@ export function makeErrorHandler(sinks: RefusalSinks) {
   };
 }
 
+/** How long a 400 from the client-error handler may take to reach a client that does not read. */
+const CLIENT_ERROR_LINGER_MS = 2000;
+
 /**
  * fastify's `clientErrorHandler`: requests Node's HTTP parser refuses (bad request line,
  * control bytes, headers over the size limit) still get the contract's 400 problem+json.
@@ -113,19 +116,16 @@ export function makeClientErrorHandler(sinks: RefusalSinks, log: () => { info(o:
       socket.destroy();
       return;
     }
-/** How long a 400 from the client-error handler may take to reach a client that does not read. */
-const CLIENT_ERROR_LINGER_MS = 2000;
-
     const id = newRefusalId();
     sinks.metrics.errors.inc({ code: 'request_malformed' });
-    log()?.info({ event: 'refusal', code: 'request_malformed', status: 400, refusal_id: id, detail: `HTTP parser: ${err.code ?? 'error'}` }, 'refused');
+    log()?.info({ event: 'refusal', code: 'request_malformed', status: 400, refusal_id: id, detail: `HTTP parser: ${code}` }, 'refused');
     const body = JSON.stringify(problemFor('request_malformed', 400, id));
     socket.end(
       `HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncache-control: no-store\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
     );
-  };
-}
     // end() closes only our side: a client that neither reads nor closes must not keep the socket.
     const linger = setTimeout(() => socket.destroy(), CLIENT_ERROR_LINGER_MS);
     linger.unref();
     socket.once('close', () => clearTimeout(linger));
+  };
+}
