@@ -4,9 +4,9 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { decodeProtectedHeader, errors as joseErrors, jwtVerify, SignJWT, type JWK } from 'jose';
+import type { JWK } from 'jose';
 import { GateError } from '../errors.js';
-import { isCanonicalCompactJws } from '../lib/b64url.js';
+import { parseCompactJws, parseJsonObjectStrict, signEdDsaCompact, verifyJwsSignature } from '../lib/jws.js';
 import type { SigningKey, SigningKeySet } from './keys.js';
 
 type SignerKey = SigningKey & { privateKey: NonNullable<SigningKey['privateKey']> };
@@ -36,6 +36,8 @@ export interface TokenServiceOptions {
 /** Issues and verifies access tokens. */
 export class TokenService {
   private readonly signer: SignerKey;
+  /** The signer's protected header, encoded once: what jose's SignJWT encodes for it. */
+  private readonly headerB64: string;
   private readonly byKid: Map<string, SigningKey>;
   private readonly cache = new Map<string, VerifiedToken>();
   private readonly cacheMax: number;
@@ -45,6 +47,7 @@ export class TokenService {
     const first = opts.keys.keys[0];
     if (!first?.privateKey) throw new TypeError('the first signing key must be private');
     this.signer = first as SignerKey;
+    this.headerB64 = Buffer.from(JSON.stringify({ alg: 'EdDSA', typ: 'at+jwt', kid: first.kid }), 'utf8').toString('base64url');
     this.byKid = new Map(opts.keys.keys.map((k) => [k.kid, k]));
     this.cacheMax = opts.cacheMax ?? 50_000;
     this.now = opts.now ?? Date.now;
@@ -57,19 +60,25 @@ export class TokenService {
 
   /** Signs a token for `agentId` bound to `thumbprint`. */
   async issue(agentId: string, thumbprint: string, att?: number): Promise<{ token: string; jti: string; expiresIn: number }> {
+    return this.issueSync(agentId, thumbprint, att);
+  }
+
+  /**
+   * {@link issue} without the promise. The claims are serialized in the order jose's SignJWT
+   * produced them (cnf, att, iss, sub, aud, iat, exp, jti), so tokens are byte-identical to it.
+   */
+  issueSync(agentId: string, thumbprint: string, att?: number): { token: string; jti: string; expiresIn: number } {
     const iat = Math.floor(this.now() / 1000);
     const jti = randomBytes(16).toString('base64url');
     const claims: Record<string, unknown> = { cnf: { 'x5t#S256': thumbprint } };
     if (att !== undefined) claims.att = att;
-    const token = await new SignJWT(claims)
-      .setProtectedHeader({ alg: 'EdDSA', typ: 'at+jwt', kid: this.signer.kid })
-      .setIssuer(this.opts.issuer)
-      .setSubject(agentId)
-      .setAudience(this.opts.audience)
-      .setIssuedAt(iat)
-      .setExpirationTime(iat + this.opts.ttlS)
-      .setJti(jti)
-      .sign(this.signer.privateKey);
+    claims.iss = this.opts.issuer;
+    claims.sub = agentId;
+    claims.aud = this.opts.audience;
+    claims.iat = iat;
+    claims.exp = iat + this.opts.ttlS;
+    claims.jti = jti;
+    const token = signEdDsaCompact(this.headerB64, JSON.stringify(claims), this.signer.privateKey);
     return { token, jti, expiresIn: this.opts.ttlS };
   }
 
@@ -78,6 +87,11 @@ export class TokenService {
    * `token_invalid` or `token_expired`. The certificate binding is the caller's check.
    */
   async verify(token: string): Promise<VerifiedToken> {
+    return this.verifySync(token);
+  }
+
+  /** {@link verify} without the promise (node:crypto verifies synchronously). */
+  verifySync(token: string): VerifiedToken {
     return this.cached(token) ?? this.verifyAndRemember(token);
   }
 
@@ -94,8 +108,8 @@ export class TokenService {
     throw new GateError('token_expired', { detail: 'token past exp' });
   }
 
-  private async verifyAndRemember(token: string): Promise<VerifiedToken> {
-    const verified = await this.verifyUncached(token, this.now() / 1000);
+  private verifyAndRemember(token: string): VerifiedToken {
+    const verified = this.verifyUncached(token, this.now() / 1000);
     if (this.cache.size >= this.cacheMax) {
       // Map iteration is insertion order: drop the oldest entry.
       const oldest = this.cache.keys().next().value;
@@ -105,44 +119,71 @@ export class TokenService {
     return verified;
   }
 
-  private async verifyUncached(token: string, nowS: number): Promise<VerifiedToken> {
-    if (token.length > 8192) throw new GateError('token_invalid', { detail: 'token too long' });
-    if (!isCanonicalCompactJws(token)) throw new GateError('token_invalid', { detail: 'not a canonical compact JWS' });
-    let kid: string | undefined;
-    try {
-      const h = decodeProtectedHeader(token);
-      kid = typeof h.kid === 'string' ? h.kid : undefined;
-    } catch (err) {
-      throw new GateError('token_invalid', { detail: 'token header does not decode', cause: err });
-    }
-    const key = kid === undefined ? undefined : this.byKid.get(kid);
-    if (!key) throw new GateError('token_invalid', { detail: 'unknown kid' });
-    try {
-      const { payload } = await jwtVerify(token, key.publicKey, {
-        algorithms: ['EdDSA'],
-        typ: 'at+jwt',
-        issuer: this.opts.issuer,
-        audience: this.opts.audience,
-        clockTolerance: this.opts.skewS,
-        currentDate: new Date(nowS * 1000),
-        requiredClaims: ['exp', 'iat', 'sub', 'jti'],
-      });
-      const cnf = payload.cnf as Record<string, unknown> | undefined;
-      const thumbprint = cnf?.['x5t#S256'];
-      if (typeof thumbprint !== 'string') throw new GateError('token_invalid', { detail: 'no cnf.x5t#S256' });
-      if (typeof payload.iat !== 'number' || payload.iat > nowS + this.opts.skewS) throw new GateError('token_invalid', { detail: 'iat in the future' });
-      return {
-        sub: payload.sub as string,
-        jti: payload.jti as string,
-        exp: payload.exp as number,
-        iat: payload.iat,
-        thumbprint,
-        att: typeof payload.att === 'number' ? payload.att : undefined,
-      };
-    } catch (err) {
-      if (err instanceof GateError) throw err;
-      if (err instanceof joseErrors.JWTExpired) throw new GateError('token_expired', { detail: 'token past exp', cause: err });
-      throw new GateError('token_invalid', { detail: (err as Error).message, cause: err });
-    }
+  /**
+   * Section 5's checks with the verdicts jose's `jwtVerify` gave (same typ normalization, crit
+   * handling, claim presence and number rules, `now` floored to whole seconds), except that
+   * `token_expired` is answered only when every other check passes.
+   */
+  private verifyUncached(token: string, nowS: number): VerifiedToken {
+    if (token.length > 8192) throw invalid('token too long');
+    const jws = parseCompactJws(token);
+    if (!jws) throw invalid('not a canonical compact JWS');
+    const header = parseJsonObjectStrict(jws.header);
+    if (!header) throw invalid('token header does not decode');
+    const key = typeof header.kid === 'string' ? this.byKid.get(header.kid) : undefined;
+    if (!key) throw invalid('unknown kid');
+    if (!critAcceptable(header)) throw invalid('crit header not understood');
+    if (header.alg !== 'EdDSA') throw invalid('alg not allowed');
+    if (!verifyJwsSignature('EdDSA', key.publicKey, jws.signingInput, jws.signature)) throw invalid('signature verification failed');
+    const payload = parseJsonObjectStrict(jws.payload);
+    if (!payload) throw invalid('JWT Claims Set must be a top-level JSON object');
+    if (typeof header.typ !== 'string' || normalizeTyp(header.typ) !== 'application/at+jwt') throw invalid('unexpected "typ" JWT header value');
+    for (const claim of REQUIRED_CLAIMS) if (!Object.hasOwn(payload, claim)) throw invalid(`missing required "${claim}" claim`);
+    if (payload.iss !== this.opts.issuer) throw invalid('unexpected "iss" claim value');
+    const aud = payload.aud;
+    if (!(typeof aud === 'string' ? aud === this.opts.audience : Array.isArray(aud) && aud.includes(this.opts.audience))) throw invalid('unexpected "aud" claim value');
+    const { iat, nbf, exp } = payload;
+    if (typeof iat !== 'number') throw invalid('"iat" claim must be a number');
+    const wholeNow = Math.floor(nowS);
+    const skew = this.opts.skewS;
+    if (nbf !== undefined && (typeof nbf !== 'number' || nbf > wholeNow + skew)) throw invalid('"nbf" claim timestamp check failed');
+    if (typeof exp !== 'number') throw invalid('"exp" claim must be a number');
+    const cnf = payload.cnf as Record<string, unknown> | undefined;
+    const thumbprint = cnf?.['x5t#S256'];
+    if (typeof thumbprint !== 'string') throw invalid('no cnf.x5t#S256');
+    if (iat > nowS + skew) throw invalid('iat in the future');
+    if (exp <= wholeNow - skew) throw new GateError('token_expired', { detail: 'token past exp' });
+    return {
+      sub: payload.sub as string,
+      jti: payload.jti as string,
+      exp,
+      iat,
+      thumbprint,
+      att: typeof payload.att === 'number' ? payload.att : undefined,
+    };
   }
+}
+
+const REQUIRED_CLAIMS = ['iss', 'aud', 'jti', 'sub', 'iat', 'exp'] as const;
+
+function invalid(detail: string): GateError {
+  return new GateError('token_invalid', { detail });
+}
+
+/** jose's `typ` comparison: case-insensitive, `application/` implied when there is no slash. */
+function normalizeTyp(typ: string): string {
+  const lower = typ.toLowerCase();
+  return typ.includes('/') ? lower : `application/${lower}`;
+}
+
+/**
+ * jose's crit rule for a JWT: the only extension it understands is `b64`, which must then be
+ * present and `true` (an unencoded payload is refused for JWTs). The gate never sets crit.
+ */
+function critAcceptable(header: Record<string, unknown>): boolean {
+  const crit = header.crit;
+  if (crit === undefined) return true;
+  if (!Array.isArray(crit) || crit.length === 0) return false;
+  if (!crit.every((p) => p === 'b64')) return false;
+  return header.b64 === true;
 }
