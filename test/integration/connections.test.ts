@@ -74,7 +74,8 @@ function tcp(g: RunningGate, localAddress = '127.0.0.1'): Promise<Socket> {
 /** A completed mTLS handshake with the `other` agent's certificate. */
 function tls(g: RunningGate, localAddress = '127.0.0.1'): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
-    const s = tlsConnect({ host: '127.0.0.1', port: portOf(g), localAddress, ca: fx.ca.certPem, cert: fx.agents.other.certPem, key: fx.agents.other.keyPem, servername: 'localhost' }, () => resolve(s));
+    const raw = netConnect({ host: '127.0.0.1', port: portOf(g), localAddress });
+    const s = tlsConnect({ socket: raw, ca: fx.ca.certPem, cert: fx.agents.other.certPem, key: fx.agents.other.keyPem, servername: 'localhost' }, () => resolve(s));
     s.on('error', reject);
     s.on('close', () => reject(new Error('closed before the handshake completed')));
     closers.push(() => void s.destroy());
