@@ -12,6 +12,10 @@
  * await app.register(agentGate, { config: config! });
  * app.get('/things', { onRequest: app.agentGate.guard }, async (req) => ({ agent: req.agent!.agentId }));
  * ```
+ * The host server's `ca` must be the same trust bundle as `GATE_CLIENT_CA`: the gate takes
+ * OpenSSL's handshake verdict (`socket.authorized`) as its first check and refuses (403
+ * `client_cert_invalid`) whenever it is false; with a broader `ca` it also checks that the chain
+ * ends at a `GATE_CLIENT_CA` certificate, verifying the chain's links itself.
  * @module
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, onRequestHookHandler } from 'fastify';

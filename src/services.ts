@@ -50,6 +50,8 @@ export interface GateServices {
   /** Server TLS options for the public listener (undefined: plain HTTP in forwarded mode). */
   tls: HttpsServerOptions | undefined;
   identitySource: IdentitySource;
+  /** The identity source's own object: direct-mode resolver or forwarded-mode verifier (their counters). */
+  identity: { direct?: DirectIdentityResolver; forwarded?: ForwardedVerifier };
   revocation: RevocationChecker;
   limits: GateRateLimits | undefined;
   attestation: AttestationRegistry | undefined;
@@ -91,8 +93,9 @@ export async function loadMaterials(config: GateConfig, warn: (line: string) => 
     tls = {
       cert: readFileFor('GATE_TLS_CERT', config.tls.certFile),
       key: readFileFor('GATE_TLS_KEY', config.tls.keyFile),
-      // `ca` only makes the server name acceptable issuers in the handshake; the gate verifies
-      // the chain itself so every failure gets a contract error instead of a TLS alert.
+      // OpenSSL verifies the chain against `ca` (= GATE_CLIENT_CA) in the handshake and the gate
+      // takes that verdict (socket.authorized) as its first check; rejectUnauthorized: false so
+      // that a refused certificate gets a contract error instead of a TLS alert.
       ca: caPem,
       requestCert: true,
       rejectUnauthorized: false,
@@ -133,16 +136,11 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
           onError: () => metrics.storeErrors.inc(),
         }));
   const tokens = new TokenService({ keys, issuer: config.issuer, audience: config.audience, ttlS: config.tokenTtlS, skewS: config.maxSkewS, now });
-  const identitySource: IdentitySource =
+  const identity: GateServices['identity'] =
     config.mode === 'direct'
-      ? ((resolver) => (request: FastifyRequest) => resolver.resolve(request.raw.socket))(new DirectIdentityResolver(trust, now))
-      : ((verifier) => async (request: FastifyRequest) => {
-          const agent = await verifier.verify(request);
-          // Per-address limits use the client address nginx signed, never the proxy's.
-          request.clientAddress = String(request.headers['x-gate-fwd-addr']);
-          return agent;
-        })(
-          new ForwardedVerifier({
+      ? { direct: new DirectIdentityResolver(trust, now) }
+      : {
+          forwarded: new ForwardedVerifier({
             keys: parseHmacKeys(config.forwarded.hmacKeys ?? ''),
             maxSkewS: config.forwarded.maxSkewS,
             trustedProxies: config.forwarded.trustedProxies,
@@ -153,7 +151,15 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
             metrics,
             now,
           }),
-        );
+        };
+  const identitySource: IdentitySource = identity.direct
+    ? ((resolver) => (request: FastifyRequest) => resolver.resolve(request.raw.socket))(identity.direct)
+    : ((verifier) => async (request: FastifyRequest) => {
+        const agent = await verifier.verify(request);
+        // Per-address limits use the client address nginx signed, never the proxy's.
+        request.clientAddress = String(request.headers['x-gate-fwd-addr']);
+        return agent;
+      })(identity.forwarded!);
   let revocation: RevocationChecker;
   try {
     revocation = new RevocationChecker({ ...config.revocation, metrics, now, log: (event) => log.current?.warn(event, String(event.event)) });
@@ -181,7 +187,13 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
       throw err;
     }
   }
-  const operator = new OperatorState({ store, now, log: (event) => log.current?.warn(event, String(event.event)) });
+  const operator = new OperatorState({
+    store,
+    now,
+    refusalsPerIdentity: config.refusalRecords.perIdentity,
+    refusalsMax: config.refusalRecords.max,
+    log: (event) => log.current?.warn(event, String(event.event)),
+  });
   const limits = config.rateLimits.enabled
     ? new GateRateLimits({
         ...config.rateLimits,
@@ -192,7 +204,7 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
       })
     : undefined;
   const shedder = new LoadShedder({ maxInflight: config.maxInflight, maxEventLoopDelayMs: config.maxEventLoopDelayMs, metrics });
-  const sinks: RefusalSinks = { metrics, audit, refusals: operator };
+  const sinks: RefusalSinks = { metrics, audit, refusals: operator, limitRefusal: limits && ((thumbprint) => limits.refusal(thumbprint)) };
   operator.start();
 
   let closed: Promise<void> | undefined;
@@ -205,6 +217,7 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
     trust,
     tls,
     identitySource,
+    identity,
     revocation,
     limits,
     attestation,

@@ -4,7 +4,7 @@
  * holds the vectors both are checked against.
  * @module
  */
-import { createHmac, timingSafeEqual, X509Certificate } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { thumbprintOf } from './certificate.js';
 
 /** The eight headers nginx sets, in the contract's order. */
@@ -78,7 +78,16 @@ export function parseHmacKeys(spec: string): Map<string, Buffer> {
   return keys;
 }
 
-/** The certificate of an `x-gate-fwd-cert` value (`$ssl_client_escaped_cert`), or undefined for `-`. */
+/** Upper bound of a certificate's DER in the header (section 2's 16 KiB limit). */
+const MAX_CERT_DER = 16 * 1024;
+const PEM_BLOCK = /^-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n]+?)-----END CERTIFICATE-----\r?\n?$/;
+
+/**
+ * The DER bytes and thumbprint of an `x-gate-fwd-cert` value (`$ssl_client_escaped_cert`),
+ * or undefined for `-`. This runs before the HMAC check, so it only decodes: exactly one PEM
+ * certificate block and nothing after it, strict base64, at most 16 KiB of DER; the bytes are
+ * not parsed as a certificate here (that happens after the signature holds). Throws TypeError.
+ */
 export function certFromHeader(value: string): { der: Buffer; thumbprint: string } | undefined {
   if (value === '-') return undefined;
   let pem: string;
@@ -87,7 +96,13 @@ export function certFromHeader(value: string): { der: Buffer; thumbprint: string
   } catch {
     throw new TypeError('certificate header is not URL-encoded');
   }
-  if (!pem.startsWith('-----BEGIN CERTIFICATE-----')) throw new TypeError('certificate header is not a PEM certificate');
-  const der = new X509Certificate(pem).raw;
+  const m = PEM_BLOCK.exec(pem);
+  if (!m) throw new TypeError('certificate header is not exactly one PEM certificate');
+  const b64 = m[1]!.replace(/\r?\n/g, '');
+  if (b64.length === 0 || b64.length % 4 !== 0 || !/^[A-Za-z0-9+/]+={0,2}$/.test(b64)) throw new TypeError('certificate header is not base64');
+  if ((b64.length / 4) * 3 > MAX_CERT_DER + 2) throw new TypeError(`certificate header is over ${MAX_CERT_DER} bytes`);
+  const der = Buffer.from(b64, 'base64');
+  // Node's decoder skips what it does not understand; insist the text was exactly this DER.
+  if (der.toString('base64') !== b64) throw new TypeError('certificate header is not canonical base64');
   return { der, thumbprint: thumbprintOf(der) };
 }

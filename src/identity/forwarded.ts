@@ -9,8 +9,9 @@ import { GateError } from '../errors.js';
 import { decodeRequestPath } from '../http/path.js';
 import type { GateMetrics, LabelOf } from '../metrics/index.js';
 import type { GateStore } from '../store/index.js';
-import { verifyAgentCertificate, type AgentIdentity, type TrustBundle } from './certificate.js';
+import type { AgentIdentity, TrustBundle } from './certificate.js';
 import { canonicalString, certFromHeader, FWD_HEADERS, signatureMatches, signCanonical } from './forwarded-canonical.js';
+import { ForwardedPathValidator } from './path-validation.js';
 
 /** Options of {@link ForwardedVerifier}. */
 export interface ForwardedOptions {
@@ -56,15 +57,23 @@ export class ForwardedVerifier {
   private readonly proxies: BlockList | undefined;
   private readonly now: () => number;
   /**
-   * Parsed certificate headers and verified identities, so that a keep-alive agent costs one
-   * HMAC and one SET NX per request rather than an X.509 parse and chain verification.
+   * Identities whose certificate passed path validation, by thumbprint, so that a keep-alive
+   * agent costs one HMAC and one SET NX per request rather than a path validation. Written
+   * only after the signature, timestamp and replay checks: unsigned headers leave nothing here.
    */
-  private readonly certs = new Map<string, { der: Buffer; thumbprint: string }>();
   private readonly identities = new Map<string, AgentIdentity>();
+  /** The RFC 5280 path validator; its `validations` counter shows what reached it. */
+  readonly validator: ForwardedPathValidator;
 
   constructor(private readonly opts: ForwardedOptions) {
     this.proxies = opts.trustedProxies ? parseTrustedProxies(opts.trustedProxies) : undefined;
     this.now = opts.now ?? Date.now;
+    this.validator = new ForwardedPathValidator(opts.trust);
+  }
+
+  /** Certificates held in memory (verified identities): bounded, and only signed ones. */
+  get cachedCertificates(): number {
+    return this.identities.size;
   }
 
   private fail(result: LabelOf<'forwardedResult'>, detail: string, status = 403): GateError {
@@ -97,16 +106,13 @@ export class ForwardedVerifier {
     if (!/^[0-9a-f]{32}$/i.test(id)) throw this.fail('bad_signature', 'id is not 32 hex digits');
     const secret = this.opts.keys.get(kid);
     if (!secret) throw this.fail('unknown_kid', `unknown kid ${kid}`);
+    // Before the signature holds, the certificate header is only decoded and hashed (its
+    // thumbprint is part of the signed string): no X.509 parse, nothing remembered.
     let cert: { der: Buffer; thumbprint: string } | undefined;
-    const certHeader = v['x-gate-fwd-cert']!;
-    cert = this.certs.get(certHeader);
-    if (!cert && certHeader !== '-') {
-      try {
-        cert = certFromHeader(certHeader);
-      } catch (err) {
-        throw this.fail('bad_signature', `certificate header: ${(err as Error).message}`);
-      }
-      if (cert) remember(this.certs, certHeader, cert);
+    try {
+      cert = certFromHeader(v['x-gate-fwd-cert']!);
+    } catch (err) {
+      throw this.fail('bad_signature', `certificate header: ${(err as Error).message}`);
     }
     const host = v['x-gate-fwd-host']!;
     const canonical = canonicalString({
@@ -134,7 +140,8 @@ export class ForwardedVerifier {
       }
     }
     this.opts.metrics.forwardedVerifications.inc({ result: 'ok' });
-    // From here on the certificate is judged exactly as in direct mode.
+    // From here on the certificate is parsed and judged: RFC 5280 path validation against
+    // GATE_CLIENT_CA, then the contract's rules as in direct mode.
     const verify = v['x-gate-fwd-verify']!;
     if (verify === 'NONE' || !cert) throw new GateError('client_cert_required', { detail: `nginx verify ${verify}` });
     if (verify !== 'SUCCESS') throw new GateError('client_cert_invalid', { detail: `nginx verify ${verify}` });
@@ -142,7 +149,7 @@ export class ForwardedVerifier {
     const known = this.identities.get(cert.thumbprint);
     // Only successes are cached, and their validity window is checked on every use.
     if (known && known.notBefore <= now && now <= known.notAfter) return known;
-    const identity = verifyAgentCertificate(cert.der, [], this.opts.trust, now);
+    const identity = await this.validator.validate(cert.der, now);
     remember(this.identities, cert.thumbprint, identity);
     return identity;
   }

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { request } from 'undici';
 import { canonicalString, signCanonical, thumbprintOf } from '../../src/identity/index.js';
 import { X509Certificate } from 'node:crypto';
-import type { KeyAndCert } from '../../src/pki/index.js';
+import { issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { GateClient } from '../../src/client/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
@@ -207,6 +207,33 @@ describe('forwarded mode', () => {
     // No token: both answers come from the token step, i.e. the replayed headers passed.
     expect(await send(g, h)).toMatchObject({ status: 401, code: 'token_missing' });
     expect(await send(g, h)).toMatchObject({ status: 401, code: 'token_missing' });
+  });
+
+  it('unsigned headers with many distinct large certificates: nothing parsed, nothing cached (class 8)', async () => {
+    const verifier = gw.gate.services.identity.forwarded!;
+    // Each certificate is made larger with SANs, as an attacker filling memory would.
+    const sans = Array.from({ length: 30 }, (_, i) => `n${i}-${'x'.repeat(40)}.test`);
+    const certs = await Promise.all(Array.from({ length: 40 }, (_, i) => issueAgentCert(fx.ca, `flood-${i}`, { alg: 'ec-p256', sanDns: sans })));
+    const before = { cached: verifier.cachedCertificates, parsed: verifier.validator.validations };
+    for (const c of certs) {
+      // Good certificate header, signature made with a key the gate does not hold.
+      expect(await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who: c, secret: randomBytes(32) })).toMatchObject({ status: 403, code: 'forwarded_signature_invalid' });
+    }
+    expect({ cached: verifier.cachedCertificates, parsed: verifier.validator.validations }).toEqual(before);
+    // The same certificates signed properly are parsed and cached: the counters do count.
+    expect((await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who: certs[0]! })).status).toBe(201);
+    expect(verifier.validator.validations).toBe(before.parsed + 1);
+    expect(verifier.cachedCertificates).toBe(before.cached + 1);
+  });
+
+  it('trailing data after the PEM block, or two blocks, is refused even when signed (class 8)', async () => {
+    const pem = fx.agents.p256.certPem;
+    for (const tail of ['garbage', '\n', pem, '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n']) {
+      // The signed thumbprint is the first block's, so only the header's shape can refuse it.
+      const r = await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who: fx.agents.p256, cert: encodeURIComponent(pem + tail) });
+      expect(r, JSON.stringify(tail.slice(0, 12))).toMatchObject({ status: 403, code: 'forwarded_signature_invalid' });
+    }
+    expect((await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who: fx.agents.p256 })).status).toBe(201);
   });
 
   it('direct-mode agents cannot talk to a forwarded gate: no headers means no identity, never the peer', async () => {
