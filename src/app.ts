@@ -149,6 +149,8 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
       // Give the store a moment to connect so the first requests are not refused; a store that
       // is down does not stop the start (readiness reports it and the gate recovers by itself).
       await services.store.waitReady?.(Math.max(2000, config.store.timeoutMs));
+      // Until the deny list is read, identified requests are refused (503): read it first.
+      await services.operator.refresh();
       await publicApp.listen({ host: config.listen.host, port: config.listen.port });
       await adminApp.listen({ host: config.adminListen.host, port: config.adminListen.port });
       return { publicPort: portOf(publicApp), adminPort: portOf(adminApp) };

@@ -145,6 +145,8 @@ export class OperatorState {
   /** Loads started and applied: an older load finishing late must not overwrite a newer one. */
   private loadsStarted = 0;
   private loadApplied = 0;
+  /** The retry kicked off by a request that arrived before the first load. */
+  private firstLoad: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private anonSecond = 0;
   private anonCount = 0;
@@ -171,10 +173,10 @@ export class OperatorState {
     if (this.timer) clearInterval(this.timer);
   }
 
-  /** Reloads the local deny-list copy when the shared version moved. Never throws. */
-  async refresh(): Promise<void> {
+  /** Reloads the local deny-list copy when the shared version moved (always when `force`). Never throws. */
+  async refresh(force = false): Promise<void> {
     try {
-      await this.load(false);
+      await this.load(force);
     } catch (err) {
       // Keep the last copy: a store outage must not empty the deny list.
       this.opts.log?.({ event: 'deny_list_refresh_failed', detail: (err as Error).message });
@@ -207,6 +209,11 @@ export class OperatorState {
 
   /** The identity step's deny-list check (section 2): `agent_denied` when any live entry names the agent. */
   check(agent: AgentIdentity): void {
+    if (this.loadApplied === 0) {
+      // A gate that has not read the list yet cannot know the agent is not on it: fail closed.
+      this.firstLoad ??= this.refresh().finally(() => (this.firstLoad = undefined));
+      throw new GateError('store_unavailable', { detail: 'deny list not loaded yet', headers: { 'retry-after': '1' } });
+    }
     const now = this.now();
     const e = this.byThumbprint.get(agent.thumbprint)?.find((x) => isLive(x, now)) ?? this.byAgentId.get(agent.agentId)?.find((x) => isLive(x, now));
     if (e) throw new GateError('agent_denied', { detail: `deny-list entry ${e.id}: ${e.reason}` });
@@ -217,7 +224,7 @@ export class OperatorState {
     const entry: DenyEntry = { id: randomBytes(8).toString('hex'), created_at: this.now(), ...input };
     await this.kv.hset(KEY.deny, entry.id, JSON.stringify(entry));
     await this.bumpVersion();
-    await this.refresh();
+    await this.refresh(true);
     return entry;
   }
 
@@ -226,7 +233,7 @@ export class OperatorState {
     const removed = await this.kv.hdel(KEY.deny, id);
     if (removed) {
       await this.bumpVersion();
-      await this.refresh();
+      await this.refresh(true);
     }
     return removed;
   }

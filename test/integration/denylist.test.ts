@@ -179,6 +179,14 @@ describe('deny list: an expired entry never hides a live one', () => {
     expect(await answers(b, ag.who)).toEqual(ADMITTED);
   });
 
+  it('a gate started after the entry was made refuses the agent from its first request', async () => {
+    const ag = await newAgent();
+    await deny(a, { thumbprint: ag.thumbprint, reason: 'test: before the new gate started' });
+    const fresh = await startGate({ ...env, GATE_STORE: 'redis', GATE_REDIS_URL: inject('redisUrl') });
+    closers.push(() => fresh.close());
+    expect(await answers(fresh, ag.who)).toEqual(DENIED);
+  });
+
   it('memory store: the same rule (permanent, then short-lived, which expires)', async () => {
     const ag = await newAgent();
     const permanent = await deny(mem, { agent_id: ag.agentId, reason: 'test: permanent' });
