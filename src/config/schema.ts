@@ -4,6 +4,7 @@
  * @module
  */
 import { z } from 'zod';
+import { DEFAULT_MAX_CONNECTIONS_PER_ADDRESS } from '../http/connections.js';
 import { passHeaderProblem } from '../proxy/headers.js';
 
 /** `host:port`; IPv6 hosts in brackets. */
@@ -113,7 +114,7 @@ export const envSchema = z.object({
   GATE_HEADERS_TIMEOUT_MS: int(100, 30_000).default(10_000),
   GATE_IDLE_TIMEOUT_MS: int(100, 600_000).default(65_000),
   GATE_MAX_CONNECTIONS: int(1, 1_000_000).default(4096),
-  GATE_MAX_CONNECTIONS_PER_ADDRESS: int(1, 1_000_000).default(128),
+  GATE_MAX_CONNECTIONS_PER_ADDRESS: int(1, 1_000_000).default(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
 });
 
 /** The parsed variables, before environment-dependent defaults. */

@@ -9,6 +9,9 @@ import { isIPv4, isIPv6, type Server, type Socket } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
 import type { GateMetrics } from '../metrics/index.js';
 
+/** Default of `GATE_MAX_CONNECTIONS_PER_ADDRESS`, and of nginx-config's `limit_conn` per client address. */
+export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128;
+
 /** The bounds of one listener's connections. */
 export interface ConnectionLimits {
   /** TCP accept to completed TLS handshake, in ms (`GATE_HANDSHAKE_TIMEOUT_MS`). */

@@ -12,6 +12,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
+import { DEFAULT_MAX_CONNECTIONS_PER_ADDRESS } from '../http/connections.js';
 import { parseHmacKeys } from '../identity/forwarded-canonical.js';
 import { prepareOutputDir, writePrivateFile } from './write.js';
 
@@ -50,6 +51,11 @@ export interface NginxConfigOptions {
   gateTlsName?: string;
   /** Minimum TLS version offered to agents (default TLSv1.2). */
   tlsMinVersion?: 'TLSv1.2' | 'TLSv1.3';
+  /**
+   * nginx's `limit_conn` per client address (default {@link DEFAULT_MAX_CONNECTIONS_PER_ADDRESS},
+   * the gate's own per-address cap in direct mode, which does not apply behind nginx).
+   */
+  maxConnectionsPerAddress?: number;
 }
 
 /** What {@link renderNginxConfig} wrote. */
@@ -196,6 +202,14 @@ function gateTlsBlock(gate: GateTarget, gateCa: string | undefined, tlsName: str
   return lines.join('\n');
 }
 
+function limitConn(value: unknown): string {
+  if (value === undefined) return String(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS);
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > 1_000_000) {
+    throw new TypeError(`--max-connections-per-address must be a whole number from 1 to 1000000, got ${JSON.stringify(value)}`);
+  }
+  return String(value);
+}
+
 function fill(template: string, values: Record<string, string>): string {
   const out = template.replace(/\{\{([A-Z_]+)\}\}/g, (whole, name: string) => {
     const v = values[name];
@@ -279,6 +293,7 @@ export async function renderNginxConfig(opts: NginxConfigOptions): Promise<Rende
     GATE_SERVER: gate.server,
     GATE_SCHEME: gate.scheme,
     GATE_TLS: gateTlsBlock(gate, gateCa, tlsName),
+    LIMIT_CONN: limitConn(opts.maxConnectionsPerAddress),
   });
 
   // The key first, so a config never points at a missing or stale key; 0600 even if it existed.

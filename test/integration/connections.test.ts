@@ -19,7 +19,9 @@ import { loadConfig } from '../../src/config/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call } from '../helpers/http.js';
-import { waitFor } from '../helpers/ports.js';
+import { freePort, waitFor } from '../helpers/ports.js';
+import { ensureNginx, removeTempDirs, startNginx, tempDir, writeKeyFile } from '../nginx/harness.js';
+import { renderNginxConfig } from '../../src/nginx/index.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
 const P = '/.agent-gate';
@@ -316,5 +318,67 @@ describe('connection caps', () => {
     await g.close();
     expect(Date.now() - t0).toBeLessThan(5000);
     await closesWithin(s, 1000);
+  });
+});
+
+describe('forwarded mode: the rendered nginx caps connections per client address (limit_conn)', () => {
+  // Through the file's closers, so the directories go after the nginx using them has stopped.
+  beforeAll(() => void closers.push(() => removeTempDirs()));
+
+  it('renders the gate\'s per-address default, or the value given; refuses nonsense', async () => {
+    const key = writeKeyFile(tempDir('keys'));
+    const base = { listen: '127.0.0.1:8443', gateUrl: 'http://127.0.0.1:9', tlsCert: fx.serverCertFile, tlsKey: fx.serverKeyFile, clientCa: fx.caFile, hmacKeyFile: key.file, kid: 'k1' };
+    const read = async (extra: object) => (await import('node:fs')).readFileSync((await renderNginxConfig({ ...base, dir: `${tempDir('dir')}/out`, ...extra })).confPath, 'utf8');
+    expect(await read({})).toMatch(/^\s*limit_conn agent_gate_conn 128;$/m);
+    expect(await read({ maxConnectionsPerAddress: 7 })).toMatch(/^\s*limit_conn agent_gate_conn 7;$/m);
+    for (const bad of [0, -1, 1.5, 2_000_000, '7']) {
+      await expect(renderNginxConfig({ ...base, dir: `${tempDir('dir')}/out`, maxConnectionsPerAddress: bad as number })).rejects.toThrow('--max-connections-per-address');
+    }
+  });
+
+  it('a real nginx answers 429 rate_limited beyond the cap from one address, and still forwards another address', async () => {
+    ensureNginx();
+    // A stand-in gate that accepts requests and holds them: nginx counts a connection while its request is in progress.
+    const held = new Set<Socket>();
+    const requestsFrom: string[] = [];
+    const gateSrv = createServer((sock) => {
+      held.add(sock);
+      sock.on('error', () => {});
+      sock.on('data', (d: Buffer) => {
+        const addr = /x-gate-fwd-addr: ([^\r\n]+)/i.exec(d.toString('latin1'))?.[1];
+        if (addr) requestsFrom.push(addr);
+      });
+    });
+    await new Promise<void>((r) => gateSrv.listen(0, '127.0.0.1', r));
+    closers.push(() => {
+      for (const h of held) h.destroy();
+      gateSrv.close();
+    });
+    const key = writeKeyFile(tempDir('keys'));
+    const port = await freePort();
+    const dir = `${tempDir('dir')}/out`;
+    await renderNginxConfig({ listen: `127.0.0.1:${port}`, gateUrl: `http://127.0.0.1:${(gateSrv.address() as { port: number }).port}`, tlsCert: fx.serverCertFile, tlsKey: fx.serverKeyFile, clientCa: fx.caFile, hmacKeyFile: key.file, kid: 'k1', dir, maxConnectionsPerAddress: 3 });
+    const nginx = await startNginx(dir, port);
+    closers.push(() => nginx.stop());
+
+    const send = (localAddress: string) => {
+      const raw = netConnect({ host: '127.0.0.1', port, localAddress });
+      const s = tlsConnect({ socket: raw, ca: fx.ca.certPem, servername: 'localhost' }, () => s.write('GET /held HTTP/1.1\r\nHost: localhost\r\n\r\n'));
+      s.on('error', () => {});
+      closers.push(() => void s.destroy());
+      let text = '';
+      s.on('data', (d: Buffer) => (text += d.toString('latin1')));
+      return { s, text: () => text };
+    };
+    const first = [send('127.0.0.1'), send('127.0.0.1'), send('127.0.0.1')];
+    await waitFor(() => requestsFrom.length === 3, 10_000, 'three requests held at the gate');
+    const over = send('127.0.0.1');
+    await waitFor(() => /\r\n\r\n\{.*\}$/s.test(over.text()), 10_000, 'the fourth request to be answered by nginx');
+    expect(over.text()).toMatch(/^HTTP\/1\.1 429 /);
+    expect(over.text()).toContain('"code":"rate_limited"');
+    send('127.0.0.2');
+    await waitFor(() => requestsFrom.length === 4, 10_000, 'the other address to be forwarded');
+    expect(requestsFrom.at(-1)).toBe('127.0.0.2');
+    expect(first.every((f) => f.text() === '')).toBe(true);
   });
 });
