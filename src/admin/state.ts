@@ -48,9 +48,31 @@ interface Kv {
   hgetall(key: string): Promise<Record<string, string>>;
   setPx(key: string, value: string, ttlMs: number): Promise<void>;
   get(key: string): Promise<string | undefined>;
+  del(key: string): Promise<void>;
+  /**
+   * Pushes `member` onto the list `key`, keeps only the newest `cap` members, sets the list's
+   * lifetime to `ttlMs`, and returns the members it dropped (one atomic step).
+   */
+  pushCapped(key: string, member: string, cap: number, ttlMs: number): Promise<string[]>;
 }
 
-function redisKv(client: Redis | Cluster): Kv {
+/** KEYS[1] list, ARGV[1] member, ARGV[2] cap, ARGV[3] ttl ms: one key, so it is cluster-safe. */
+const PUSH_CAPPED_LUA = `
+local n = redis.call('LPUSH', KEYS[1], ARGV[1])
+local cap = tonumber(ARGV[2])
+local dropped = {}
+if n > cap then
+  dropped = redis.call('LRANGE', KEYS[1], cap, -1)
+  redis.call('LTRIM', KEYS[1], 0, cap - 1)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return dropped
+`;
+type PushCappedClient = { agPushCapped(k: string, member: string, cap: string, ttl: string): Promise<string[]> };
+
+function redisKv(redis: Redis | Cluster): Kv {
+  if (!('agPushCapped' in redis)) redis.defineCommand('agPushCapped', { numberOfKeys: 1, lua: PUSH_CAPPED_LUA });
+  const client = redis as (Redis | Cluster) & PushCappedClient;
   const wrap = async <T>(op: () => Promise<T>): Promise<T> => {
     try {
       return await op();
@@ -64,6 +86,8 @@ function redisKv(client: Redis | Cluster): Kv {
     hgetall: (k) => wrap(() => client.hgetall(k)),
     setPx: (k, v, ttl) => wrap(async () => void (await client.set(k, v, 'PX', ttl))),
     get: (k) => wrap(async () => (await client.get(k)) ?? undefined),
+    del: (k) => wrap(async () => void (await client.del(k))),
+    pushCapped: (k, m, cap, ttl) => wrap(() => client.agPushCapped(k, m, String(cap), String(ttl))),
   };
 }
 
@@ -71,7 +95,12 @@ function redisKv(client: Redis | Cluster): Kv {
 function memoryKv(now: () => number): Kv {
   const hashes = new Map<string, Map<string, string>>();
   const values = new Map<string, { v: string; until: number }>();
+  const lists = new Map<string, { members: string[]; until: number }>();
+  // A last-resort bound for the dev store; the refusal-record caps normally hold far below it.
   const MAX_VALUES = 100_000;
+  const sweepLists = () => {
+    for (const [key, l] of lists) if (l.until <= now()) lists.delete(key);
+  };
   return {
     async hset(k, f, v) {
       let h = hashes.get(k);
@@ -95,6 +124,20 @@ function memoryKv(now: () => number): Kv {
       const e = values.get(k);
       return e && e.until > now() ? e.v : undefined;
     },
+    async del(k) {
+      values.delete(k);
+    },
+    async pushCapped(k, m, cap, ttl) {
+      let l = lists.get(k);
+      if (!l || l.until <= now()) {
+        if (lists.size >= MAX_VALUES) sweepLists();
+        if (lists.size >= MAX_VALUES) lists.delete(lists.keys().next().value!);
+        lists.set(k, (l = { members: [], until: 0 }));
+      }
+      l.members.unshift(m);
+      l.until = now() + ttl;
+      return l.members.length > cap ? l.members.splice(cap) : [];
+    },
   };
 }
 
@@ -104,9 +147,22 @@ function memoryKv(now: () => number): Kv {
  */
 const memoryKvs = new WeakMap<GateStore, Kv>();
 
-const KEY = { deny: 'ag:op:deny', denyVersion: 'ag:op:deny:v', cooldowns: 'ag:op:cooldowns', refusal: (id: string) => `ag:op:refusal:${id}` };
+const KEY = {
+  deny: 'ag:op:deny',
+  denyVersion: 'ag:op:deny:v',
+  cooldowns: 'ag:op:cooldowns',
+  refusal: (id: string) => `ag:op:refusal:${id}`,
+  /** Ids of the refusal records kept for one certificate, newest first: the per-identity bound. */
+  refusalsOf: (identity: string) => `ag:op:refusals:{${identity}}`,
+  /** Ids of every refusal record kept, newest first: the total bound. */
+  refusalsAll: 'ag:op:refusals:all',
+};
 /** How long a refusal can be looked up by id. */
 export const REFUSAL_RETENTION_MS = 3 * 24 * 3600_000;
+/** Default of `GATE_REFUSAL_RECORDS_PER_IDENTITY`. */
+export const REFUSAL_RECORDS_PER_IDENTITY = 50;
+/** Default of `GATE_REFUSAL_RECORDS_MAX`. */
+export const REFUSAL_RECORDS_MAX = 100_000;
 /** Anonymous refusals kept for lookup per second per gate (about 0.5 GB of Redis over the retention, at most). */
 export const ANONYMOUS_PER_S = 5;
 /** Refusals not kept for lookup: they come in floods and say nothing about one agent. */
@@ -118,6 +174,10 @@ export interface OperatorStateOptions {
   now: () => number;
   /** How often the local deny-list copy checks for changes. */
   refreshMs?: number;
+  /** Refusal records kept per identity: the newest this many (`GATE_REFUSAL_RECORDS_PER_IDENTITY`). */
+  refusalsPerIdentity?: number;
+  /** Refusal records kept in total: the newest this many (`GATE_REFUSAL_RECORDS_MAX`). */
+  refusalsMax?: number;
   log?: (event: Record<string, unknown>) => void;
 }
 
@@ -283,9 +343,13 @@ export class OperatorState {
   }
 
   /**
-   * Keeps a refusal for lookup by id (best effort). Refusals of an identified agent are always
-   * kept; anonymous ones (no or an unacceptable certificate) at most {@link ANONYMOUS_PER_S}
-   * a second per gate, so a flood cannot fill the store. Every refusal is in the audit trail.
+   * Keeps a refusal for lookup by id (best effort), bounded per identity and in total: each
+   * certificate keeps only its newest `refusalsPerIdentity` records and the store its newest
+   * `refusalsMax`; a record pushed out is deleted. Newest rather than first, because an appeal
+   * is about the refusal just seen; what is pushed out stays in the audit trail. Identified
+   * agents get here only within `GATE_RATE_REFUSAL_IDENTITY` (see sendRefusal). Anonymous
+   * refusals (no or an unacceptable certificate) have no identity to bound: they are sampled,
+   * at most {@link ANONYMOUS_PER_S} a second per gate, and count only against the total.
    */
   record(r: RefusalRecord): void {
     if (NOT_KEPT.has(r.code)) return;
@@ -297,7 +361,17 @@ export class OperatorState {
       }
       if (++this.anonCount > ANONYMOUS_PER_S) return;
     }
-    this.kv.setPx(KEY.refusal(r.refusal_id), JSON.stringify(r), REFUSAL_RETENTION_MS).catch(() => undefined);
+    const perIdentity = this.opts.refusalsPerIdentity ?? REFUSAL_RECORDS_PER_IDENTITY;
+    const max = this.opts.refusalsMax ?? REFUSAL_RECORDS_MAX;
+    const drop = (ids: string[]) => Promise.all(ids.map((id) => this.kv.del(KEY.refusal(id))));
+    const id = r.refusal_id;
+    void (async () => {
+      await this.kv.setPx(KEY.refusal(id), JSON.stringify(r), REFUSAL_RETENTION_MS);
+      await Promise.all([
+        r.thumbprint ? this.kv.pushCapped(KEY.refusalsOf(r.thumbprint), id, perIdentity, REFUSAL_RETENTION_MS).then(drop) : undefined,
+        this.kv.pushCapped(KEY.refusalsAll, id, max, REFUSAL_RETENTION_MS).then(drop),
+      ]);
+    })().catch(() => undefined);
   }
 
   /** A refusal by id, if still kept. */

@@ -80,7 +80,9 @@ export interface GateConfig {
   maxEventLoopDelayMs: number;
   pow: 'off' | 'on' | 'adaptive';
   /** Rate limits. */
-  rateLimits: { enabled: boolean; challengeIp: RateSpec; challengeIdentity: RateSpec; tokenIdentity: RateSpec; proxyIdentity: RateSpec; failedProofs: RateSpec };
+  rateLimits: { enabled: boolean; challengeIp: RateSpec; challengeIdentity: RateSpec; tokenIdentity: RateSpec; proxyIdentity: RateSpec; failedProofs: RateSpec; refusalIdentity: RateSpec };
+  /** Refusal records kept for lookup by id: newest per identity and in total (`GATE_REFUSAL_RECORDS_PER_IDENTITY`, `GATE_REFUSAL_RECORDS_MAX`). */
+  refusalRecords: { perIdentity: number; max: number };
   /** Audit trail. */
   audit: { file?: string; keyFile?: string };
   /** Attestation (section 8). */
@@ -210,7 +212,9 @@ function resolve(r: RawEnv): GateConfig {
       tokenIdentity: r.GATE_RATE_TOKEN_IDENTITY,
       proxyIdentity: r.GATE_RATE_PROXY_IDENTITY,
       failedProofs: r.GATE_RATE_FAILED_PROOFS,
+      refusalIdentity: r.GATE_RATE_REFUSAL_IDENTITY,
     },
+    refusalRecords: { perIdentity: r.GATE_REFUSAL_RECORDS_PER_IDENTITY, max: r.GATE_REFUSAL_RECORDS_MAX },
     audit: { file: r.GATE_AUDIT_FILE, keyFile: r.GATE_AUDIT_KEY_FILE },
     attestation: { registry: r.GATE_ATTESTATION_REGISTRY, required: r.GATE_ATTESTATION_REQUIRED },
     logLevel: r.GATE_LOG_LEVEL,

@@ -103,6 +103,11 @@ export const envSchema = z.object({
   GATE_RATE_TOKEN_IDENTITY: rate.default({ points: 60, durationS: 60 }),
   GATE_RATE_PROXY_IDENTITY: rate.default({ points: 1000, durationS: 1 }),
   GATE_RATE_FAILED_PROOFS: rate.default({ points: 5, durationS: 900 }),
+  // Client-caused refusals (4xx) per certificate; over it the agent gets 429 and no refusal record.
+  GATE_RATE_REFUSAL_IDENTITY: rate.default({ points: 60, durationS: 60 }),
+  // Refusal records kept for lookup (admin API): newest N per identity and in total.
+  GATE_REFUSAL_RECORDS_PER_IDENTITY: int(1, 10_000).default(50),
+  GATE_REFUSAL_RECORDS_MAX: int(100, 10_000_000).default(100_000),
   GATE_AUDIT_FILE: z.string().min(1).optional(),
   GATE_AUDIT_KEY_FILE: z.string().min(1).optional(),
   GATE_ATTESTATION_REGISTRY: z.string().min(1).optional(),

@@ -53,11 +53,23 @@ export interface RefusalSinks {
   audit?: AuditSink;
   /** Keeps refusals for lookup by id (admin API). */
   refusals?: { record(r: { refusal_id: string; code: string; status: number; at: number; agent_id?: string; thumbprint?: string; method?: string }): void };
+  /**
+   * The per-identity refusal limit (`GATE_RATE_REFUSAL_IDENTITY`): counts one refusal of the
+   * certificate and returns the 429 to answer instead once it is over the limit.
+   */
+  limitRefusal?: (thumbprint: string) => GateError | undefined;
 }
 
-/** Sends the problem+json refusal for `err`, logging (and auditing) it with its refusal id. */
-export function sendRefusal(request: FastifyRequest, reply: FastifyReply, err: GateError, sinks: RefusalSinks): FastifyReply {
+/**
+ * Sends the problem+json answer for `refusal`, logging (and auditing) it with its refusal id.
+ * A client-caused refusal (4xx other than 429) of an identified agent first counts against
+ * the per-identity refusal limit; over it, the agent gets that 429 instead and no record is
+ * kept, so an agent hammering refusals cannot grow the store.
+ */
+export function sendRefusal(request: FastifyRequest, reply: FastifyReply, refusal: GateError, sinks: RefusalSinks): FastifyReply {
   const { metrics } = sinks;
+  const limited = request.agent && sinks.limitRefusal && refusal.status >= 400 && refusal.status < 500 && refusal.status !== 429 ? sinks.limitRefusal(request.agent.thumbprint) : undefined;
+  const err = limited ?? refusal;
   const id = newRefusalId();
   const status = err.status;
   request.refusedWith = err.code;

@@ -10,7 +10,7 @@ import { ERROR_CODES } from '../errors.js';
 export const LABELS = {
   proofResult: ['accepted', 'invalid', 'expired', 'replayed', 'unknown', 'binding_mismatch', 'pow_invalid', 'attestation_invalid'],
   replayKind: ['challenge', 'forwarded'],
-  limiter: ['challenge_ip', 'challenge_identity', 'token_identity', 'proxy_identity', 'failed_proof'],
+  limiter: ['challenge_ip', 'challenge_identity', 'token_identity', 'proxy_identity', 'failed_proof', 'refusal_identity'],
   revocationMethod: ['ocsp', 'crl'],
   revocationResult: ['good', 'revoked', 'unknown', 'error'],
   forwardedResult: ['ok', 'missing', 'bad_signature', 'stale', 'unknown_kid', 'replayed', 'untrusted_proxy'],

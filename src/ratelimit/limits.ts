@@ -1,5 +1,5 @@
 /**
- * The five limits of PROTOCOL.md section 12, answered as 429 `rate_limited` with Retry-After
+ * The six limits of PROTOCOL.md section 12, answered as 429 `rate_limited` with Retry-After
  * and the IETF RateLimit-Policy / RateLimit headers. Shared limits live in Redis through
  * rate-limiter-flexible, each with an in-memory insurance limiter so that a Redis outage does
  * not turn into "no limits"; the per-request proxy limit is batched (see batched.ts).
@@ -24,6 +24,8 @@ export interface RateLimitOptions {
   tokenIdentity: RateSpec;
   proxyIdentity: RateSpec;
   failedProofs: RateSpec;
+  /** Client-caused refusals (4xx) per certificate, before any refusal record is written. */
+  refusalIdentity: RateSpec;
   /** Shared counters; without it every limit is per gate instance (memory store, dev). */
   redis?: Redis | Cluster;
   /** Shared counter for the batched proxy limit. */
@@ -55,6 +57,7 @@ export class GateRateLimits {
   private readonly tokenIdentity: RateLimiterAbstract;
   private readonly failedProofs: RateLimiterAbstract;
   private readonly proxy: BatchedLimiter;
+  private readonly refusals: BatchedLimiter;
 
   constructor(private readonly opts: RateLimitOptions) {
     const make = (prefix: string, spec: RateSpec, blockS = 0): RateLimiterAbstract => {
@@ -70,6 +73,9 @@ export class GateRateLimits {
     // for S seconds counted from that Nth failure (section 12).
     this.failedProofs = make('fp', { points: opts.failedProofs.points - 1, durationS: opts.failedProofs.durationS }, opts.failedProofs.durationS);
     this.proxy = new BatchedLimiter({ ...opts.proxyIdentity, sink: opts.sink });
+    // Batched like the proxy limit: a refusal is answered synchronously, and a store outage
+    // still limits per gate. Its own key space, so refusals never spend the proxy budget.
+    this.refusals = new BatchedLimiter({ ...opts.refusalIdentity, sink: (key, by, ttl) => opts.sink(`rf:${key}`, by, ttl) });
   }
 
   /** Consumes one point; resolves to the fraction of the limit now used. */
@@ -138,5 +144,16 @@ export class GateRateLimits {
       this.opts.metrics.rateLimited.inc({ limiter: 'proxy_identity' });
       throw rateLimited('proxy_identity', this.opts.proxyIdentity, r.msBeforeNext);
     }
+  }
+
+  /**
+   * Counts one client-caused refusal of the certificate; over `GATE_RATE_REFUSAL_IDENTITY` it
+   * returns the 429 to answer instead (synchronous, no store round trip).
+   */
+  refusal(thumbprint: string): GateError | undefined {
+    const r = this.refusals.take(thumbprint);
+    if (r.ok) return undefined;
+    this.opts.metrics.rateLimited.inc({ limiter: 'refusal_identity' });
+    return rateLimited('refusal_identity', this.opts.refusalIdentity, r.msBeforeNext);
   }
 }
