@@ -194,6 +194,24 @@ describe('agent-gate admin', () => {
     expect(ok(await cli(['undeny', entry.id]))).toEqual({ id: entry.id, removed: true });
   });
 
+  it('a short-lived entry expiring does not lift a permanent one: denylist shows the permanent entry and the agent stays denied', async () => {
+    const who = await agentCert();
+    const agentId = `urn:agent:cli-admin-${RUN}-${n - 1}`;
+    const c = client(who);
+    const permanent = ok<{ id: string }>(await cli(['deny', '--agent-id', agentId, '--reason', 'test: permanent']));
+    const short = ok<{ id: string; expires_at: number }>(await cli(['deny', '--thumbprint', c.thumbprint, '--reason', 'test: briefly', '--ttl', '1']));
+    const shortByAgent = ok<{ id: string; expires_at: number }>(await cli(['deny', '--agent-id', agentId, '--reason', 'test: briefly', '--ttl', '1']));
+    await waitFor(() => Date.now() > Math.max(short.expires_at, shortByAgent.expires_at) + 100, 5000, 'the short-lived entries to expire');
+    const mine = ok<{ entries: { id: string; agent_id?: string; thumbprint?: string }[] }>(await cli(['denylist'])).entries.filter(
+      (e) => e.agent_id === agentId || e.thumbprint === c.thumbprint,
+    );
+    expect(mine.map((e) => e.id)).toEqual([permanent.id]);
+    expect(await challengeAs(who)).toMatchObject({ status: 403, code: 'agent_denied' });
+    expect(ok(await cli(['undeny', permanent.id]))).toEqual({ id: permanent.id, removed: true });
+    expect(ok<{ entries: { id: string }[] }>(await cli(['denylist'])).entries.map((e) => e.id)).not.toContain(permanent.id);
+    expect((await challengeAs(who)).status).toBe(201);
+  });
+
   it('refusal of an unknown id is not_found with exit 1', async () => {
     failed(await cli(['refusal', 'doesnotexist']), 1, /^error: not_found \(404\) instance=urn:agent-gate:refusal:[a-z0-9]+$/);
   });
