@@ -13,7 +13,7 @@
  *   await gate.close();
  * }
  * ```
- * See docs/agent-sdk.md.
+ * See docs/guides/agent-sdk.md.
  * @module
  */
 export type { ErrorCode } from '../errors.js';
