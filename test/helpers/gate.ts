@@ -42,6 +42,9 @@ export function testEnv(fx: Fixtures, extra: Record<string, string>): Record<str
     // Suites that turn limits on share one Redis and all connect from 127.0.0.1: a generous
     // per-address budget keeps them from tripping each other; tests of that limit set their own.
     GATE_RATE_CHALLENGE_IP: '100000/60',
+    // Likewise for refusals per certificate: replay, race and fuzz suites refuse one certificate
+    // hundreds of times on purpose; tests of that limit set their own.
+    GATE_RATE_REFUSAL_IDENTITY: '100000/60',
     ...extra,
   };
 }
