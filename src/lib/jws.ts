@@ -81,6 +81,24 @@ const PS256_SALT_LENGTH = 32;
 /** Raw (IEEE P1363 / RFC 8032) signature lengths; RSA's is the modulus length, left to OpenSSL. */
 const FIXED_SIG_LENGTH: Partial<Record<ProofAlg, number>> = { EdDSA: 64, ES256: 64, ES384: 96 };
 
+type VerifyKey = KeyObject | { key: KeyObject; dsaEncoding: 'ieee-p1363' } | { key: KeyObject; padding: number; saltLength: number };
+
+/** node:crypto's digest and key arguments for `alg`. */
+function verifyArgs(alg: ProofAlg, key: KeyObject): [string | null, VerifyKey] | undefined {
+  switch (alg) {
+    case 'EdDSA':
+      return [null, key];
+    case 'ES256':
+      return ['sha256', { key, dsaEncoding: 'ieee-p1363' }];
+    case 'ES384':
+      return ['sha384', { key, dsaEncoding: 'ieee-p1363' }];
+    case 'PS256':
+      return ['sha256', { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: PS256_SALT_LENGTH }];
+    default:
+      return undefined;
+  }
+}
+
 /**
  * Whether `signature` is a valid `alg` signature of `data` by `key` (a public KeyObject of the
  * type `alg` belongs to; the caller has matched them). Never throws: malformed is false.
@@ -88,22 +106,30 @@ const FIXED_SIG_LENGTH: Partial<Record<ProofAlg, number>> = { EdDSA: 64, ES256: 
 export function verifyJwsSignature(alg: ProofAlg, key: KeyObject, data: Uint8Array, signature: Uint8Array): boolean {
   const fixed = FIXED_SIG_LENGTH[alg];
   if (fixed !== undefined && signature.length !== fixed) return false;
+  const args = verifyArgs(alg, key);
+  if (!args) return false;
   try {
-    switch (alg) {
-      case 'EdDSA':
-        return cryptoVerify(null, data, key, signature);
-      case 'ES256':
-        return cryptoVerify('sha256', data, { key, dsaEncoding: 'ieee-p1363' }, signature);
-      case 'ES384':
-        return cryptoVerify('sha384', data, { key, dsaEncoding: 'ieee-p1363' }, signature);
-      case 'PS256':
-        return cryptoVerify('sha256', data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: PS256_SALT_LENGTH }, signature);
-      default:
-        return false;
-    }
+    return cryptoVerify(args[0], data, args[1], signature);
   } catch {
     return false;
   }
+}
+
+/**
+ * {@link verifyJwsSignature} on libuv's thread pool (node:crypto's callback form), for the
+ * algorithms too slow to run on the event loop. Never rejects.
+ */
+export function verifyJwsSignatureOffLoop(alg: ProofAlg, key: KeyObject, data: Uint8Array, signature: Uint8Array): Promise<boolean> {
+  const fixed = FIXED_SIG_LENGTH[alg];
+  const args = verifyArgs(alg, key);
+  if ((fixed !== undefined && signature.length !== fixed) || !args) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    try {
+      cryptoVerify(args[0], data, args[1], signature, (err, ok) => resolve(!err && ok));
+    } catch {
+      resolve(false);
+    }
+  });
 }
 
 /** An EdDSA (Ed25519) compact JWS of `payload` under the already-encoded protected header. */

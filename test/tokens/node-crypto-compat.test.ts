@@ -188,7 +188,7 @@ describe('property: node:crypto and jose agree on hostile re-signed tokens', () 
           const claims: Record<string, unknown> = { iss: O.issuer, aud: O.audience, sub: 'urn:agent:p', jti: 'jti-p', iat: nowS, exp: nowS + 300, cnf: { 'x5t#S256': TP } };
           for (const [target, keys] of [[header, ['typ', 'kid', 'crit', 'b64']], [claims, ['iss', 'aud', 'sub', 'jti', 'iat', 'exp', 'nbf', 'cnf']]] as const) {
             for (const k of keys) {
-              const e = (c as Record<string, { set: unknown } | { del: true } | undefined>)[k];
+              const e = (c as unknown as Record<string, { set: unknown } | { del: true } | undefined>)[k];
               if (e && 'del' in e) delete target[k];
               else if (e) target[k] = e.set;
             }
