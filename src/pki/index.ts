@@ -29,7 +29,7 @@ export type { CaDbEntry, RevocationReason, RevokeOptions } from './ca-db.js';
 export { devPkiConfigPath, readDevPkiConfig } from './dev-config.js';
 export type { DevPkiConfig } from './dev-config.js';
 export { createCrl, writeCrl } from './crl.js';
-export type { CreateCrlOptions, CrlEntryInput, WriteCrlOptions } from './crl.js';
+export type { CreateCrlOptions, CrlEntryInput, CrlIdpInput, WriteCrlOptions } from './crl.js';
 export { buildOcspErrorResponse, buildOcspResponse, issueOcspSignerCert } from './ocsp.js';
 export type { BuildOcspResponseOptions, OcspCertStatus, OcspErrorStatus, OcspLookup, OcspSignerCertOptions } from './ocsp.js';
 export { lookupFromEntries, startOcspResponder } from './ocsp-responder.js';

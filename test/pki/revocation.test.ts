@@ -8,6 +8,7 @@ import * as pkijs from 'pkijs';
 import { Command, CommanderError } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerPkiCommands } from '../../src/cli/pki.js';
+import { x509 } from '../../src/lib/x509.js';
 import {
   buildOcspResponse,
   createCa,
@@ -373,6 +374,36 @@ describe('CRL', () => {
     const e = await openssl(['crl', '-in', await writeTemp('empty.crl', empty.der), '-inform', 'DER', '-CAfile', caPath, '-noout', '-text']);
     expect(e.stderr).toContain('verify OK');
     expect(e.stdout).toContain('No Revoked Certificates');
+  });
+
+  it('writes delta CRLs, issuing distribution points and extra critical extensions that openssl reads and judges like the gate', async () => {
+    const ca = await createCa();
+    const caPath = await writeTemp('idp-ca.crt', ca.certPem);
+    const leaf = await writeTemp('idp-leaf.crt', (await issueAgentCert(ca, 'idp-leaf')).certPem);
+    const verifyWith = async (...crls: string[]): Promise<Run> => openssl(['verify', '-crl_check', ...crls.flatMap((c) => ['-CRLfile', c]), '-CAfile', caPath, leaf]);
+
+    const delta = await createCrl(ca, [{ serial: '4A01', revokedAt: new Date(), reason: 'removeFromCRL' }], { crlNumber: 8, deltaBase: 7, idp: { uris: ['http://crl.example/a.crl'], onlyContainsUserCerts: true, onlySomeReasons: 0x40 } });
+    const d = await openssl(['crl', '-in', await writeTemp('delta.crl', delta.pem), '-CAfile', caPath, '-noout', '-text']);
+    expect(d.stderr).toContain('verify OK');
+    expect(d.stdout).toMatch(/Delta CRL Indicator: critical\n\s+7\n/);
+    expect(d.stdout).toMatch(/Issuing Distribution Point: critical\n\s+Full Name:\n\s+URI:http:\/\/crl\.example\/a\.crl/);
+    expect(d.stdout).toContain('Only User Certificates');
+    expect(d.stdout).toMatch(/Only Some Reasons:\n\s+Key Compromise/);
+    expect(d.stdout).toContain('Remove From CRL');
+
+    // openssl agrees with the gate on what is not a complete answer for a leaf.
+    const caOnly = await writeTemp('caonly.crl', (await createCrl(ca, [], { idp: { onlyContainsCACerts: true } })).pem);
+    const scoped = await verifyWith(caOnly);
+    // error 44: X509_V_ERR_DIFFERENT_CRL_SCOPE (no CRL of the leaf's scope).
+    expect(scoped.code).not.toBe(0);
+    expect(scoped.stdout + scoped.stderr).toMatch(/error 44 at 0 depth|Different CRL scope|unable to get certificate CRL/);
+    const critical = await createCrl(ca, [], { extensions: [new x509.Extension('1.3.6.1.4.1.55555.1', true, new Uint8Array([5, 0]))] });
+    expect((await verifyWith(await writeTemp('critical.crl', critical.pem))).stderr).toMatch(/unhandled critical CRL extension/);
+    const full = await writeTemp('full.crl', (await createCrl(ca, [])).pem);
+    expect((await verifyWith(caOnly, full)).stdout).toContain(': OK');
+
+    const bare = await createCrl(ca, [], { crlNumber: null });
+    expect((await openssl(['crl', '-in', await writeTemp('bare.crl', bare.pem), '-noout', '-text'])).stdout).not.toContain('CRL Number');
   });
 
   it('signs with every key type the dev PKI issues', async () => {
