@@ -10,10 +10,9 @@ import { GateError } from '../errors.js';
 import type { AgentIdentity } from '../identity/index.js';
 import type { GateMetrics } from '../metrics/index.js';
 import { certificateSubject } from '../lib/der.js';
-import { crlDistributionPoints, parseCrl, type ParsedCrl } from './crl.js';
+import { certCrlScope, crlDistributionPoints, crlVerdict, parseCrl, type CertCrlScope, type ParsedCrl } from './crl.js';
 import { fetchBounded } from './fetch.js';
 import { buildOcspRequest, ocspResponderUrls, verifyOcspResponse } from './ocsp.js';
-import { normalizeSerial } from './serial.js';
 
 /** Revocation modes of `GATE_REVOCATION`. */
 export type RevocationMode = 'off' | 'crl' | 'ocsp' | 'ocsp,crl';
@@ -184,21 +183,31 @@ export class RevocationChecker {
         errors.push(`${url}: ${(err as Error).message}`);
       }
     }
+    // RFC 5280 6.3.3: every CRL that is fresh, the issuer's and fully understood is a
+    // candidate; the choice among them (scope, newest, deltas) is crlVerdict's.
+    const usable: ParsedCrl[] = [];
     for (const crl of candidates) {
       if (crl.nextUpdate !== undefined && crl.nextUpdate < now) {
         errors.push('CRL past nextUpdate');
-        continue;
-      }
-      if (!crl.verifiedBy(agent.issuer)) {
+      } else if (!crl.verifiedBy(agent.issuer)) {
         errors.push('CRL not signed by the issuing CA');
-        continue;
+      } else if (crl.unusable !== undefined) {
+        errors.push(`CRL unusable: ${crl.unusable}`);
+      } else {
+        usable.push(crl);
       }
-      const until = crl.nextUpdate ?? now + this.opts.maxStaleS * 1000;
-      return { status: crl.revoked.has(normalizeSerial(agent.serial)) ? 'revoked' : 'good', until };
     }
-    return candidates.length === 0 && errors.length === 0
-      ? { status: 'unknown', detail: 'no CRL for this issuer' }
-      : { status: 'error', detail: errors.join('; ') || 'no usable CRL' };
+    if (candidates.length === 0 && errors.length === 0) return { status: 'unknown', detail: 'no CRL for this issuer' };
+    let scope: CertCrlScope;
+    try {
+      scope = certCrlScope(agent.certDer);
+    } catch (err) {
+      return { status: 'error', detail: `certificate extensions: ${(err as Error).message}` };
+    }
+    const v = crlVerdict(usable, scope, agent.serial, now + this.opts.maxStaleS * 1000);
+    if (!('detail' in v)) return { status: v.status, until: v.until };
+    if (usable.length > 0 || errors.length === 0) errors.push(v.detail);
+    return { status: 'error', detail: errors.join('; ') };
   }
 
   private async crlFromUrl(url: string): Promise<ParsedCrl> {

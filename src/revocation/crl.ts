@@ -1,12 +1,17 @@
 /**
- * CRLs (RFC 5280 section 5): parsed with a minimal DER reader (general ASN.1 libraries cap
- * node counts or take minutes and gigabytes on a million-entry CRL), the signature verified
- * with node:crypto against the issuing CA, revoked serials indexed for O(1) lookups. Pure.
+ * CRLs (RFC 5280 section 5): the entry list read with a minimal DER reader (general ASN.1
+ * libraries cap node counts or take minutes and gigabytes on a million-entry CRL), the few CRL
+ * extensions decoded with pkijs/asn1js, the signature verified with node:crypto against the
+ * issuing CA, revoked serials indexed for O(1) lookups; and the choice among several CRLs for
+ * one certificate (RFC 5280 6.3.3: scope, newest complete CRL, deltas). Pure.
  * @module
  */
 import { verify as cryptoVerify, type X509Certificate as NodeX509 } from 'node:crypto';
+import * as asn1js from 'asn1js';
+import * as pkijs from 'pkijs';
 import { certificateSubject, children, integerHex, oidOf, rawOf, readTlv, timeOf, type Tlv } from '../lib/der.js';
 import { x509 } from '../lib/x509.js';
+import { normalizeSerial } from './serial.js';
 
 /** A parsed CRL, not yet trusted. */
 export interface ParsedCrl {
@@ -16,9 +21,51 @@ export interface ParsedCrl {
   /** Unix ms; undefined when the CRL names none (then it is only as fresh as the max-stale bound). */
   nextUpdate: number | undefined;
   revoked: ReadonlySet<string>;
+  /** Serials listed with reason removeFromCRL (meaningful in delta CRLs: no longer revoked). */
+  removed: ReadonlySet<string>;
+  /** cRLNumber (5.2.3); undefined when absent. */
+  crlNumber: bigint | undefined;
+  /** BaseCRLNumber of the deltaCRLIndicator (5.2.4): set only on delta CRLs. */
+  deltaBase: bigint | undefined;
+  /** The issuingDistributionPoint (5.2.5), decoded; undefined when absent. */
+  idp: CrlScope | undefined;
+  /**
+   * Why this CRL must not be used (an unknown critical CRL or entry extension, an extension
+   * that does not decode); undefined when usable.
+   */
+  unusable: string | undefined;
   /** Whether `issuer` is this CRL's issuer and its key verifies the signature (cached per CA). */
   verifiedBy(issuer: NodeX509): boolean;
 }
+
+/** A decoded issuingDistributionPoint. */
+export interface CrlScope {
+  /** The extension's value bytes: a delta applies only to a base of the very same scope. */
+  der: Buffer;
+  /** fullName GeneralNames of the distribution point, DER as pkijs re-encodes them. */
+  fullNames: Buffer[] | undefined;
+  /** The distribution point is a nameRelativeToCRLIssuer (not matched: out of scope). */
+  relativeName: boolean;
+  onlyUser: boolean;
+  onlyCa: boolean;
+  onlyAttribute: boolean;
+  onlySomeReasons: boolean;
+  indirect: boolean;
+}
+
+const OID_CRL_NUMBER = '2.5.29.20';
+const OID_DELTA_CRL_INDICATOR = '2.5.29.27';
+const OID_IDP = '2.5.29.28';
+const OID_AKI = '2.5.29.35';
+/**
+ * CRL extensions this code processes, so may be critical (AKI is covered by matching the
+ * issuer's name and verifying with its key). Any other critical one makes the CRL unusable.
+ */
+const KNOWN_CRL_EXTENSIONS = new Set([OID_CRL_NUMBER, OID_DELTA_CRL_INDICATOR, OID_IDP, OID_AKI]);
+/** id-ce arc (2.5.29) last bytes of entry extensions processed: reasonCode (21), invalidityDate (24). */
+const ENTRY_REASON_CODE = 0x15;
+const ENTRY_INVALIDITY_DATE = 0x18;
+const REASON_REMOVE_FROM_CRL = 8;
 
 /** Signature algorithms accepted on CRLs (node:crypto digest names; null for Ed25519). */
 const SIG_ALGS: Record<string, string | null> = {
@@ -58,6 +105,11 @@ export function parseCrl(data: Buffer | string): ParsedCrl {
     thisUpdate: parsed.thisUpdate,
     nextUpdate: parsed.nextUpdate,
     revoked: parsed.revoked,
+    removed: parsed.removed,
+    crlNumber: parsed.crlNumber,
+    deltaBase: parsed.deltaBase,
+    idp: parsed.idp,
+    unusable: parsed.unusable,
     verifiedBy(issuer: NodeX509): boolean {
       const key = issuer.fingerprint256;
       let v = verdicts.get(key);
@@ -99,16 +151,234 @@ function parseDer(der: Buffer) {
   let nextUpdate: number | undefined;
   if (fields[i] && (fields[i]!.tag === 0x17 || fields[i]!.tag === 0x18)) nextUpdate = timeOf(der, fields[i++]!);
   const revoked = new Set<string>();
+  const removed = new Set<string>();
+  let unusable: string | undefined;
   if (fields[i]?.tag === 0x30) {
     const entries = fields[i++]!;
     for (let pos = entries.valueStart; pos < entries.end; ) {
       const entry = readTlv(der, pos, entries.end);
-      const serial = readTlv(der, entry.valueStart, entry.end);
-      revoked.add(integerHex(der, serial));
+      const serialT = readTlv(der, entry.valueStart, entry.end);
+      const serial = integerHex(der, serialT);
+      revoked.add(serial);
+      const dateT = readTlv(der, serialT.end, entry.end);
+      // Entry extensions are rare: the common entry costs one more header read.
+      if (dateT.end < entry.end) {
+        const why = entryExtensions(der, readTlv(der, dateT.end, entry.end), serial, removed);
+        unusable ??= why;
+      }
       pos = entry.end;
     }
   }
-  return { issuerDer: Buffer.from(rawOf(der, issuerT)), thisUpdate, nextUpdate, revoked, tbs: rawOf(der, tbsT), sigAlg, signature };
+  let crlNumber: bigint | undefined;
+  let deltaBase: bigint | undefined;
+  let idp: CrlScope | undefined;
+  if (fields[i]?.tag === 0xa0) {
+    const ext = crlExtensions(der, fields[i]!);
+    ({ crlNumber, deltaBase, idp } = ext);
+    unusable = ext.unusable ?? unusable;
+  }
+  return { issuerDer: Buffer.from(rawOf(der, issuerT)), thisUpdate, nextUpdate, revoked, removed, crlNumber, deltaBase, idp, unusable, tbs: rawOf(der, tbsT), sigAlg, signature };
+}
+
+interface RawExtension {
+  oidT: Tlv;
+  critical: boolean;
+  value: Buffer;
+}
+
+/** The Extension SEQUENCEs of an Extensions SEQUENCE, by the fast reader. */
+function* rawExtensions(der: Buffer, seq: Tlv): Generator<RawExtension> {
+  if (seq.tag !== 0x30) throw new RangeError('extensions are not a SEQUENCE');
+  for (const ext of children(der, seq)) {
+    const parts = [...children(der, ext)];
+    const oidT = parts[0];
+    if (oidT?.tag !== 0x06) throw new RangeError('extension without an OID');
+    let k = 1;
+    let critical = false;
+    if (parts[k]?.tag === 0x01) critical = der[parts[k++]!.valueStart] !== 0;
+    const valueT = parts[k];
+    if (valueT?.tag !== 0x04 || k + 1 !== parts.length) throw new RangeError('extension without an OCTET STRING value');
+    yield { oidT, critical, value: der.subarray(valueT.valueStart, valueT.end) };
+  }
+}
+
+/** One entry's extensions: notes removeFromCRL; returns why the CRL is unusable, if it is. */
+function entryExtensions(der: Buffer, seq: Tlv, serial: string, removed: Set<string>): string | undefined {
+  let why: string | undefined;
+  for (const e of rawExtensions(der, seq)) {
+    // id-ce (2.5.29 = 55 1D) with one more arc byte: compared on the bytes, no OID string per entry.
+    const idCe = e.oidT.end - e.oidT.valueStart === 3 && der[e.oidT.valueStart] === 0x55 && der[e.oidT.valueStart + 1] === 0x1d;
+    const arc = idCe ? der[e.oidT.valueStart + 2] : -1;
+    if (arc === ENTRY_REASON_CODE) {
+      // ENUMERATED (0A 01 nn)
+      if (e.value.length === 3 && e.value[0] === 0x0a && e.value[1] === 1 && e.value[2] === REASON_REMOVE_FROM_CRL) removed.add(serial);
+    } else if (e.critical && arc !== ENTRY_INVALIDITY_DATE) {
+      // certificateIssuer (indirect CRLs) included: this gate does not process indirect CRLs.
+      why ??= `unknown critical CRL entry extension ${oidOf(der, e.oidT)}`;
+    }
+  }
+  return why;
+}
+
+function integerValue(value: Buffer, name: string): bigint {
+  const asn = asn1js.fromBER(new Uint8Array(value));
+  if (asn.offset === -1 || !(asn.result instanceof asn1js.Integer) || asn.offset !== value.length) throw new RangeError(`${name} is not an INTEGER`);
+  const n = asn.result.toBigInt();
+  if (n < 0n) throw new RangeError(`${name} is negative`);
+  return n;
+}
+
+/** A GeneralName's DER as pkijs encodes it: both sides of a comparison go through here. */
+function generalNameDer(n: pkijs.GeneralName): Buffer {
+  return Buffer.from((n.toSchema() as asn1js.BaseBlock).toBER());
+}
+
+function decodeIdp(value: Buffer): CrlScope {
+  const idp = pkijs.IssuingDistributionPoint.fromBER(new Uint8Array(value));
+  const dp = idp.distributionPoint;
+  const fullNames = Array.isArray(dp) ? dp.map(generalNameDer) : undefined;
+  return {
+    der: Buffer.from(value),
+    fullNames,
+    relativeName: dp !== undefined && !Array.isArray(dp),
+    onlyUser: idp.onlyContainsUserCerts === true,
+    onlyCa: idp.onlyContainsCACerts === true,
+    onlyAttribute: idp.onlyContainsAttributeCerts === true,
+    onlySomeReasons: idp.onlySomeReasons !== undefined,
+    indirect: idp.indirectCRL === true,
+  };
+}
+
+/** crlExtensions ([0] EXPLICIT Extensions): number, delta base, scope, and unknown critical ones. */
+function crlExtensions(der: Buffer, wrapper: Tlv) {
+  let crlNumber: bigint | undefined;
+  let deltaBase: bigint | undefined;
+  let idp: CrlScope | undefined;
+  let unusable: string | undefined;
+  const seen = new Set<string>();
+  for (const e of rawExtensions(der, readTlv(der, wrapper.valueStart, wrapper.end))) {
+    const oid = oidOf(der, e.oidT);
+    if (seen.has(oid)) {
+      unusable ??= `CRL extension ${oid} appears twice`;
+      continue;
+    }
+    seen.add(oid);
+    try {
+      if (oid === OID_CRL_NUMBER) crlNumber = integerValue(e.value, 'cRLNumber');
+      else if (oid === OID_DELTA_CRL_INDICATOR) deltaBase = integerValue(e.value, 'BaseCRLNumber');
+      else if (oid === OID_IDP) idp = decodeIdp(e.value);
+    } catch (err) {
+      // What cannot be read cannot be honoured: the whole CRL is unusable, not read without it.
+      unusable ??= `CRL extension ${oid} does not decode (${(err as Error).message})`;
+    }
+    if (e.critical && !KNOWN_CRL_EXTENSIONS.has(oid)) unusable ??= `unknown critical CRL extension ${oid}`;
+  }
+  return { crlNumber, deltaBase, idp, unusable };
+}
+
+/** What RFC 5280 6.3.3 needs to know about the certificate being checked. */
+export interface CertCrlScope {
+  /** basicConstraints cA. */
+  isCa: boolean;
+  /** Per CRL distribution point: its fullName GeneralNames and its cRLIssuer names (DER, pkijs encoding). */
+  points: { fullNames: Buffer[] | undefined; crlIssuer: Buffer[] | undefined }[];
+}
+
+/** Reads the certificate's basicConstraints and CRL distribution points. */
+export function certCrlScope(certDer: Buffer): CertCrlScope {
+  const cert = pkijs.Certificate.fromBER(new Uint8Array(certDer));
+  let isCa = false;
+  const points: CertCrlScope['points'] = [];
+  for (const ext of cert.extensions ?? []) {
+    if (ext.extnID === '2.5.29.19' && ext.parsedValue instanceof pkijs.BasicConstraints) isCa = ext.parsedValue.cA === true;
+    if (ext.extnID === '2.5.29.31' && ext.parsedValue instanceof pkijs.CRLDistributionPoints) {
+      for (const dp of ext.parsedValue.distributionPoints) {
+        const name = dp.distributionPoint;
+        points.push({
+          fullNames: Array.isArray(name) ? name.map(generalNameDer) : undefined,
+          crlIssuer: dp.cRLIssuer?.map(generalNameDer),
+        });
+      }
+    }
+  }
+  return { isCa, points };
+}
+
+function anyEqual(a: readonly Buffer[], b: readonly Buffer[]): boolean {
+  return a.some((x) => b.some((y) => x.equals(y)));
+}
+
+/**
+ * Whether `crl`'s scope provably includes the certificate (6.3.3 (b)(2)); anything this code
+ * cannot prove (indirect CRLs, relative names, attribute-certificate CRLs) is out of scope.
+ */
+export function crlCovers(crl: ParsedCrl, cert: CertCrlScope): boolean {
+  const idp = crl.idp;
+  if (!idp) return true;
+  if (idp.onlyAttribute || idp.indirect || idp.relativeName) return false;
+  if (idp.onlyUser && cert.isCa) return false;
+  if (idp.onlyCa && !cert.isCa) return false;
+  if (idp.fullNames === undefined) return true;
+  // A CRL of one distribution point covers only certificates that point at it.
+  return cert.points.some((p) => (p.fullNames ? anyEqual(idp.fullNames!, p.fullNames) : p.crlIssuer ? anyEqual(idp.fullNames!, p.crlIssuer) : false));
+}
+
+/** The verdict of {@link crlVerdict}. */
+export type CrlVerdict =
+  | { status: 'good' | 'revoked'; until: number; crlNumber: bigint | undefined; delta: bigint | undefined }
+  | { status: 'unknown'; detail: string };
+
+/** Orders complete CRLs newest first: by cRLNumber when all have one, else by thisUpdate. */
+function newestFirst(list: ParsedCrl[]): ParsedCrl[] {
+  const byNumber = list.every((c) => c.crlNumber !== undefined);
+  return [...list].sort((a, b) => {
+    if (byNumber && a.crlNumber !== b.crlNumber) return a.crlNumber! > b.crlNumber! ? -1 : 1;
+    if (a.thisUpdate !== b.thisUpdate) return b.thisUpdate - a.thisUpdate;
+    return (b.crlNumber ?? -1n) > (a.crlNumber ?? -1n) ? 1 : (b.crlNumber ?? -1n) < (a.crlNumber ?? -1n) ? -1 : 0;
+  });
+}
+
+function sameScope(a: ParsedCrl, b: ParsedCrl): boolean {
+  return a.idp === undefined ? b.idp === undefined : b.idp !== undefined && a.idp.der.equals(b.idp.der);
+}
+
+/**
+ * RFC 5280 6.3.3 over CRLs already checked as fresh, signed by the certificate's issuer and
+ * usable: the newest complete CRL whose scope covers the certificate decides, with the newest
+ * delta of the same scope applied on top when its BaseCRLNumber is at most the base's number
+ * (a delta alone is never an answer). CRLs partitioned by reason (onlySomeReasons) never say
+ * good, but a revocation they list counts. `defaultUntil` bounds CRLs without nextUpdate.
+ */
+export function crlVerdict(crls: readonly ParsedCrl[], cert: CertCrlScope, serial: string, defaultUntil: number): CrlVerdict {
+  const s = normalizeSerial(serial);
+  const inScope = crls.filter((c) => crlCovers(c, cert));
+  const untilOf = (c: ParsedCrl) => c.nextUpdate ?? defaultUntil;
+  for (const c of inScope) {
+    if (c.deltaBase === undefined && c.idp?.onlySomeReasons && c.revoked.has(s) && !c.removed.has(s)) {
+      return { status: 'revoked', until: untilOf(c), crlNumber: c.crlNumber, delta: undefined };
+    }
+  }
+  const complete = newestFirst(inScope.filter((c) => c.deltaBase === undefined && !c.idp?.onlySomeReasons));
+  const base = complete[0];
+  if (!base) {
+    const deltas = inScope.filter((c) => c.deltaBase !== undefined).length;
+    return { status: 'unknown', detail: deltas > 0 ? 'only delta CRLs: no complete CRL to apply them to' : 'no complete CRL whose scope covers the certificate' };
+  }
+  let status: 'good' | 'revoked' = base.revoked.has(s) ? 'revoked' : 'good';
+  let until = untilOf(base);
+  let applied: ParsedCrl | undefined;
+  if (base.crlNumber !== undefined) {
+    for (const d of inScope) {
+      if (d.deltaBase === undefined || d.crlNumber === undefined || !sameScope(d, base)) continue;
+      if (d.deltaBase <= base.crlNumber && d.crlNumber > base.crlNumber && (!applied || d.crlNumber > applied.crlNumber!)) applied = d;
+    }
+  }
+  if (applied) {
+    if (applied.removed.has(s)) status = 'good';
+    else if (applied.revoked.has(s)) status = 'revoked';
+    until = Math.min(until, untilOf(applied));
+  }
+  return { status, until, crlNumber: base.crlNumber, delta: applied?.crlNumber };
 }
 
 /** CRL distribution point URIs (http/https) of a certificate. */
