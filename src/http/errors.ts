@@ -79,7 +79,8 @@ export function sendRefusal(request: FastifyRequest, reply: FastifyReply, refusa
     code: err.code,
     status,
     refusal_id: id,
-    detail: err.detail,
+    // Over the refusal limit, the trail still says what the agent was refused for.
+    detail: limited ? `${err.detail ?? ''}; in place of ${refusal.code}` : err.detail,
     agent_id: request.agent?.agentId,
     thumbprint: request.agent?.thumbprint,
   };

@@ -6,13 +6,13 @@
  * real redis-server whose keys are counted with SCAN, and the memory store.
  */
 import { createHash, X509Certificate } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
-import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
+import { startGate, TEST_LOG_DIR, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent, type Res } from '../helpers/http.js';
 import { waitFor } from '../helpers/ports.js';
 import { startRedis, type RedisServer } from '../helpers/redis.js';
@@ -152,6 +152,14 @@ describe('refusal records are bounded and refusals rate limited per identity (Re
     expect((await adminGet(g, `/admin/v1/refusals/${kept401[0]}`)).status).toBe(404);
     const limitedId = instanceId(answers.find((r) => r.status === 429)!);
     expect((await adminGet(g, `/admin/v1/refusals/${limitedId}`)).status).toBe(404);
+    // Its log line (and audit record) still says what the agent was refused for.
+    const line = readFileSync(join(TEST_LOG_DIR, `worker-${process.pid}.log`), 'utf8')
+      .split('\n')
+      .filter((l) => l.includes(limitedId))
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.refusal_id === limitedId);
+    expect(line).toMatchObject({ event: 'security.rate_limited', code: 'rate_limited', status: 429, thumbprint: ag.thumbprint });
+    expect(String(line?.detail)).toBe(`refusal_identity limit ${LIMIT.q}/${LIMIT.w}s; in place of token_missing`);
   });
 
   it('a denied agent hammering the challenge: 403 agent_denied up to the limit, then 429; records stay within the bound', async () => {
