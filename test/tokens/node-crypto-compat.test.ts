@@ -12,6 +12,8 @@ import fc from 'fast-check';
 import { createLocalJWKSet, jwtVerify, type JWK } from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GateError } from '../../src/errors.js';
+import { isCanonicalBase64url } from '../../src/lib/b64url.js';
+import { decodeCanonicalBase64url } from '../../src/lib/jws.js';
 import { generateSigningJwk, loadSigningKeys, TokenService, type SigningKeySet } from '../../src/tokens/index.js';
 import { joseIssue, joseVerifyToken, outcome, type JoseTokenOptions } from './jose-reference.js';
 
@@ -232,5 +234,22 @@ it('a GateError, never a plain Error, for any string', async () => {
       expect(err).toBeInstanceOf(GateError);
     }),
     { numRuns: 300 },
+  );
+});
+
+it('strict base64url without the re-encode: the same verdict as the decode/re-encode round trip', () => {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const b64ish = fc.oneof(
+    fc.array(fc.constantFrom(...alphabet), { maxLength: 12 }).map((a) => a.join('')),
+    fc.array(fc.constantFrom(...alphabet, '=', '+', '/', ' ', '.', '\n'), { maxLength: 12 }).map((a) => a.join('')),
+    fc.uint8Array({ maxLength: 9 }).map((b) => Buffer.from(b).toString('base64url')),
+  );
+  fc.assert(
+    fc.property(b64ish, (s) => {
+      const fast = decodeCanonicalBase64url(s);
+      expect(fast !== undefined, JSON.stringify(s)).toBe(isCanonicalBase64url(s));
+      if (fast) expect(fast.equals(Buffer.from(s, 'base64url'))).toBe(true);
+    }),
+    { numRuns: 3000 },
   );
 });
