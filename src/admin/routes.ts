@@ -84,7 +84,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminRoutesOptions
     },
   );
 
-  app.get('/admin/v1/denylist', { schema: { summary: 'Deny-list entries', response: { 200: { type: 'object', properties: { entries: { type: 'array', items: denyEntry } } } } } }, async () => ({
+  app.get('/admin/v1/denylist', { schema: { summary: 'Live deny-list entries: exactly those the gates enforce (any live entry naming an agent denies it)', response: { 200: { type: 'object', properties: { entries: { type: 'array', items: denyEntry } } } } } }, async () => ({
     entries: await operator.denyList(),
   }));
 
