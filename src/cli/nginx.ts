@@ -36,6 +36,7 @@ interface NginxFlags {
   gateCa?: string;
   gateTlsName?: string;
   tlsMinVersion?: string;
+  maxConnectionsPerAddress?: string;
 }
 
 function shellQuote(s: string): string {
@@ -61,6 +62,7 @@ export function registerNginxCommands(program: Command): void {
     .option('--gate-ca <file>', "CA bundle (PEM) that verifies the gate's certificate")
     .option('--gate-tls-name <name>', "DNS name the gate's certificate must carry (default: the --gate-url host)")
     .option('--tls-min-version <version>', 'minimum TLS version offered to agents: TLSv1.2 or TLSv1.3', 'TLSv1.2')
+    .option('--max-connections-per-address <n>', "nginx limit_conn per client address (default: the gate's GATE_MAX_CONNECTIONS_PER_ADDRESS default)")
     .action(async (flags: NginxFlags, self: Command) => {
       try {
         const opts: NginxConfigOptions = {
@@ -77,6 +79,8 @@ export function registerNginxCommands(program: Command): void {
         if (flags.gateCa !== undefined) opts.gateCa = flags.gateCa;
         if (flags.gateTlsName !== undefined) opts.gateTlsName = flags.gateTlsName;
         if (flags.tlsMinVersion !== undefined) opts.tlsMinVersion = flags.tlsMinVersion as NginxConfigOptions['tlsMinVersion'];
+        // The renderer refuses a value that is not a whole number in range, naming the flag.
+        if (flags.maxConnectionsPerAddress !== undefined) opts.maxConnectionsPerAddress = Number(flags.maxConnectionsPerAddress);
         const out = await renderNginxConfig(opts);
         writeOut(self, [out.confPath, out.jsPath, out.keyPath].join('\n') + '\n');
         for (const w of out.warnings) writeErr(self, `warning: ${w}\n`);

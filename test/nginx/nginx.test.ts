@@ -270,12 +270,13 @@ describe('nginx-config: the command line', () => {
     const key = writeKeyFile(keyDir);
     const opts = baseOptions(await freePort(), 'https://127.0.0.1:9443', key.file);
     const p = program();
-    await p.program.parseAsync([...argv(opts), '--gate-ca', fx.caFile, '--gate-tls-name', 'localhost', '--path-prefix', '/gw', '--tls-min-version', 'TLSv1.3'], { from: 'user' });
+    await p.program.parseAsync([...argv(opts), '--gate-ca', fx.caFile, '--gate-tls-name', 'localhost', '--path-prefix', '/gw', '--tls-min-version', 'TLSv1.3', '--max-connections-per-address', '9'], { from: 'user' });
     expect(p.out.join('')).toBe(['nginx.conf', 'gate_sign.js', 'gate_fwd_key.json'].map((f) => join(opts.dir, f)).join('\n') + '\n');
     expect(p.err.join('')).toMatch(/^run: nginx -p /);
     const conf = readFileSync(join(opts.dir, 'nginx.conf'), 'utf8');
     expect(conf).toContain('location ^~ /gw/v1/ {');
     expect(conf).toContain('ssl_protocols TLSv1.3;');
+    expect(conf).toMatch(/^\s*limit_conn agent_gate_conn 9;$/m);
     expect(nginxTest(opts.dir).ok).toBe(true);
   });
 
@@ -299,6 +300,7 @@ describe('nginx-config: the command line', () => {
       [argv({ ...opts, hmacKeyFile: short.file }), /^error: --hmac-key-file .*8 bytes/],
       [argv({ ...opts, listen: 'nope' }), /^error: --listen must be HOST:PORT/],
       [[...argv(opts), '--tls-min-version', 'SSLv3'], /^error: --tls-min-version/],
+      [[...argv(opts), '--max-connections-per-address', 'many'], /^error: --max-connections-per-address must be a whole number/],
       [[...argv(opts), '--bogus'], /unknown option '--bogus'/],
     ];
     for (const [args, message] of cases) {
