@@ -1,20 +1,21 @@
 /**
  * Proof verification on node:crypto (src/challenge/proof.ts) against the former jose path
  * (test/tokens/jose-reference.ts), for every key type of the allow-list (Ed25519, P-256, P-384,
- * RSA 2048/3072/4096 PS256) with identities built from real certificates: jose-signed proofs
+ * RSA 2048/3072/4096 PS256) with the KeyObjects of real certificates: jose-signed proofs
  * verify; tampered, wrong-alg, wrong-typ, crit, none, HS256, oversized, key-selecting headers,
  * other PSS salt lengths and DER ECDSA signatures are refused with `proof_invalid` exactly as
  * before; a fast-check property compares both verdicts on random mutations of valid proofs.
  * Then a real gate: full flows for the key types the integration suite does not cover, and a
  * forged proof refused with 403.
  */
-import { constants, createHmac, createPrivateKey, generateKeyPairSync, sign as cryptoSign, type KeyObject } from 'node:crypto';
+import { constants, createHmac, createPrivateKey, generateKeyPairSync, sign as cryptoSign, X509Certificate, type KeyObject } from 'node:crypto';
 import fc from 'fast-check';
 import { CompactSign, exportJWK } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyProof, verifyProofSync, PROOF_TYP } from '../../src/challenge/proof.js';
 import { GateClient } from '../../src/client/index.js';
-import { TrustBundle, verifyAgentCertificate, type AgentIdentity } from '../../src/identity/index.js';
+import type { AgentIdentity } from '../../src/identity/index.js';
+import { proofAlgOf } from '../../src/lib/proof-alg.js';
 import { issueAgentCert, type KeyAndCert, type KeyAlg } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
@@ -40,11 +41,16 @@ const agents = new Map<KeyAlg, Agent>();
 
 beforeAll(async () => {
   fx = await makeFixtures();
-  const trust = new TrustBundle(fx.ca.certPem);
   const certs = await Promise.all(KINDS.map((k) => issueAgentCert(fx.ca, `compat-${k}`, { alg: k })));
   KINDS.forEach((kind, i) => {
     const cert = certs[i]!;
-    agents.set(kind, { kind, cert, id: verifyAgentCertificate(cert.certDer, [], trust), key: createPrivateKey(cert.keyPem) });
+    // What the identity step hands to the proof check: the certificate's KeyObject and the one
+    // algorithm of its key type (the chain itself is the identity suites' business).
+    const publicKey = new X509Certificate(cert.certDer).publicKey;
+    const alg = proofAlgOf(publicKey);
+    if (!('alg' in alg)) throw new Error(alg.refused);
+    const id = { agentId: `urn:agent:compat-${kind}`, publicKey, alg: alg.alg } as AgentIdentity;
+    agents.set(kind, { kind, cert, id, key: createPrivateKey(cert.keyPem) });
   });
 }, 60_000);
 
