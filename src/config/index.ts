@@ -5,3 +5,4 @@
 export { loadConfig, formatViolation, isLoopbackHost } from './load.js';
 export type { GateConfig, GateEnv, ConfigViolation, LoadedConfig, LoadOptions, ListenAddress, RateSpec } from './load.js';
 export { maskedConfig } from './mask.js';
+export { OPTIONS, OPTION_NAMES, PROFILES, defaultFor, type Option, type OptionName } from './options.js';

@@ -6,11 +6,15 @@
  */
 import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { autoWorkers } from '../cluster/cpus.js';
 import { parseHmacKeys, parseTrustedProxies } from '../identity/index.js';
-import { envSchema, type RawEnv } from './schema.js';
+import { OPTION_ENTRIES, OPTIONS, defaultFor, type GateEnv, type OptionName } from './options.js';
+import { envSchemaFor, type RawEnv } from './schema.js';
 
-/** Deployment profile. */
-export type GateEnv = 'dev' | 'staging' | 'prod';
+export type { GateEnv } from './options.js';
+
+/** The parsed type of one variable (defaults applied), so GateConfig's value types come from the option table. */
+type V<K extends OptionName> = NonNullable<RawEnv[K]>;
 
 /** One refusal of the configuration, naming the variable to change. */
 export interface ConfigViolation {
@@ -34,8 +38,11 @@ export interface RateSpec {
 export interface GateConfig {
   /** dev, staging or prod (`GATE_ENV`). */
   env: GateEnv;
-  /** direct (gate terminates mTLS) or forwarded (behind nginx) (`GATE_MODE`). */
-  mode: 'direct' | 'forwarded';
+  /**
+   * direct (gate terminates mTLS), forwarded (behind nginx) or authorizer (nginx proxies and
+   * asks the gate for decisions, section 13) (`GATE_MODE`).
+   */
+  mode: V<'GATE_MODE'>;
   /** The gate's own path prefix P (`GATE_PATH_PREFIX`). */
   pathPrefix: string;
   /** Public listener (`GATE_LISTEN`). */
@@ -43,11 +50,11 @@ export interface GateConfig {
   /** Admin listener (`GATE_ADMIN_LISTEN`). */
   adminListen: ListenAddress;
   /** Server TLS material and client trust bundle, as file paths. */
-  tls: { certFile?: string; keyFile?: string; minVersion: 'TLSv1.2' | 'TLSv1.3'; clientCaFile?: string };
+  tls: { certFile?: string; keyFile?: string; minVersion: V<'GATE_TLS_MIN_VERSION'>; clientCaFile?: string };
   /** Admin listener TLS and credentials. */
   admin: { tlsCertFile?: string; tlsKeyFile?: string; clientCaFile?: string; public: boolean; tokenFile?: string };
   /** Challenge store. */
-  store: { kind: 'redis' | 'memory'; memoryMax: number; redisUrl?: string; clusterNodes?: string[]; timeoutMs: number };
+  store: { kind: V<'GATE_STORE'>; memoryMax: number; redisUrl?: string; clusterNodes?: string[]; timeoutMs: number };
   /** The protected service. */
   upstream: {
     url?: string;
@@ -57,7 +64,7 @@ export interface GateConfig {
     /** `GATE_PROXY_PASS_HEADERS`: stripped client headers passed anyway (lowercase). */
     passHeaders: string[];
     /** `GATE_PROXY_XFF`: replace (default) or append to a client-sent X-Forwarded-For. */
-    xff: 'replace' | 'append';
+    xff: V<'GATE_PROXY_XFF'>;
   };
   /** Token and proof audience, token issuer. */
   audience: string;
@@ -71,14 +78,16 @@ export interface GateConfig {
   /** Token-signing key sources, first found wins. */
   signing: { jwk?: string; keyFile?: string };
   /** Revocation policy (section 7). */
-  revocation: { mode: 'off' | 'crl' | 'ocsp' | 'ocsp,crl'; fail: 'closed' | 'open'; crlFiles: string[]; ocspUrl?: string; maxStaleS: number; timeoutMs: number; crlMaxBytes: number };
+  revocation: { mode: V<'GATE_REVOCATION'>; fail: V<'GATE_REVOCATION_FAIL'>; crlFiles: string[]; ocspUrl?: string; maxStaleS: number; timeoutMs: number; crlMaxBytes: number };
   /** Forwarded mode (section 6). */
-  forwarded: { hmacKeys?: string; maxSkewS: number; trustedProxies?: string; replayCheck: 'all' | 'v1' };
+  forwarded: { hmacKeys?: string; maxSkewS: number; trustedProxies?: string; replayCheck: V<'GATE_FWD_REPLAY_CHECK'> };
+  /** Authorizer mode (section 13): seconds nginx may cache an allow decision (`GATE_AUTHZ_CACHE_S`, 0 disables). */
+  authorizer: { cacheS: number };
   /** Load shedding and proof-of-work. */
   maxInflight: number;
   /** Mean event-loop delay that turns shedding on, 0 to disable (`GATE_MAX_EVENT_LOOP_DELAY_MS`, an extension of the contract). */
   maxEventLoopDelayMs: number;
-  pow: 'off' | 'on' | 'adaptive';
+  pow: V<'GATE_POW'>;
   /** Rate limits. */
   rateLimits: { enabled: boolean; challengeIp: RateSpec; challengeIdentity: RateSpec; tokenIdentity: RateSpec; proxyIdentity: RateSpec; failedProofs: RateSpec; refusalIdentity: RateSpec };
   /** Refusal records kept for lookup by id: newest per identity and in total (`GATE_REFUSAL_RECORDS_PER_IDENTITY`, `GATE_REFUSAL_RECORDS_MAX`). */
@@ -88,7 +97,7 @@ export interface GateConfig {
   /** Attestation (section 8). */
   attestation: { registry?: string; required?: number };
   /** Log level (`GATE_LOG_LEVEL`). */
-  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  logLevel: V<'GATE_LOG_LEVEL'>;
   /** How long in-flight requests may take to finish after SIGTERM (`GATE_DRAIN_TIMEOUT_MS`). */
   drainTimeoutMs: number;
   /**
@@ -96,6 +105,10 @@ export interface GateConfig {
    * caps on open connections, in total and per client address (direct mode only).
    */
   connections: { handshakeTimeoutMs: number; headersTimeoutMs: number; idleTimeoutMs: number; max: number; maxPerAddress: number };
+  /** Worker processes of `serve` (`GATE_WORKERS`, `auto` resolved to usable CPUs): 1 in dev, auto elsewhere. */
+  workers: number;
+  /** Seconds between rotations of the TLS session-ticket key every worker shares (`GATE_TLS_TICKET_ROTATE_S`). */
+  ticketRotateS: number;
 }
 
 /** The outcome of {@link loadConfig}: a config when the variables parse, and every violation. */
@@ -133,20 +146,36 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadOp
     if (k.startsWith('GATE_') && v !== undefined && v !== '') gateVars[k] = v;
   }
   const unknown = Object.keys(gateVars)
-    .filter((k) => !(k in envSchema.shape))
+    .filter((k) => !Object.hasOwn(OPTIONS, k))
     .map((variable) => ({ variable, why: 'unknown variable (typo?)' }));
-  const parsed = envSchema.safeParse(gateVars);
+  // The profile picks the defaults; a bad GATE_ENV is reported by the default profile's schema.
+  const profile = OPTIONS.GATE_ENV.schema.safeParse(gateVars.GATE_ENV ?? defaultFor(OPTIONS.GATE_ENV, 'prod'));
+  const parsed = envSchemaFor(profile.success ? profile.data : 'prod').safeParse(gateVars);
   if (!parsed.success) {
     const invalid = parsed.error.issues.map((issue) => ({ variable: String(issue.path[0] ?? 'GATE_*'), why: issue.message }));
     return { config: undefined, violations: [...unknown, ...invalid] };
   }
   const config = resolve(parsed.data);
-  const violations = [...unknown, ...checkPolicy(config, opts)];
+  const violations = [...unknown, ...checkPolicy(config, opts), ...optionRefusals(parsed.data), ...checkWorkers(config, gateVars.GATE_WORKERS !== undefined)];
   return { config: deepFreeze(config), violations };
 }
 
+/**
+ * The refusals of section 11 that one variable's value decides (the option table's `refuse`).
+ * Violations name the variable whether its value was set or is the profile's default.
+ */
+function optionRefusals(r: RawEnv): ConfigViolation[] {
+  const out: ConfigViolation[] = [];
+  for (const [name, o] of OPTION_ENTRIES) {
+    for (const rule of o.refuse ?? []) {
+      if (rule.in.includes(r.GATE_ENV) && rule.when(r[name])) out.push({ variable: name, why: rule.why });
+    }
+  }
+  return out;
+}
+
+/** The nested configuration from the parsed variables; every default already came from the option table. */
 function resolve(r: RawEnv): GateConfig {
-  const dev = r.GATE_ENV === 'dev';
   return {
     env: r.GATE_ENV,
     mode: r.GATE_MODE,
@@ -156,7 +185,7 @@ function resolve(r: RawEnv): GateConfig {
     tls: {
       certFile: r.GATE_TLS_CERT,
       keyFile: r.GATE_TLS_KEY,
-      minVersion: r.GATE_TLS_MIN_VERSION ?? (r.GATE_ENV === 'prod' ? 'TLSv1.3' : 'TLSv1.2'),
+      minVersion: r.GATE_TLS_MIN_VERSION,
       clientCaFile: r.GATE_CLIENT_CA,
     },
     admin: {
@@ -167,7 +196,7 @@ function resolve(r: RawEnv): GateConfig {
       tokenFile: r.GATE_ADMIN_TOKEN_FILE,
     },
     store: {
-      kind: r.GATE_STORE ?? (dev ? 'memory' : 'redis'),
+      kind: r.GATE_STORE,
       memoryMax: r.GATE_MEMORY_STORE_MAX,
       redisUrl: r.GATE_REDIS_URL,
       clusterNodes: r.GATE_REDIS_CLUSTER_NODES?.split(','),
@@ -176,20 +205,20 @@ function resolve(r: RawEnv): GateConfig {
     upstream: {
       url: r.GATE_UPSTREAM_URL,
       timeoutMs: r.GATE_UPSTREAM_TIMEOUT_MS,
-      allowHttp: r.GATE_UPSTREAM_ALLOW_HTTP ?? false,
+      allowHttp: r.GATE_UPSTREAM_ALLOW_HTTP,
       maxBodyBytes: r.GATE_PROXY_MAX_BODY_BYTES,
       passHeaders: r.GATE_PROXY_PASS_HEADERS ?? [],
       xff: r.GATE_PROXY_XFF,
     },
-    audience: r.GATE_AUDIENCE ?? 'agent-gate',
-    issuer: r.GATE_ISSUER ?? 'agent-gate',
+    audience: r.GATE_AUDIENCE,
+    issuer: r.GATE_ISSUER,
     challengeTtlMs: r.GATE_CHALLENGE_TTL_MS,
     tokenTtlS: r.GATE_TOKEN_TTL_S,
     maxSkewS: r.GATE_MAX_SKEW_S,
     signing: { jwk: r.GATE_SIGNING_JWK, keyFile: r.GATE_SIGNING_KEY_FILE },
     revocation: {
-      mode: r.GATE_REVOCATION ?? (dev ? 'off' : 'ocsp,crl'),
-      fail: r.GATE_REVOCATION_FAIL ?? (dev ? 'open' : 'closed'),
+      mode: r.GATE_REVOCATION,
+      fail: r.GATE_REVOCATION_FAIL,
       crlFiles: r.GATE_CRL_FILES ? r.GATE_CRL_FILES.split(',').filter(Boolean) : [],
       ocspUrl: r.GATE_OCSP_URL,
       maxStaleS: r.GATE_REVOCATION_MAX_STALE_S,
@@ -202,6 +231,7 @@ function resolve(r: RawEnv): GateConfig {
       trustedProxies: r.GATE_FWD_TRUSTED_PROXIES,
       replayCheck: r.GATE_FWD_REPLAY_CHECK,
     },
+    authorizer: { cacheS: r.GATE_AUTHZ_CACHE_S },
     maxInflight: r.GATE_MAX_INFLIGHT,
     maxEventLoopDelayMs: r.GATE_MAX_EVENT_LOOP_DELAY_MS,
     pow: r.GATE_POW,
@@ -226,6 +256,8 @@ function resolve(r: RawEnv): GateConfig {
       max: r.GATE_MAX_CONNECTIONS,
       maxPerAddress: r.GATE_MAX_CONNECTIONS_PER_ADDRESS,
     },
+    workers: r.GATE_WORKERS === 'auto' ? autoWorkers() : r.GATE_WORKERS,
+    ticketRotateS: r.GATE_TLS_TICKET_ROTATE_S,
   };
 }
 
@@ -236,7 +268,8 @@ function checkPolicy(c: GateConfig, opts: LoadOptions): ConfigViolation[] {
   const strict = c.env !== 'dev';
 
   // Required everywhere.
-  if (!c.upstream.url && !opts.embedded) add('GATE_UPSTREAM_URL', 'required: the protected service the gate proxies to');
+  // In authorizer mode nginx proxies to the upstream itself.
+  if (!c.upstream.url && !opts.embedded && c.mode !== 'authorizer') add('GATE_UPSTREAM_URL', 'required: the protected service the gate proxies to');
   if (c.mode === 'direct') {
     if (!c.tls.certFile) add('GATE_TLS_CERT', 'required in direct mode: the server certificate chain (PEM)');
     if (!c.tls.keyFile) add('GATE_TLS_KEY', 'required in direct mode: the server private key (PEM)');
@@ -272,20 +305,14 @@ function checkPolicy(c: GateConfig, opts: LoadOptions): ConfigViolation[] {
   if (c.attestation.required !== undefined && !c.attestation.registry) add('GATE_ATTESTATION_REGISTRY', 'required when GATE_ATTESTATION_REQUIRED is set: no attestation could ever be accepted without issuers');
 
   if (strict) {
-    if (c.store.kind === 'memory') add('GATE_STORE', `memory store is dev-only; use redis in ${c.env}`);
     if (!c.signing.jwk && !c.signing.keyFile) add('GATE_SIGNING_KEY_FILE', `an ephemeral signing key is dev-only; set GATE_SIGNING_KEY_FILE or GATE_SIGNING_JWK in ${c.env}`);
-    if (c.revocation.mode === 'off') add('GATE_REVOCATION', `revocation off is dev-only; use ocsp,crl in ${c.env}`);
-    if (c.tokenTtlS > 900) add('GATE_TOKEN_TTL_S', `at most 900 outside dev (is ${c.tokenTtlS})`);
-    if (!c.rateLimits.enabled) add('GATE_RATE_LIMITS', 'off is dev-only');
-    if (c.mode === 'forwarded' && !c.forwarded.trustedProxies) add('GATE_FWD_TRUSTED_PROXIES', 'required in forwarded mode outside dev');
+    if (c.mode !== 'direct' && !c.forwarded.trustedProxies) add('GATE_FWD_TRUSTED_PROXIES', `required in ${c.mode} mode outside dev`);
   }
   if (!isLoopbackHost(c.adminListen.host)) {
     if (!c.admin.public) add('GATE_ADMIN_PUBLIC', `admin listener on non-loopback ${c.adminListen.host} needs GATE_ADMIN_PUBLIC=true`);
     if (!c.admin.tlsCertFile || !c.admin.tlsKeyFile) add('GATE_ADMIN_TLS_CERT', 'admin listener on a non-loopback address needs GATE_ADMIN_TLS_CERT and GATE_ADMIN_TLS_KEY');
   }
   if (c.env === 'prod') {
-    if (c.revocation.fail === 'open') add('GATE_REVOCATION_FAIL', 'prod requires closed');
-    if (c.logLevel === 'debug' || c.logLevel === 'trace') add('GATE_LOG_LEVEL', `${c.logLevel} may log request details; use info or above in prod`);
     if (c.upstream.url?.startsWith('http://') && !c.upstream.allowHttp) {
       const host = new URL(c.upstream.url).hostname;
       if (!isLoopbackHost(host)) add('GATE_UPSTREAM_URL', 'plain http:// to a non-loopback upstream; use https:// or set GATE_UPSTREAM_ALLOW_HTTP=true');
@@ -298,6 +325,19 @@ function checkPolicy(c: GateConfig, opts: LoadOptions): ConfigViolation[] {
       }
     }
   }
+  return out;
+}
+
+/**
+ * Worker processes share nothing but the store, so per-process state cannot back a gate of
+ * several. Outside dev the memory store and an ephemeral key are refused anyway: the worker
+ * line is added there only when GATE_WORKERS was set explicitly.
+ */
+function checkWorkers(c: GateConfig, explicit: boolean): ConfigViolation[] {
+  const out: ConfigViolation[] = [];
+  if (c.workers <= 1 || (c.env !== 'dev' && !explicit)) return out;
+  if (c.store.kind === 'memory') out.push({ variable: 'GATE_WORKERS', why: `${c.workers} workers cannot share the memory store or its memory-only rate limits; use GATE_STORE=redis or GATE_WORKERS=1` });
+  if (!c.signing.jwk && !c.signing.keyFile) out.push({ variable: 'GATE_WORKERS', why: `${c.workers} workers cannot share an ephemeral signing key (each would refuse the others' tokens); set GATE_SIGNING_KEY_FILE or GATE_WORKERS=1` });
   return out;
 }
 

@@ -1,11 +1,22 @@
 import type { GateConfig } from './load.js';
+import { OPTION_ENTRIES } from './options.js';
 
-/** The configuration as printed by `config check`: inline secrets replaced by `***`. */
+/**
+ * The configuration as printed by `config check`: the value of every option the table marks
+ * secret masked where it lands in the config (a string, or each string of a list).
+ */
 export function maskedConfig(c: GateConfig): unknown {
-  return {
-    ...c,
-    signing: { jwk: c.signing.jwk ? '***' : undefined, keyFile: c.signing.keyFile },
-    forwarded: { ...c.forwarded, hmacKeys: c.forwarded.hmacKeys ? c.forwarded.hmacKeys.replace(/:[^,]*/g, ':***') : undefined },
-    store: { ...c.store, redisUrl: c.store.redisUrl?.replace(/\/\/([^@/]*)@/, '//***@'), clusterNodes: c.store.clusterNodes?.map((n) => n.replace(/\/\/([^@/]*)@/, '//***@')) },
-  };
+  const copy = structuredClone(c) as unknown as Record<string, unknown>;
+  for (const [, o] of OPTION_ENTRIES) {
+    if (!o.secret) continue;
+    const keys = o.secret.at.split('.');
+    const last = keys.pop()!;
+    let parent: Record<string, unknown> | undefined = copy;
+    for (const k of keys) parent = parent?.[k] as Record<string, unknown> | undefined;
+    if (!parent || !(last in parent)) throw new Error(`option table: secret path ${o.secret.at} is not in GateConfig`);
+    const v = parent[last];
+    if (typeof v === 'string') parent[last] = o.secret.mask(v);
+    else if (Array.isArray(v)) parent[last] = v.map((s) => (typeof s === 'string' ? o.secret!.mask(s) : s));
+  }
+  return copy;
 }
