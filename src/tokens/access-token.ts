@@ -3,7 +3,7 @@
  * agent certificate with `cnf.x5t#S256` (RFC 8705 section 3.1).
  * @module
  */
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import type { JWK } from 'jose';
 import { GateError } from '../errors.js';
 import { parseCompactJws, parseJsonObjectStrict, signEdDsaCompact, verifyJwsSignature } from '../lib/jws.js';
@@ -42,6 +42,10 @@ export class TokenService {
   private readonly cache = new Map<string, VerifiedToken>();
   private readonly cacheMax: number;
   private readonly now: () => number;
+  // One CSPRNG call per 256 token ids instead of one each (~5 µs per call on the profile
+  // machine); every byte is still used for one id only.
+  private readonly jtiPool = Buffer.alloc(JTI_BYTES * 256);
+  private jtiAt = this.jtiPool.length;
 
   constructor(private readonly opts: TokenServiceOptions) {
     const first = opts.keys.keys[0];
@@ -69,7 +73,7 @@ export class TokenService {
    */
   issueSync(agentId: string, thumbprint: string, att?: number): { token: string; jti: string; expiresIn: number } {
     const iat = Math.floor(this.now() / 1000);
-    const jti = randomBytes(16).toString('base64url');
+    const jti = this.nextJti();
     const claims: Record<string, unknown> = { cnf: { 'x5t#S256': thumbprint } };
     if (att !== undefined) claims.att = att;
     claims.iss = this.opts.issuer;
@@ -80,6 +84,17 @@ export class TokenService {
     claims.jti = jti;
     const token = signEdDsaCompact(this.headerB64, JSON.stringify(claims), this.signer.privateKey);
     return { token, jti, expiresIn: this.opts.ttlS };
+  }
+
+  /** 128 fresh random bits, base64url. */
+  private nextJti(): string {
+    if (this.jtiAt === this.jtiPool.length) {
+      randomFillSync(this.jtiPool);
+      this.jtiAt = 0;
+    }
+    const at = this.jtiAt;
+    this.jtiAt = at + JTI_BYTES;
+    return this.jtiPool.toString('base64url', at, at + JTI_BYTES);
   }
 
   /**
@@ -163,6 +178,8 @@ export class TokenService {
     };
   }
 }
+
+const JTI_BYTES = 16;
 
 const REQUIRED_CLAIMS = ['iss', 'aud', 'jti', 'sub', 'iat', 'exp'] as const;
 

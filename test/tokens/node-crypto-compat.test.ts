@@ -253,3 +253,13 @@ it('strict base64url without the re-encode: the same verdict as the decode/re-en
     { numRuns: 3000 },
   );
 });
+
+it('token ids stay 128 random bits each across refills of the id pool: 22 base64url characters, all distinct', () => {
+  const svc = service(set1);
+  const ids = Array.from({ length: 1000 }, () => svc.issueSync('urn:agent:compat', TP).jti);
+  for (const id of ids) expect(id).toMatch(/^[A-Za-z0-9_-]{22}$/);
+  expect(new Set(ids).size).toBe(ids.length);
+  // Another service draws its own ids.
+  const other = new Set(Array.from({ length: 300 }, () => service(set1).issueSync('urn:agent:compat', TP).jti));
+  for (const id of ids) expect(other.has(id)).toBe(false);
+});
