@@ -6,6 +6,8 @@
  * This module holds the contract's own rules, applied to a chain one of those has already
  * accepted ({@link checkAcceptedChain}): limits, key caps, the agent_id, the leaf's key usage,
  * critical extensions outside an allow-list, and the anchor being one of `GATE_CLIENT_CA`.
+ * Every certificate of the bundle is a trust anchor (OpenSSL's partial-chain rule, RFC 5280's
+ * trust anchor as an input): a path ends at the first bundle certificate above the leaf.
  * @module
  */
 import { createHash, X509Certificate, type KeyObject } from 'node:crypto';
@@ -88,9 +90,14 @@ export class TrustBundle {
     return this.prints.has(thumbprintOf(cert.raw));
   }
 
-  /** The anchor that issued `cert` and whose key verifies its signature, if any. */
-  issuerOf(cert: X509Certificate): X509Certificate | undefined {
-    return this.anchors.find((a) => cert.checkIssued(a) && cert.verify(a.publicKey));
+  /**
+   * `above` (the certificates above a leaf, nearest first) cut after the first one that is in
+   * the bundle: that one is the path's anchor, as OpenSSL's partial-chain search stops there.
+   * Unchanged when none is in the bundle.
+   */
+  upToAnchor<C extends X509Certificate>(above: readonly C[]): C[] {
+    const at = above.findIndex((c) => this.contains(c));
+    return at < 0 ? [...above] : above.slice(0, at + 1);
   }
 
   /** True when some anchor's subject matches `pattern` (used to spot the dev CA in prod). */
@@ -103,102 +110,11 @@ function invalid(detail: string): GateError {
   return new GateError('client_cert_invalid', { detail });
 }
 
-/**
- * The gate's former hand-written chain builder: verifies `leafDer` (with the intermediates the
- * agent sent) against `trust` at `now`. Neither mode uses it any more (it skips name constraints,
- * see issue 13); it is kept for the unit fuzz suite of the contract's leaf rules. Throws
- * `client_cert_invalid` naming the reason in `detail`.
- */
-export function verifyAgentCertificate(leafDer: Buffer, intermediatesDer: Buffer[], trust: TrustBundle, now: number = Date.now()): AgentIdentity {
-  try {
-    return verify(leafDer, intermediatesDer, trust, now);
-  } catch (err) {
-    // Extension decoders (@peculiar/x509 parses lazily) and OpenSSL can throw plain errors on
-    // hostile certificates: every one of them is a refused certificate, never a 500.
-    if (err instanceof GateError) throw err;
-    throw new GateError('client_cert_invalid', { detail: 'certificate does not decode', cause: err });
-  }
-}
-
-function verify(input: Buffer, intermediatesDer: Buffer[], trust: TrustBundle, now: number): AgentIdentity {
-  if (input.length > CERT_LIMITS.maxDerBytes) throw invalid(`certificate is ${input.length} bytes, over ${CERT_LIMITS.maxDerBytes}`);
-  const leaf = new X509Certificate(input);
-  // The thumbprint, the size and every later parse are over the certificate's own DER, even
-  // if the input carried something else (PEM text, trailing bytes).
-  const leafDer = leaf.raw;
-  if (leafDer.length > CERT_LIMITS.maxDerBytes) throw invalid(`certificate is ${leafDer.length} bytes, over ${CERT_LIMITS.maxDerBytes}`);
-  if (!input.equals(leafDer)) throw invalid('not exactly one DER certificate');
-  if (leaf.ca) throw invalid('a CA certificate cannot be an agent certificate');
-  checkValidity(leaf, now, 'certificate');
-
-  const eku = leaf.keyUsage; // Node names the extended key usage list `keyUsage`.
-  if (eku !== undefined && eku.length > 0 && !eku.includes(OID_CLIENT_AUTH)) throw invalid('extended key usage present without clientAuth');
-
-  const issuer = buildChain(leaf, intermediatesDer, trust, now);
-  const alg = algForKey(leaf.publicKey);
-  const { agentId, sanCount } = agentIdOf(leafDer);
-  if (sanCount > CERT_LIMITS.maxSans) throw invalid(`${sanCount} SANs, over ${CERT_LIMITS.maxSans}`);
-
-  return {
-    agentId,
-    thumbprint: thumbprintOf(leafDer),
-    publicKey: leaf.publicKey,
-    alg,
-    notBefore: Date.parse(leaf.validFrom),
-    notAfter: Date.parse(leaf.validTo),
-    serial: leaf.serialNumber.toUpperCase(),
-    certDer: leafDer,
-    issuer,
-  };
-}
-
 function checkValidity(cert: X509Certificate, now: number, what: string): void {
   const from = Date.parse(cert.validFrom);
   const to = Date.parse(cert.validTo);
   if (!(from <= now)) throw invalid(`${what} not yet valid`);
   if (!(now <= to)) throw invalid(`${what} expired`);
-}
-
-/** Walks from the leaf to an anchor through at most `maxDepth` links; returns the leaf's issuer. */
-function buildChain(leaf: X509Certificate, intermediatesDer: Buffer[], trust: TrustBundle, now: number): X509Certificate {
-  const intermediates: X509Certificate[] = [];
-  for (const der of intermediatesDer.slice(0, CERT_LIMITS.maxDepth * 2)) {
-    try {
-      intermediates.push(new X509Certificate(der));
-    } catch {
-      // A garbage extra certificate is ignored; the chain must still verify without it.
-    }
-  }
-  let cur = leaf;
-  let leafIssuer: X509Certificate | undefined;
-  for (let depth = 1; depth <= CERT_LIMITS.maxDepth; depth++) {
-    // `depth - 1` CA certificates stand between this issuer and the leaf.
-    const anchor = trust.issuerOf(cur);
-    if (anchor) {
-      checkValidity(anchor, now, 'trust anchor');
-      checkCaConstraints(anchor, depth - 1, 'trust anchor');
-      return leafIssuer ?? anchor;
-    }
-    const next = intermediates.find((c) => c.ca && cur.checkIssued(c) && cur.verify(c.publicKey));
-    if (!next) throw invalid(depth === 1 ? 'not issued by a trusted CA' : 'chain does not reach a trusted CA');
-    checkValidity(next, now, 'intermediate certificate');
-    checkCaConstraints(next, depth - 1, 'intermediate certificate');
-    leafIssuer ??= next;
-    cur = next;
-  }
-  throw invalid(`chain longer than ${CERT_LIMITS.maxDepth}`);
-}
-
-/**
- * RFC 5280 sections 4.2.1.3 and 4.2.1.9: a CA key must be allowed to sign certificates, and
- * no more CA certificates may follow it than its pathLenConstraint says.
- */
-function checkCaConstraints(ca: X509Certificate, casBelow: number, what: string): void {
-  const cert = new x509.X509Certificate(new Uint8Array(ca.raw));
-  const bc = cert.getExtension(x509.BasicConstraintsExtension);
-  if (bc?.pathLength !== undefined && casBelow > bc.pathLength) throw invalid(`${what} path length ${bc.pathLength} exceeded`);
-  const ku = cert.getExtension(x509.KeyUsagesExtension);
-  if (ku && (ku.usages & x509.KeyUsageFlags.keyCertSign) === 0) throw invalid(`${what} may not sign certificates`);
 }
 
 /** The proof algorithm for a key, or `client_cert_invalid` for a key type outside the allow-list. */
@@ -240,7 +156,7 @@ export interface AcceptedChainOptions {
 /**
  * The contract's own rules on a chain a path validator (OpenSSL in the handshake, pkijs in
  * forwarded mode) has accepted, leaf first and ending at the anchor: at most `maxDepth` links,
- * the anchor one of `trust`, key caps and the critical-extension allow-list on every certificate,
+ * the anchor one of `trust` and the first of them above the leaf (the leaf not one), key caps and the critical-extension allow-list on every certificate,
  * validity, `clientAuth` where a CA restricts its EKU, then the leaf rules. Returns the identity;
  * throws `client_cert_invalid` with the reason in `detail`.
  */
@@ -259,6 +175,11 @@ function acceptedChain(chain: readonly X509Certificate[], trust: TrustBundle, no
   if (chain.length - 1 > CERT_LIMITS.maxDepth) throw invalid(`chain longer than ${CERT_LIMITS.maxDepth}`);
   const anchor = chain[chain.length - 1]!;
   if (!trust.contains(anchor)) throw invalid('chain does not end at a GATE_CLIENT_CA certificate');
+  // A bundle certificate is an anchor, never an agent: trusting a leaf directly would skip
+  // its issuer's signature (OpenSSL's partial chain accepts it alone).
+  if (trust.contains(leaf)) throw invalid('the agent certificate is itself in GATE_CLIENT_CA');
+  // The path ends at its first anchor; callers cut it there (TrustBundle.upToAnchor).
+  if (chain.slice(1, -1).some((c) => trust.contains(c))) throw invalid('chain continues past a GATE_CLIENT_CA certificate');
   const leafDer = leaf.raw;
   if (leafDer.length > CERT_LIMITS.maxDerBytes) throw invalid(`certificate is ${leafDer.length} bytes, over ${CERT_LIMITS.maxDerBytes}`);
   // Key caps first: they bound the cost of the signature checks below.

@@ -2,7 +2,7 @@
  * Agent identity from X.509 client certificates (PROTOCOL.md section 2).
  * @module
  */
-export { TrustBundle, verifyAgentCertificate, checkAcceptedChain, checkKeyCaps, thumbprintOf, algForKey, CERT_LIMITS, KEY_LIMITS, CRITICAL_EXTENSIONS_ALLOWED } from './certificate.js';
+export { TrustBundle, checkAcceptedChain, checkKeyCaps, thumbprintOf, algForKey, CERT_LIMITS, KEY_LIMITS, CRITICAL_EXTENSIONS_ALLOWED } from './certificate.js';
 export type { AgentIdentity, ProofAlg } from './certificate.js';
 export { DirectIdentityResolver, type DirectResolverStats } from './direct.js';
 export { ForwardedPathValidator } from './path-validation.js';

@@ -8,9 +8,12 @@
  *
  * Where pkijs 3.4 is weaker than RFC 5280 / OpenSSL, this module closes the gap without
  * matching names itself:
- * - anchors are the self-signed certificates of `GATE_CLIENT_CA`; its other certificates are
- *   offered as intermediates, so the path reaches a root as OpenSSL's does (pkijs would stop at
- *   any trusted certificate and skip the constraints above it);
+ * - every certificate of `GATE_CLIENT_CA` is an anchor, as in direct mode (OpenSSL with
+ *   partial chains): pkijs stops at the first trusted certificate above the leaf, as OpenSSL
+ *   does, and still requires that anchor to be a CA with keyCertSign, within its validity;
+ * - pkijs drops a leaf that equals a trusted certificate and validates another one in its
+ *   place: a leaf that is itself in the bundle is refused before pkijs sees it, and the path
+ *   pkijs returns must start with the leaf;
  * - pkijs ignores the anchor's own nameConstraints: they are passed as its initial permitted /
  *   excluded subtrees (its API for trust-anchor constraints);
  * - pkijs unions the subtrees of several constrained CAs instead of intersecting them: a path
@@ -62,16 +65,12 @@ function extension(c: pkijs.Certificate, oid: string): pkijs.Extension | undefin
 
 /** Validates forwarded leaf certificates against `GATE_CLIENT_CA`. */
 export class ForwardedPathValidator {
-  private readonly roots: Parsed[];
-  private readonly intermediates: Parsed[];
+  private readonly anchors: Parsed[];
   /** Leaf certificates parsed and validated so far (tests read it: nothing before the HMAC). */
   validations = 0;
 
   constructor(private readonly trust: TrustBundle) {
-    const all = trust.anchors.map((a) => parse(a.raw));
-    const selfSigned = (p: Parsed) => p.node.checkIssued(p.node) && p.node.verify(p.node.publicKey);
-    this.roots = all.filter(selfSigned);
-    this.intermediates = all.filter((p) => !selfSigned(p));
+    this.anchors = trust.anchors.map((a) => parse(a.raw));
   }
 
   /** The identity in `leafDer` at `now`; throws `client_cert_invalid` naming the reason. */
@@ -85,17 +84,20 @@ export class ForwardedPathValidator {
       throw new GateError('client_cert_invalid', { detail: 'certificate does not decode', cause: err });
     }
     if (!leaf.node.raw.equals(leafDer)) throw invalid('not exactly one DER certificate');
+    if (this.trust.contains(leaf.node)) throw invalid('the agent certificate is itself in GATE_CLIENT_CA');
     // Bounds the cost of the signature checks pkijs is about to make with the leaf's issuer
     // chain (bundle certificates) and of anything keyed on the leaf.
     checkKeyCaps(leaf.node);
     let path: Parsed[];
     try {
       path = await this.buildAndVerify(leaf, now);
+      // Decoders (pkijs, @peculiar/x509) throw plain errors on hostile extensions, also of a
+      // bundle certificate: every one of them is a refused certificate, never a 500.
+      this.checkPathLengths(path);
     } catch (err) {
       if (err instanceof GateError) throw err;
       throw new GateError('client_cert_invalid', { detail: 'path validation failed', cause: err });
     }
-    this.checkPathLengths(path);
     return checkAcceptedChain(
       path.map((p) => p.node),
       this.trust,
@@ -104,11 +106,13 @@ export class ForwardedPathValidator {
   }
 
   private async run(leaf: Parsed, now: number, anchorConstraints?: pkijs.NameConstraints): Promise<pkijs.CertificateChainValidationEngineVerifyResult> {
+    const nodeOf = new Map<pkijs.Certificate, X509Certificate>([leaf, ...this.anchors].map((p) => [p.pki, p.node]));
     const chainEngine = new pkijs.CertificateChainValidationEngine({
-      trustedCerts: this.roots.map((r) => r.pki),
+      trustedCerts: this.anchors.map((a) => a.pki),
       // pkijs takes the last of `certs` as the certificate to validate.
-      certs: [...this.intermediates.map((i) => i.pki), leaf.pki],
+      certs: [leaf.pki],
       checkDate: new Date(now),
+      findIssuer: (cert: pkijs.Certificate, eng: pkijs.CertificateChainValidationEngine) => Promise.resolve(findIssuer(cert, eng, nodeOf)),
     });
     return chainEngine.verify(
       {
@@ -148,7 +152,8 @@ export class ForwardedPathValidator {
   }
 
   private toParsed(path: pkijs.Certificate[], leaf: Parsed): Parsed[] {
-    const all = [leaf, ...this.intermediates, ...this.roots];
+    if (path[0] !== leaf.pki) throw invalid('path does not start at the agent certificate');
+    const all = [leaf, ...this.anchors];
     return path.map((c) => {
       const p = all.find((a) => a.pki === c);
       if (!p) throw invalid('path holds an unknown certificate');
@@ -165,6 +170,22 @@ export class ForwardedPathValidator {
       if (below > bc.pathLength) throw invalid(`chain certificate ${i} path length ${bc.pathLength} exceeded`);
     }
   }
+}
+
+/**
+ * pkijs's issuer search with OpenSSL's link checks (Node's `checkIssued`: names and key
+ * identifiers; `verify`: the signature): pkijs's own WebCrypto verification cannot check
+ * Ed25519 signatures, so it would refuse every agent of an Ed25519 CA. Path building, the
+ * CA checks and name constraints stay pkijs's.
+ */
+function findIssuer(cert: pkijs.Certificate, eng: pkijs.CertificateChainValidationEngine, nodeOf: Map<pkijs.Certificate, X509Certificate>): pkijs.Certificate[] {
+  const node = nodeOf.get(cert);
+  if (!node) return [];
+  if (node.checkIssued(node) && node.verify(node.publicKey)) return [cert];
+  return [...eng.trustedCerts, ...eng.certs].filter((c) => {
+    const candidate = nodeOf.get(c);
+    return candidate !== undefined && c !== cert && node.checkIssued(candidate) && node.verify(candidate.publicKey);
+  });
 }
 
 /**

@@ -1,7 +1,8 @@
 /**
  * Hostile-input fuzzing of the pure functions behind the gate (fast-check, bounded runs):
- * the request-path policy, the forwarded canonical string, agent-certificate verification on
- * truncated, mutated, re-signed, oversized and deep inputs, CRL parsing on garbage, and
+ * the request-path policy, the forwarded canonical string, the gate's agent-certificate checks
+ * (forwarded-mode path validation, direct-mode contract rules) on truncated, mutated, re-signed,
+ * oversized and deep inputs, CRL parsing on garbage, and
  * access-token verification on mutated tokens. Every property runs from one fixed seed,
  * printed below, so a failure reproduces exactly (`AG_FUZZ_SEED=<n>` picks another).
  */
@@ -11,7 +12,8 @@ import { CompactSign, SignJWT } from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GateError } from '../../src/errors.js';
 import { decodeRequestPath } from '../../src/http/path.js';
-import { CERT_LIMITS, TrustBundle, verifyAgentCertificate, type AgentIdentity } from '../../src/identity/certificate.js';
+import { CERT_LIMITS, checkAcceptedChain, TrustBundle, type AgentIdentity } from '../../src/identity/certificate.js';
+import { ForwardedPathValidator } from '../../src/identity/path-validation.js';
 import { canonicalString, type ForwardedFields } from '../../src/identity/forwarded-canonical.js';
 import { createCa, createCrl, issueAgentCert, issueServerCert, type KeyAndCert } from '../../src/pki/index.js';
 import { parseIssuer, signCertificate } from '../../src/pki/issue.js';
@@ -383,7 +385,12 @@ describe('canonicalString (forwarded signature input)', () => {
 
 // ---------------------------------------------------------------------------------------------
 
-describe('verifyAgentCertificate on hostile certificates', () => {
+describe('the gate\'s certificate checks on hostile certificates (forwarded-mode path validation, direct-mode contract rules)', () => {
+  /** Forwarded mode's validator for `bundle` (pkijs path validation, then checkAcceptedChain). */
+  const validatorFor = (bundle: TrustBundle) => new ForwardedPathValidator(bundle);
+  /** The rejection of `p` (undefined when it resolves). */
+  const rejection = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => e);
+
   /** Invariants of an identity the function returned. */
   function expectSaneIdentity(id: AgentIdentity, der: Buffer, ctx: string): void {
     expect(id.thumbprint, ctx).toBe(createHash('sha256').update(der).digest('base64url'));
@@ -391,32 +398,46 @@ describe('verifyAgentCertificate on hostile certificates', () => {
     expect(['EdDSA', 'ES256', 'ES384', 'PS256'], ctx).toContain(id.alg);
   }
 
-  it('a truncated DER is always client_cert_invalid', () => {
-    fc.assert(
-      fc.property(fc.integer({ min: 0, max: 100_000 }), (n) => {
+  it('a truncated DER is always client_cert_invalid', async () => {
+    const v = validatorFor(trust);
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 0, max: 100_000 }), async (n) => {
         const cut = leaf.certDer.subarray(0, n % leaf.certDer.length);
-        expectGateError(thrown(() => verifyAgentCertificate(cut, [], trust)), 'client_cert_invalid', `first ${cut.length} bytes`);
+        expectGateError(await rejection(v.validate(cut, Date.now())), 'client_cert_invalid', `first ${cut.length} bytes`);
       }),
       run(400),
     );
   });
 
-  it('a mutated DER (not re-signed) is client_cert_invalid, never accepted nor another error type', () => {
-    fc.assert(
-      fc.property(fc.array(byteEdit(), { minLength: 1, maxLength: 4 }), (edits) => {
+  it('a mutated DER (not re-signed) is client_cert_invalid, never accepted nor another error type', async () => {
+    const v = validatorFor(trust);
+    await fc.assert(
+      fc.asyncProperty(fc.array(byteEdit(), { minLength: 1, maxLength: 4 }), async (edits) => {
         const der = applyEdits(leaf.certDer, edits);
         if (der.equals(leaf.certDer)) return;
-        expectGateError(thrown(() => verifyAgentCertificate(der, [], trust)), 'client_cert_invalid', `edits ${JSON.stringify(edits)}`);
+        expectGateError(await rejection(v.validate(der, Date.now())), 'client_cert_invalid', `edits ${JSON.stringify(edits)}`);
       }),
       run(600),
     );
   });
 
-  /** Runs verifyAgentCertificate and checks the outcome: client_cert_invalid or a sane identity. */
-  function judgeCert(der: Buffer, chain: Buffer[], bundle: TrustBundle, leafDer: Buffer, ctx: string, outcomes: Record<string, number>): void {
+  /**
+   * Validates `der` against `bundle` (PEM; the gate refuses to start on a bundle that does not
+   * parse) and checks the outcome: client_cert_invalid or a sane identity.
+   */
+  async function judgeCert(der: Buffer, bundle: string | ForwardedPathValidator, leafDer: Buffer, ctx: string, outcomes: Record<string, number>): Promise<void> {
+    let v: ForwardedPathValidator;
+    if (typeof bundle === 'string') {
+      try {
+        v = validatorFor(new TrustBundle(bundle));
+      } catch {
+        tally(outcomes, 'bundle refused at startup');
+        return;
+      }
+    } else v = bundle;
     let id: AgentIdentity;
     try {
-      id = verifyAgentCertificate(der, chain, bundle);
+      id = await v.validate(der, Date.now());
     } catch (err) {
       expectGateError(err, 'client_cert_invalid', ctx);
       tally(outcomes, (err as GateError).detail ?? '');
@@ -428,19 +449,20 @@ describe('verifyAgentCertificate on hostile certificates', () => {
 
   const hex = (x: ExtraExtension) => JSON.stringify({ ...x, value: Buffer.from(x.value).toString('hex') });
 
-  it('a leaf with mutated values, re-signed by the trusted CA: client_cert_invalid or a sane identity', () => {
+  it('a leaf with mutated values, re-signed by the trusted CA: client_cert_invalid or a sane identity', async () => {
     const { tbs, sigAlg } = splitSigned(leaf.certDer);
     const [from, to] = extensionsRange(tbs);
     const outcomes: Record<string, number> = {};
-    fc.assert(
-      fc.property(
+    const v = validatorFor(trust);
+    await fc.assert(
+      fc.asyncProperty(
         fc.oneof({ weight: 1, arbitrary: fc.array(byteEdit(), { minLength: 1, maxLength: 3 }) }, { weight: 4, arbitrary: fc.array(tlvEdit(), { minLength: 1, maxLength: 3 }) }),
         fc.boolean(),
-        (edits, anywhere) => {
+        async (edits, anywhere) => {
           const [lo, hi] = anywhere ? [4, tbs.length] : [from, to];
           const mutated = 'pick' in edits[0]! ? applyTlvEdits(tbs, edits as TlvEdit[], lo, hi) : reframe(applyEdits(tbs, edits as ByteEdit[], lo, hi));
           const der = signTbs(mutated, sigAlg, caKey);
-          judgeCert(der, [], trust, der, `edits ${JSON.stringify(edits)} ${anywhere ? 'anywhere' : 'in extensions'}`, outcomes);
+          await judgeCert(der, v, der, `edits ${JSON.stringify(edits)} ${anywhere ? 'anywhere' : 'in extensions'}`, outcomes);
         },
       ),
       run(500),
@@ -448,43 +470,48 @@ describe('verifyAgentCertificate on hostile certificates', () => {
     console.info(`[units.fuzz] re-signed leaf outcomes: ${JSON.stringify(outcomes)}`);
   });
 
-  it('a leaf with one more (hostile) extension, re-signed by the trusted CA: client_cert_invalid or a sane identity', () => {
+  it('a leaf with one more (hostile) extension, re-signed by the trusted CA: client_cert_invalid or a sane identity', async () => {
     const { tbs, sigAlg } = splitSigned(leaf.certDer);
     const outcomes: Record<string, number> = {};
-    fc.assert(
-      fc.property(extraExtension(), (extra) => {
+    const v = validatorFor(trust);
+    await fc.assert(
+      fc.asyncProperty(extraExtension(), async (extra) => {
         const der = signTbs(withExtraExtension(tbs, extra), sigAlg, caKey);
-        judgeCert(der, [], trust, der, `extra extension ${hex(extra)}`, outcomes);
+        await judgeCert(der, v, der, `extra extension ${hex(extra)}`, outcomes);
       }),
       run(400),
     );
     console.info(`[units.fuzz] leaf + extension outcomes: ${JSON.stringify(outcomes)}`);
   });
 
-  it('a mutated intermediate (raw, or values re-signed by the root): client_cert_invalid or a sane identity', () => {
+  // Forwarded mode takes intermediates from GATE_CLIENT_CA (every bundle certificate is an
+  // anchor); a hostile one there must still give a refusal, a sane identity or no start.
+  it('a mutated intermediate in the bundle (raw, or values re-signed by the root): client_cert_invalid or a sane identity', async () => {
     const { tbs, sigAlg } = splitSigned(inter.certDer);
     const [from, to] = extensionsRange(tbs);
     const rootKey = createPrivateKey(root2.keyPem);
     const outcomes: Record<string, number> = {};
-    expect(verifyAgentCertificate(interLeaf.certDer, [inter.certDer], trust2).agentId).toBe('urn:agent:fuzz-inter-leaf');
-    fc.assert(
-      fc.property(fc.array(tlvEdit(), { minLength: 1, maxLength: 3 }), fc.array(byteEdit(), { minLength: 1, maxLength: 3 }), fc.boolean(), (edits, bytes, resign) => {
+    const pemOf = (der: Buffer) => `-----BEGIN CERTIFICATE-----\n${der.toString('base64')}\n-----END CERTIFICATE-----\n`;
+    expect((await validatorFor(new TrustBundle(trust2.pem + inter.certPem)).validate(interLeaf.certDer, Date.now())).agentId).toBe('urn:agent:fuzz-inter-leaf');
+    await fc.assert(
+      fc.asyncProperty(fc.array(tlvEdit(), { minLength: 1, maxLength: 3 }), fc.array(byteEdit(), { minLength: 1, maxLength: 3 }), fc.boolean(), async (edits, bytes, resign) => {
         const interDer = resign ? signTbs(applyTlvEdits(tbs, edits, from, to), sigAlg, rootKey) : applyEdits(inter.certDer, bytes);
-        judgeCert(interLeaf.certDer, [interDer], trust2, interLeaf.certDer, resign ? `re-signed edits ${JSON.stringify(edits)}` : `raw edits ${JSON.stringify(bytes)}`, outcomes);
+        await judgeCert(interLeaf.certDer, trust2.pem + pemOf(interDer), interLeaf.certDer, resign ? `re-signed edits ${JSON.stringify(edits)}` : `raw edits ${JSON.stringify(bytes)}`, outcomes);
       }),
       run(600),
     );
     console.info(`[units.fuzz] mutated intermediate outcomes: ${JSON.stringify(outcomes)}`);
   });
 
-  it('an intermediate with one more (hostile) extension, re-signed by the root: client_cert_invalid or a sane identity', () => {
+  it('an intermediate in the bundle with one more (hostile) extension, re-signed by the root: client_cert_invalid or a sane identity', async () => {
     const { tbs, sigAlg } = splitSigned(inter.certDer);
     const rootKey = createPrivateKey(root2.keyPem);
     const outcomes: Record<string, number> = {};
-    fc.assert(
-      fc.property(extraExtension(), (extra) => {
+    const pemOf = (der: Buffer) => `-----BEGIN CERTIFICATE-----\n${der.toString('base64')}\n-----END CERTIFICATE-----\n`;
+    await fc.assert(
+      fc.asyncProperty(extraExtension(), async (extra) => {
         const interDer = signTbs(withExtraExtension(tbs, extra), sigAlg, rootKey);
-        judgeCert(interLeaf.certDer, [interDer], trust2, interLeaf.certDer, `intermediate extra extension ${hex(extra)}`, outcomes);
+        await judgeCert(interLeaf.certDer, trust2.pem + pemOf(interDer), interLeaf.certDer, `intermediate extra extension ${hex(extra)}`, outcomes);
       }),
       run(400),
     );
@@ -504,25 +531,23 @@ describe('verifyAgentCertificate on hostile certificates', () => {
       ['oversized (16 KiB + 1)', Buffer.concat([leaf.certDer, Buffer.alloc(CERT_LIMITS.maxDerBytes + 1 - leaf.certDer.length)])],
       ['SEQUENCE claiming 4 GiB', Buffer.from([0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x02, 0x01, 0x01])],
     ];
-    for (const [what, der] of wrong) expectGateError(thrown(() => verifyAgentCertificate(der, [], trust)), 'client_cert_invalid', what);
-    fc.assert(
-      fc.property(fc.uint8Array({ maxLength: 2048 }), fc.constantFrom(0x30, 0x02, 0x04, 0xa0, 0x00), (bytes, tag) => {
+    const v = validatorFor(trust);
+    for (const [what, der] of wrong) expectGateError(await rejection(v.validate(der, Date.now())), 'client_cert_invalid', what);
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ maxLength: 2048 }), fc.constantFrom(0x30, 0x02, 0x04, 0xa0, 0x00), async (bytes, tag) => {
         const der = Buffer.from(bytes);
         if (der.length > 0) der[0] = tag;
-        expectGateError(thrown(() => verifyAgentCertificate(der, [der, der], trust)), 'client_cert_invalid', `random ${der.length} bytes`);
+        expectGateError(await rejection(v.validate(der, Date.now())), 'client_cert_invalid', `random ${der.length} bytes`);
       }),
       run(400),
     );
   });
 
-  it('PEM text passed where DER is expected is refused (the thumbprint is defined over DER bytes only)', () => {
-    // Unreachable from the network today (direct mode passes the peer's DER, forwarded mode
-    // converts to DER first), but the function's own contract says DER.
-    const pemBytes = Buffer.from(leaf.certPem);
-    let id: AgentIdentity | undefined;
-    const err = thrown(() => (id = verifyAgentCertificate(pemBytes, [], trust)));
-    if (id) expect(id.thumbprint, 'accepted PEM: thumbprint must still be over the DER').toBe(createHash('sha256').update(leaf.certDer).digest('base64url'));
-    else expectGateError(err, 'client_cert_invalid', 'PEM as bytes');
+  it('PEM text passed where DER is expected is refused (the thumbprint is defined over DER bytes only)', async () => {
+    // Unreachable from the network today (forwarded mode decodes the header to DER first),
+    // but the validator's own contract says DER.
+    const err = await rejection(validatorFor(trust).validate(Buffer.from(leaf.certPem), Date.now()));
+    expectGateError(err, 'client_cert_invalid', 'PEM as bytes');
   });
 
   it('huge SAN lists are refused cleanly: 1,000 short SANs (under 16 KiB) by count, 1,000 long ones by size', async () => {
@@ -534,14 +559,15 @@ describe('verifyAgentCertificate on hostile certificates', () => {
     expect(short.certDer.length).toBeLessThan(CERT_LIMITS.maxDerBytes);
     expect(urls.certDer.length).toBeLessThan(CERT_LIMITS.maxDerBytes);
     expect(long.certDer.length).toBeGreaterThan(CERT_LIMITS.maxDerBytes);
+    const v = validatorFor(trust);
     for (const [c, why] of [[short, /1000 SANs, over 32/], [urls, /1000 SANs, over 32/], [long, /over 16384/], [at33, /33 SANs, over 32/]] as const) {
       const started = performance.now();
-      const err = thrown(() => verifyAgentCertificate(c.certDer, [], trust));
+      const err = await rejection(v.validate(c.certDer, Date.now()));
       expect(performance.now() - started).toBeLessThan(1000);
       expectGateError(err, 'client_cert_invalid', String(why));
       expect((err as GateError).detail).toMatch(why);
     }
-    expect(verifyAgentCertificate(at32.certDer, [], trust).agentId).toBe('n0.test');
+    expect((await v.validate(at32.certDer, Date.now())).agentId).toBe('n0.test');
   });
 
   it('deep chains are refused cleanly: depth 6 (five intermediates) is client_cert_invalid, depth 4 passes', async () => {
@@ -555,21 +581,16 @@ describe('verifyAgentCertificate on hostile certificates', () => {
     const deep = await issueAgentCert(ints[4]!, 'deep-6', { alg: 'ec-p256' });
     const ok = await issueAgentCert(ints[2]!, 'deep-4', { alg: 'ec-p256' });
     const bundle = new TrustBundle(root.certPem);
-    const chain = ints.map((c) => c.certDer);
-    fc.assert(
-      fc.property(fc.shuffledSubarray(chain, { minLength: 5, maxLength: 5 }), fc.array(fc.constantFrom(...chain), { maxLength: 30 }), (order, junk) => {
-        const err = thrown(() => verifyAgentCertificate(deep.certDer, [...order, ...junk], bundle));
-        expectGateError(err, 'client_cert_invalid', 'depth 6');
-        expect((err as GateError).detail).toMatch(/chain longer than 4|does not reach/);
-      }),
-      run(50),
-    );
-    expect((thrown(() => verifyAgentCertificate(deep.certDer, chain, bundle)) as GateError).detail).toBe('chain longer than 4');
-    expect(verifyAgentCertificate(ok.certDer, chain.slice(0, 3).reverse(), bundle).agentId).toBe('urn:agent:deep-4');
+    const x = (c: KeyAndCert) => new X509Certificate(c.certDer);
+    // Direct mode: the contract's rules on the chain OpenSSL accepted (leaf first, root last).
+    const upwards = [...ints].reverse().map(x);
+    expect((thrown(() => checkAcceptedChain([x(deep), ...upwards, x(root)], bundle, Date.now())) as GateError).detail).toBe('chain longer than 4');
+    expect(checkAcceptedChain([x(ok), ...upwards.slice(2), x(root)], bundle, Date.now()).agentId).toBe('urn:agent:deep-4');
+    // Forwarded mode: issuers come only from the bundle, so a deep leaf under a bundle of the root
+    // alone has no path, whatever else exists.
+    expectGateError(await rejection(validatorFor(bundle).validate(deep.certDer, Date.now())), 'client_cert_invalid', 'depth 6 forwarded');
   });
 });
-
-// ---------------------------------------------------------------------------------------------
 
 describe('parseCrl on garbage', () => {
   /** parseCrl either returns or throws an Error; never hangs, never throws a non-Error. */

@@ -169,7 +169,7 @@ const REFUSED: [string, string][] = [
 
 describe('openssl verify agrees on what each case is about', () => {
   it('controls pass, refused cases fail, keyAgreement-only is the contract\'s own extra rule', async () => {
-    const bundle = root.certPem + cas.notCa.certPem;
+    const bundle = root.certPem + cas.notCa!.certPem;
     for (const ok of ['dns-inside', 'uri-inside', 'control', 'key-agreement']) {
       const v = await o.verify(bundle, cases[ok]!.above, cases[ok]!.leaf);
       expect(v.ok, `${ok}: ${v.out}`).toBe(true);
