@@ -221,7 +221,7 @@ describe('property: node:crypto and jose agree on hostile re-signed tokens', () 
   }, 120_000);
 });
 
-it('a GateError, never a plain Error, for any string', async () => {
+it('token_invalid, never a plain Error, for any string', async () => {
   const svc = service(set1);
   await fc.assert(
     fc.asyncProperty(fc.string({ unit: 'binary', maxLength: 200 }), async (t) => {
@@ -231,7 +231,8 @@ it('a GateError, never a plain Error, for any string', async () => {
       } catch (e) {
         err = e;
       }
-      expect(err).toBeInstanceOf(GateError);
+      // (Most of this test's ~4 s is fast-check building its full-Unicode 'binary' table once.)
+      if (!(err instanceof GateError) || err.code !== 'token_invalid') throw new Error(`${JSON.stringify(t)}: ${String(err)}`);
     }),
     { numRuns: 300 },
   );
