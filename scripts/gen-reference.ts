@@ -5,10 +5,10 @@
  * - docs/reference/errors.md  from the error catalog (src/errors.ts: ERROR_STATUS, ERROR_TITLE)
  * - docs/reference/metrics.md from the metric registry (src/metrics/index.ts: createMetrics, LABELS)
  * - docs/reference/cli.md     from commander's command tree (src/cli/program.ts: buildProgram)
+ * - docs/reference/configuration.md from the option table (src/config/options.ts: OPTIONS)
  *
  * `npm run docs:gen` writes them; `npm run docs:gen -- --check` only compares and exits 1 on
  * drift. test/docs/reference.test.ts runs the same comparison in the test suite.
- * docs/reference/configuration.md is not generated yet (it will come from the config option table).
  * @module
  */
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -18,6 +18,7 @@ import { Help, type Command } from 'commander';
 import { ERROR_STATUS, ERROR_TITLE, wwwAuthenticateFor, type ErrorCode } from '../src/errors.js';
 import { createMetrics, LABELS } from '../src/metrics/index.js';
 import { buildProgram, COMMAND_EXAMPLES, walkCommands } from '../src/cli/program.js';
+import { OPTION_ENTRIES, PROFILES, defaultFor, type Option } from '../src/config/options.js';
 
 /** The repository root (this file lives in scripts/). */
 export const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
@@ -149,12 +150,69 @@ export function renderCli(program: Command = buildProgram()): string {
   return lines.join('\n').replace(/\n+$/, '\n');
 }
 
+/** An option's defaults: one value, or the profiles sharing each value. */
+function defaultText(o: Option): string {
+  const show = (v: string | undefined) => (v === undefined ? '—' : `\`${v}\``);
+  const byValue = new Map<string | undefined, string[]>();
+  for (const p of PROFILES) byValue.set(defaultFor(o, p), [...(byValue.get(defaultFor(o, p)) ?? []), p]);
+  if (byValue.size === 1) return show(defaultFor(o, 'prod'));
+  return [...byValue].map(([v, ps]) => `${ps.join(', ')}: ${show(v)}`).join('; ');
+}
+
+/** docs/reference/configuration.md */
+export function renderConfiguration(): string {
+  const lines = [
+    banner('the option table of src/config/options.ts (OPTIONS)'),
+    '# Configuration',
+    '',
+    '`agent-gate serve` reads only `GATE_*` environment variables, parsed once at start-up by the zod',
+    'schema that `src/config/schema.ts` derives from the option table. An empty variable counts as',
+    'unset; an unknown `GATE_*` name is a violation (`unknown variable (typo?)`), so do not put the',
+    'admin CLI\'s `GATE_ADMIN_URL` into a gate\'s environment. Booleans accept `true/false/1/0/yes/no`.',
+    'Where the default differs by profile (`GATE_ENV`), the column names the profiles. The contract',
+    'for these variables is [section 12 of the protocol](../protocol.md#12-running-and-configuration);',
+    'the profiles are [section 11](../protocol.md#11-environments-gate_env-default-prod-npm-start-runs-dev).',
+    '',
+    `${OPTION_ENTRIES.length} variables:`,
+    '',
+    '| variable | default | meaning |',
+    '|---|---|---|',
+    ...OPTION_ENTRIES.map(([name, o]) => {
+      const notes = [o.secret ? ' Secret: `config check` masks it.' : '', ...(o.refuse ?? []).map((r) => ` Refused in ${r.in.join(' and ')}: ${r.why}.`)].join('');
+      return `| <a id="${name.toLowerCase()}"></a>\`${name}\` | ${cell(defaultText(o))} | ${cell(o.doc)}.${cell(notes)} |`;
+    }),
+    '',
+    '## Profiles and refusals',
+    '',
+    'Every refusal is one line on stderr, `config violation: <VARIABLE>: <why>`, naming the variable',
+    'to change; `serve` and `dev` then exit 2. The refusals one variable decides are in the table',
+    'above. Those that combine variables (a required variable of a mode, both halves of a TLS pair,',
+    'an admin listener off loopback, the signing key outside dev, …) are checked by `checkPolicy` in',
+    '`src/config/load.ts` and listed in [section 11 of the protocol](../protocol.md#11-environments-gate_env-default-prod-npm-start-runs-dev)',
+    'and [HARDENING.md](../../HARDENING.md#environment-profiles). Failures found while starting',
+    '(unreadable certificate, key, trust-bundle, CRL, audit, attestation-registry or admin files, an',
+    'admin token under 16 characters, a listener address that cannot be bound) take the same form and',
+    'the same exit code 2.',
+    '',
+    '```sh',
+    'agent-gate config check          # effective config as JSON on stdout (secrets masked); violations',
+    '                                 # on stderr; exit 0 or 2. Also loads the TLS files, trust bundle',
+    '                                 # and signing key.',
+    'agent-gate keygen --out signing.jwk   # Ed25519 private JWK, mode 0600',
+    'GATE_SIGNING_KEY_FILE=signing.jwk npm start   # tokens survive restarts',
+    '```',
+    '',
+  ];
+  return lines.join('\n');
+}
+
 /** Every generated page, by path relative to the repository root. */
 export async function renderReference(): Promise<Map<string, string>> {
   return new Map([
     ['docs/reference/errors.md', renderErrors()],
     ['docs/reference/metrics.md', await renderMetrics()],
     ['docs/reference/cli.md', renderCli()],
+    ['docs/reference/configuration.md', renderConfiguration()],
   ]);
 }
 

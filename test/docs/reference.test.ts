@@ -1,8 +1,8 @@
 /**
- * The generated reference pages (docs/reference/errors.md, metrics.md, cli.md) against the code
- * they are generated from: regenerated in memory and compared with the committed files, as
- * fastify tests its error docs. A change to the error catalog, the metric registry or a command
- * without `npm run docs:gen` fails here with the command that fixes it.
+ * The generated reference pages (docs/reference/errors.md, metrics.md, cli.md, configuration.md)
+ * against the code they are generated from: regenerated in memory and compared with the committed files, as
+ * fastify tests its error docs. A change to the error catalog, the metric registry, a command or
+ * the config option table without `npm run docs:gen` fails here with the command that fixes it.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { GEN_COMMAND, renderReference, ROOT } from '../../scripts/gen-reference.js';
 import { ERROR_CODES } from '../../src/errors.js';
 import { buildProgram, walkCommands } from '../../src/cli/program.js';
+import { OPTION_ENTRIES } from '../../src/config/options.js';
 
 const pages = await renderReference();
 
@@ -45,7 +46,18 @@ describe('docs/reference: generated pages match the code', () => {
     for (const { path } of walkCommands(buildProgram()).filter((c) => c.command.name() !== 'help')) expect(cli, path).toContain(`## agent-gate ${path}\n`);
   });
 
-  it('the configuration page exists (generated in a later phase; a placeholder until then)', () => {
-    expect(readFileSync(join(ROOT, 'docs/reference/configuration.md'), 'utf8')).toMatch(/^# Configuration/m);
+  it('the configuration page has a row for every option, with its doc, default and refusals', () => {
+    const page = pages.get('docs/reference/configuration.md')!;
+    const rows = page.split('\n').filter((l) => l.startsWith('| <a id="gate_'));
+    expect(rows).toHaveLength(OPTION_ENTRIES.length);
+    for (const [name, o] of OPTION_ENTRIES) {
+      const row = rows.find((r) => r.startsWith(`| <a id="${name.toLowerCase()}"></a>\`${name}\` |`));
+      expect(row, name).toBeDefined();
+      expect(row, name).toContain(o.doc.replace(/\|/g, '\\|').replace(/</g, '&lt;').replace(/>/g, '&gt;'));
+      if (typeof o.default === 'string') expect(row, name).toContain(`| \`${o.default}\` |`);
+      if (o.default === undefined) expect(row, name).toContain('| — |');
+      for (const r of o.refuse ?? []) expect(row, name).toContain(r.why);
+      if (o.secret) expect(row, name).toContain('masks it');
+    }
   });
 });
