@@ -12,7 +12,6 @@ import { randomBytes, X509Certificate } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
-import { createLocalJWKSet, jwtVerify } from 'jose';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { GateClient, GateClientError, type RawResponse } from '../../src/client/index.js';
@@ -31,6 +30,7 @@ import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 import {
   capturedValues,
   ensureNginx,
+  relaxEdgeLimits,
   removeTempDirs,
   sendRaw,
   serializeRequest,
@@ -119,16 +119,6 @@ async function render(dir: string, port: number, gateUrl: string, key: KeyFile, 
   });
   expect(out.warnings).toEqual([]);
   if (extra.patch) writeFileSync(out.confPath, extra.patch(readFileSync(out.confPath, 'utf8')));
-}
-
-/**
- * Many tests here share one client address, so the edge limits (per address; tested in
- * test/nginx) are raised for the main instances. Nothing else of the configuration changes.
- */
-function relaxEdgeLimits(conf: string): string {
-  expect(conf).toContain('rate=100r/s;');
-  expect(conf).toContain('rate=10r/s;');
-  return conf.replace('rate=100r/s;', 'rate=10000r/s;').replace('rate=10r/s;', 'rate=10000r/s;');
 }
 
 async function launch(gateUrl: string, key: KeyFile, kid: string, extra: { clientCa?: string; patch?: (conf: string) => string } = {}): Promise<RunningNginx> {
@@ -354,13 +344,13 @@ afterAll(async () => {
   if (fx) rmSync(fx.dir, { recursive: true, force: true });
 });
 
-describe('the direct-mode flow through nginx (same SDK, only the URL differs)', () => {
+describe('through nginx (the contract itself: test/conformance/nginx.test.ts)', () => {
   for (const [kind, id] of [
     ['ed25519', 'urn:agent:ed'],
     ['p256', 'urn:agent:p256'],
     ['rsa', 'urn:agent:rsa'],
   ] as const) {
-    it(`${kind} agent: challenge -> proof -> token -> upstream sees x-agent-id`, async () => {
+    it(`${kind} agent: nginx signs the flow's requests with k1 for this very certificate`, async () => {
       const who = fx.agents[kind];
       const c = client(who);
       const res = await c.request('/api/things?q=1', { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'hello' });
@@ -383,80 +373,6 @@ describe('the direct-mode flow through nginx (same SDK, only the URL differs)', 
       expect(fwd(sent, 'x-gate-fwd-sig')).toBe(expectedSig(sent, K1.secret));
     });
   }
-
-  it('challenge answer has the contract shape and no-store', async () => {
-    const res = await send(agent(fx.agents.p256), `${nginx.url}${P}/v1/challenge`, { method: 'POST' });
-    expect(res.status).toBe(201);
-    expect(res.headers['cache-control']).toBe('no-store');
-    const ch = JSON.parse(res.text) as Record<string, unknown>;
-    expect(ch.challenge_id).toMatch(/^[A-Za-z0-9_-]{22}$/);
-    expect(ch.nonce).toMatch(/^[A-Za-z0-9_-]{43}$/);
-    expect(ch.aud).toBe('agent-gate');
-    expect((ch.expires_at as number) - (ch.issued_at as number)).toBe(3000);
-    expect(ch.algs).toEqual(['EdDSA', 'ES256', 'ES384', 'PS256']);
-    expect(ch.pow).toBeNull();
-  });
-
-  it('token has the contract claims and verifies against the JWKS fetched through nginx', async () => {
-    const c = client(fx.agents.ed25519);
-    const t = await c.fetchToken();
-    expect(t.token_type).toBe('Bearer');
-    expect(t.expires_in).toBe(300);
-    const jwks = await send(agent(), `${nginx.url}${P}/jwks.json`);
-    expect(jwks.status).toBe(200);
-    const { payload, protectedHeader } = await jwtVerify(t.access_token, createLocalJWKSet(JSON.parse(jwks.text) as never), { issuer: 'agent-gate', audience: 'agent-gate' });
-    expect(protectedHeader).toMatchObject({ alg: 'EdDSA', typ: 'at+jwt' });
-    expect(payload).toMatchObject({ sub: 'urn:agent:ed', cnf: { 'x5t#S256': c.thumbprint } });
-    expect(payload.exp! - payload.iat!).toBe(300);
-  });
-
-  it('healthz, readyz and jwks need no certificate', async () => {
-    const a = agent();
-    for (const p of ['healthz', 'readyz', 'jwks.json']) expect((await send(a, `${nginx.url}${P}/${p}`)).status, p).toBe(200);
-  });
-
-  it('no client certificate: 401 client_cert_required with WWW-Authenticate (from the gate)', async () => {
-    const res = await send(agent(), `${nginx.url}${P}/v1/challenge`, { method: 'POST' });
-    expect([res.status, res.code]).toEqual([401, 'client_cert_required']);
-    expect(res.headers['content-type']).toBe('application/problem+json');
-    expect(res.headers['www-authenticate']).toBe('Bearer realm="agent-gate"');
-    const gated = await send(agent(), `${nginx.url}/api`, { headers: { authorization: 'Bearer x' } });
-    expect([gated.status, gated.code]).toEqual([401, 'client_cert_required']);
-  });
-
-  it('certificate from an unknown CA, or expired: 403 client_cert_invalid', async () => {
-    for (const who of [fx.agents.foreign, fx.agents.expired]) {
-      const res = await send(agent(who), `${nginx.url}${P}/v1/challenge`, { method: 'POST' });
-      expect([res.status, res.code]).toEqual([403, 'client_cert_invalid']);
-    }
-    await expect(client(fx.agents.expired).fetchToken()).rejects.toMatchObject({ code: 'client_cert_invalid', status: 403 });
-  });
-
-  it('proof refusals: replayed 409, another certificate 403, unknown challenge 404', async () => {
-    const c = client(fx.agents.p256);
-    const ch = await c.challenge();
-    const proof = await c.signProof(ch);
-    expect((await c.submitProof({ challenge_id: ch.challenge_id, proof })).status).toBe(200);
-    const again = await c.submitProof({ challenge_id: ch.challenge_id, proof });
-    expect([again.status, codeOf(again.body.toString())]).toEqual([409, 'challenge_replayed']);
-    const other = client(fx.agents.other);
-    const ch2 = await c.challenge();
-    const mismatch = await other.submitProof({ challenge_id: ch2.challenge_id, proof: await other.signProof(ch2) });
-    expect([mismatch.status, codeOf(mismatch.body.toString())]).toEqual([403, 'challenge_binding_mismatch']);
-    const unknown = await c.submitProof({ challenge_id: 'A'.repeat(22), proof: await c.signProof(await c.challenge()) });
-    expect([unknown.status, codeOf(unknown.body.toString())]).toEqual([404, 'challenge_unknown']);
-  });
-
-  it('gated requests: token_missing, token_invalid, token_binding_mismatch', async () => {
-    const a = agent(fx.agents.p256);
-    expect((await send(a, `${nginx.url}/api`)).code).toBe('token_missing');
-    const invalid = await send(a, `${nginx.url}/api`, { headers: { authorization: 'Bearer abc.def.ghi' } });
-    expect([invalid.status, invalid.code]).toEqual([401, 'token_invalid']);
-    expect(invalid.headers['www-authenticate']).toBe('Bearer realm="agent-gate", error="invalid_token"');
-    const token = await tokenOf(fx.agents.p256);
-    const mismatch = await send(agent(fx.agents.other), `${nginx.url}/api`, { headers: { authorization: `Bearer ${token}` } });
-    expect([mismatch.status, mismatch.code]).toEqual([403, 'token_binding_mismatch']);
-  });
 
   describe('agent certificate issued by an intermediate CA', () => {
     let inter: KeyAndCert;
