@@ -17,6 +17,7 @@ import { installConnectionLimits, serverTimeoutOptions, type ConnectionGuard, ty
 import { makeClientErrorHandler, makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
 import type { GateMetrics } from './metrics/index.js';
 import { agentGate } from './plugin.js';
+import { authorizerRoutes } from './authorizer/index.js';
 import { Forwarder, proxyRoutes } from './proxy/index.js';
 import { createServices, type GateServices, type ServiceDeps } from './services.js';
 import type { GateStore } from './store/index.js';
@@ -30,6 +31,8 @@ export interface GateDeps extends ServiceDeps {
   logger?: LoggerOptions | false;
   /** Where log lines go instead of stdout (tests collect them to check redaction). */
   logStream?: NodeJS.WritableStream;
+  /** Wraps this process's readiness for the admin `/readyz` (a cluster worker answers for every worker). */
+  readiness?: (local: () => Promise<GateError | undefined>) => () => Promise<GateError | undefined>;
 }
 
 /** A built gate. */
@@ -72,7 +75,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   const { sinks, tls } = services;
 
   // Forwarded mode: a URL-encoded 16 KiB certificate header is about 24 KB (section 12).
-  const maxHeaderSize = config.mode === 'forwarded' ? 48 * 1024 : 16 * 1024;
+  const maxHeaderSize = config.mode !== 'direct' ? 48 * 1024 : 16 * 1024;
   const limits: ConnectionLimits = {
     handshakeTimeoutMs: config.connections.handshakeTimeoutMs,
     headersTimeoutMs: config.connections.headersTimeoutMs,
@@ -109,15 +112,17 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   await publicApp.register(swagger, { openapi: { openapi: '3.1.0', info: OPENAPI_INFO } });
   await publicApp.register(agentGate, { services });
 
-  const forwarder = new Forwarder({
+  // Authorizer mode: nginx proxies; the gate only answers P/v1/authorize (section 13).
+  const forwarder = config.mode === 'authorizer' ? undefined : new Forwarder({
     upstreamUrl: config.upstream.url!,
     timeoutMs: config.upstream.timeoutMs,
     maxBodyBytes: config.upstream.maxBodyBytes,
     headers: { pass: new Set(config.upstream.passHeaders), xff: config.upstream.xff },
   });
-  await publicApp.register(proxyRoutes, { forwarder, guard: publicApp.agentGate.guard });
+  if (forwarder) await publicApp.register(proxyRoutes, { forwarder, guard: publicApp.agentGate.guard });
+  else await publicApp.register(authorizerRoutes, { services, guard: publicApp.agentGate.authorize });
 
-  const adminApp = await buildAdminApp(services, { logger, readiness: publicApp.agentGate.readiness, gateApp: publicApp });
+  const adminApp = await buildAdminApp(services, { logger, readiness: deps.readiness?.(publicApp.agentGate.readiness) ?? publicApp.agentGate.readiness, gateApp: publicApp });
 
   // Each part closes once, whichever of drain() and close() gets there first.
   const once = <T>(fn: () => Promise<T>) => {
@@ -132,7 +137,8 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   });
   const close = once(async () => {
     await Promise.allSettled([closePublic(), adminApp.close()]);
-    await forwarder.close().catch(() => undefined);
+    process.stderr.write(`DBG ${process.pid} listeners closed\n`);
+    await forwarder?.close().catch(() => undefined);
     await services.close();
   });
 
@@ -150,7 +156,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
       // is down does not stop the start (readiness reports it and the gate recovers by itself).
       await services.store.waitReady?.(Math.max(2000, config.store.timeoutMs));
       // Until the deny list is read, identified requests are refused (503): read it first.
-      await services.operator.refresh();
+      await services.denyList.refresh();
       await publicApp.listen({ host: config.listen.host, port: config.listen.port });
       await adminApp.listen({ host: config.adminListen.host, port: config.adminListen.port });
       return { publicPort: portOf(publicApp), adminPort: portOf(adminApp) };
@@ -167,6 +173,7 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
         // The public listener stops accepting and waits for in-flight requests; meanwhile the
         // admin listener keeps answering, with /readyz at 503, so probes see the drain.
         await closePublic();
+        process.stderr.write(`DBG ${process.pid} public closed\n`);
       } finally {
         clearTimeout(timer);
         await close();

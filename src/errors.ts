@@ -1,6 +1,7 @@
 /**
  * The closed catalog of error codes of the wire contract (PROTOCOL.md section 9) and the
- * one error type that carries them. The code decides the HTTP status; nothing else does.
+ * one error type that carries them. The catalog decides the HTTP status (the code, or a
+ * listed (code, reason) exception); nothing else does.
  * @module
  */
 import { randomBytes } from 'node:crypto';
@@ -21,7 +22,7 @@ export const ERROR_STATUS = {
   attestation_invalid: 403,
   attestation_required: 403,
   token_binding_mismatch: 403,
-  // 401 when headers are missing or repeated, 403 otherwise: the status is chosen per throw.
+  // 401 when headers are missing or repeated: see STATUS_EXCEPTIONS.
   forwarded_signature_invalid: 403,
   not_found: 404,
   challenge_unknown: 404,
@@ -31,10 +32,13 @@ export const ERROR_STATUS = {
   body_too_large: 413,
   unsupported_media_type: 415,
   rate_limited: 429,
+  internal_error: 500,
   upstream_unavailable: 502,
   store_unavailable: 503,
   revocation_unavailable: 503,
   overloaded: 503,
+  // Authorizer mode: nginx could not get a decision from the gate (section 13).
+  gate_unavailable: 503,
   upstream_timeout: 504,
 } as const;
 
@@ -69,21 +73,39 @@ export const ERROR_TITLE: Record<ErrorCode, string> = {
   body_too_large: 'Request body too large',
   unsupported_media_type: 'Unsupported media type',
   rate_limited: 'Rate limited',
+  internal_error: 'Internal error',
   upstream_unavailable: 'Upstream unavailable',
   store_unavailable: 'Store unavailable',
   revocation_unavailable: 'Revocation status unavailable',
   overloaded: 'Overloaded',
+  gate_unavailable: 'Gate unavailable',
   upstream_timeout: 'Upstream timeout',
 };
 
+/**
+ * Machine-readable refinements of a code that logic may branch on (a status exception, a log
+ * event); `detail` is free text for logs and is never branched on.
+ */
+export type GateReason = 'forwarded_headers_missing' | 'failed_proof_cooldown';
+
+/** The catalog's deliberate exceptions: a (code, reason) pair with its own status. */
+export const STATUS_EXCEPTIONS: { readonly [C in ErrorCode]?: { readonly [R in GateReason]?: number } } = {
+  forwarded_signature_invalid: { forwarded_headers_missing: 401 },
+};
+
+/** The status of `code` (with `reason`), from the catalog alone. */
+export function statusOf(code: ErrorCode, reason?: GateReason): number {
+  return (reason && STATUS_EXCEPTIONS[code]?.[reason]) || ERROR_STATUS[code];
+}
+
 /** Options of a {@link GateError}. */
 export interface GateErrorOptions {
-  /** Internal detail for logs; never sent to the client. */
+  /** Internal detail for logs; never sent to the client, never branched on. */
   detail?: string;
+  /** A machine-readable refinement (see {@link GateReason}). */
+  reason?: GateReason;
   /** The underlying error, kept for logs. */
   cause?: unknown;
-  /** Overrides the catalog status (only forwarded_signature_invalid uses 401 or 403). */
-  status?: number;
   /** Extra response headers (Allow, Retry-After, RateLimit...). */
   headers?: Record<string, string>;
 }
@@ -93,14 +115,16 @@ export class GateError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
   readonly detail: string | undefined;
+  readonly reason: GateReason | undefined;
   readonly headers: Record<string, string>;
 
   constructor(code: ErrorCode, options: GateErrorOptions = {}) {
     super(options.detail ? `${code}: ${options.detail}` : code, { cause: options.cause });
     this.name = 'GateError';
     this.code = code;
-    this.status = options.status ?? ERROR_STATUS[code];
+    this.status = statusOf(code, options.reason);
     this.detail = options.detail;
+    this.reason = options.reason;
     this.headers = options.headers ?? {};
   }
 }

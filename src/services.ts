@@ -6,17 +6,19 @@
  */
 import { readFileSync } from 'node:fs';
 import type { ServerOptions as HttpsServerOptions } from 'node:https';
-import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
-import { OperatorState } from './admin/state.js';
+import type { FastifyBaseLogger } from 'fastify';
 import { AttestationRegistry } from './attestation/index.js';
 import { AuditLog, AuditSetupError } from './audit/index.js';
 import type { ConfigViolation, GateConfig } from './config/index.js';
 import type { RefusalSinks } from './http/errors.js';
 import { LoadShedder } from './http/shedding.js';
-import { DirectIdentityResolver, ForwardedVerifier, parseHmacKeys, TrustBundle, type IdentitySource } from './identity/index.js';
+import type { GateDeps } from './gate/index.js';
+import { DirectIdentityResolver, ForwardedVerifier, parseHmacKeys, TrustBundle } from './identity/index.js';
 import { createMetrics, type GateMetrics } from './metrics/index.js';
+import { authorizeRoute } from './authorizer/paths.js';
 import { GateRateLimits } from './ratelimit/index.js';
 import { RevocationChecker } from './revocation/index.js';
+import { CooldownRegistry, DenyList, RefusalRecords } from './operator/index.js';
 import { MemoryStore, RedisStore, type GateStore } from './store/index.js';
 import { KeySourceError, loadSigningKeys, TokenService, type SigningKeySet } from './tokens/index.js';
 
@@ -39,8 +41,8 @@ export interface ServiceDeps {
   warn?: (line: string) => void;
 }
 
-/** The gate's parts. */
-export interface GateServices {
+/** The gate's parts (the checks of src/gate use the {@link GateDeps} among them). */
+export interface GateServices extends GateDeps {
   config: GateConfig;
   now: () => number;
   metrics: GateMetrics;
@@ -49,7 +51,6 @@ export interface GateServices {
   trust: TrustBundle;
   /** Server TLS options for the public listener (undefined: plain HTTP in forwarded mode). */
   tls: HttpsServerOptions | undefined;
-  identitySource: IdentitySource;
   /** The identity source's own object: direct-mode resolver or forwarded-mode verifier (their counters). */
   identity: { direct?: DirectIdentityResolver; forwarded?: ForwardedVerifier };
   revocation: RevocationChecker;
@@ -57,7 +58,10 @@ export interface GateServices {
   attestation: AttestationRegistry | undefined;
   audit: AuditLog | undefined;
   shedder: LoadShedder;
-  operator: OperatorState;
+  /** Failed-proof cooldowns, for the admin API. */
+  cooldowns: CooldownRegistry;
+  /** Refusal records by id, for appeals. */
+  refusals: RefusalRecords;
   sinks: RefusalSinks;
   /** Mutable run state: draining after SIGTERM. */
   state: { draining: boolean };
@@ -150,20 +154,13 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
             trustedProxies: config.forwarded.trustedProxies,
             replayCheck: config.forwarded.replayCheck,
             pathPrefix: config.pathPrefix,
+            ...(config.mode === 'authorizer' ? { authorizeRoute: authorizeRoute(config.pathPrefix) } : {}),
             store,
             trust,
             metrics,
             now,
           }),
         };
-  const identitySource: IdentitySource = identity.direct
-    ? ((resolver) => (request: FastifyRequest) => resolver.resolve(request.raw.socket))(identity.direct)
-    : ((verifier) => async (request: FastifyRequest) => {
-        const agent = await verifier.verify(request);
-        // Per-address limits use the client address nginx signed, never the proxy's.
-        request.clientAddress = String(request.headers['x-gate-fwd-addr']);
-        return agent;
-      })(identity.forwarded!);
   let revocation: RevocationChecker;
   try {
     revocation = new RevocationChecker({ ...config.revocation, metrics, now, log: (event) => log.current?.warn(event, String(event.event)) });
@@ -191,25 +188,21 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
       throw err;
     }
   }
-  const operator = new OperatorState({
-    store,
-    now,
-    refusalsPerIdentity: config.refusalRecords.perIdentity,
-    refusalsMax: config.refusalRecords.max,
-    log: (event) => log.current?.warn(event, String(event.event)),
-  });
+  const denyList = new DenyList({ store, now, log: (event) => log.current?.warn(event, String(event.event)) });
+  const cooldowns = new CooldownRegistry(store, now);
+  const refusals = new RefusalRecords({ store, now, perIdentity: config.refusalRecords.perIdentity, max: config.refusalRecords.max });
   const limits = config.rateLimits.enabled
     ? new GateRateLimits({
         ...config.rateLimits,
-        redis: store instanceof RedisStore ? store.redis : undefined,
+        redis: store.redis,
         sink: (key, by, ttl) => store.incrementWindow(key, by, ttl),
         metrics,
-        onCooldown: (thumbprint, untilMs) => void operator.noteCooldown(thumbprint, untilMs),
+        onCooldown: (thumbprint, untilMs) => void cooldowns.note(thumbprint, untilMs),
       })
     : undefined;
   const shedder = new LoadShedder({ maxInflight: config.maxInflight, maxEventLoopDelayMs: config.maxEventLoopDelayMs, metrics });
-  const sinks: RefusalSinks = { metrics, audit, refusals: operator, limitRefusal: limits && ((thumbprint) => limits.refusal(thumbprint)) };
-  operator.start();
+  const sinks: RefusalSinks = { metrics, audit, refusals, limitRefusal: limits && ((thumbprint) => limits.refusal(thumbprint)) };
+  denyList.start();
 
   let closed: Promise<void> | undefined;
   return {
@@ -220,14 +213,15 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
     tokens,
     trust,
     tls,
-    identitySource,
     identity,
     revocation,
     limits,
     attestation,
     audit,
     shedder,
-    operator,
+    denyList,
+    cooldowns,
+    refusals,
     sinks,
     state: { draining: false },
     log,
@@ -236,7 +230,7 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
         // Every refusal answered so far is queued in the trail; close() drains it first.
         await audit?.close().catch((err: unknown) => log.current?.error({ event: 'audit_error', err }, 'audit trail could not be closed'));
         shedder.close();
-        operator.stop();
+        denyList.stop();
         await Promise.allSettled([store.close(), revocation.close()]);
       })();
       return closed;

@@ -10,12 +10,11 @@ import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions
 import type { GateConfig } from '../config/index.js';
 import { GateError } from '../errors.js';
 import { makeErrorHandler } from '../http/errors.js';
-import { registerInfoRoutes } from '../plugin.js';
-import { readFileFor, type GateServices } from '../services.js';
+import { registerInfoRoutes } from '../gate/index.js';
+import { readFileFor, StartupError, type GateServices } from '../services.js';
 import { adminRoutes } from './routes.js';
 import { mergeOpenApi, OPENAPI_INFO } from './openapi.js';
 
-export { OperatorState, type DenyEntry, type CooldownEntry, type RefusalRecord } from './state.js';
 export { mergeOpenApi } from './openapi.js';
 
 /** Options of {@link buildAdminApp}. */
@@ -40,7 +39,9 @@ export async function buildAdminApp(services: GateServices, opts: AdminAppOption
   const { config, metrics, sinks } = services;
   const https = adminHttps(config);
   const token = config.admin.tokenFile ? readFileFor('GATE_ADMIN_TOKEN_FILE', config.admin.tokenFile).trim() : undefined;
-  if (config.admin.tokenFile && (!token || token.length < 16)) throw new TypeError('GATE_ADMIN_TOKEN_FILE must hold a secret of at least 16 characters');
+  if (config.admin.tokenFile && (!token || token.length < 16)) {
+    throw new StartupError([{ variable: 'GATE_ADMIN_TOKEN_FILE', why: `${config.admin.tokenFile} must hold a secret of at least 16 characters` }]);
+  }
   const app = Fastify({ logger: opts.logger, logController: new LogController({ disableRequestLogging: true }), return503OnClosing: false, ...(https ? { https } : {}) } as FastifyServerOptions);
   app.decorateRequest('agent', null);
   app.decorateRequest('refusedWith', null);
@@ -54,7 +55,7 @@ export async function buildAdminApp(services: GateServices, opts: AdminAppOption
     reply.header('content-type', metrics.registry.contentType).header('cache-control', 'no-store');
     return metrics.registry.metrics();
   });
-  registerInfoRoutes(app, services, opts.readiness, false);
+  registerInfoRoutes(app, opts.readiness);
   await app.register(adminRoutes, { services, token, clientCertificates: Boolean(https && config.admin.clientCaFile) });
   app.get('/openapi.json', { schema: { hide: true } }, async (_req, reply) => {
     reply.header('cache-control', 'no-store');

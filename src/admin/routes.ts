@@ -50,7 +50,7 @@ const denyEntry = {
 /** Registers `/admin/v1/*`. */
 export async function adminRoutes(app: FastifyInstance, opts: AdminRoutesOptions): Promise<void> {
   const { services } = opts;
-  const { operator, audit, limits } = services;
+  const { denyList, cooldowns, refusals, audit, limits } = services;
   const tokenDigest = opts.token ? digest(opts.token) : undefined;
 
   app.addHook('onRequest', (request, _reply, done) => {
@@ -69,7 +69,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminRoutesOptions
     audit?.record({ event: `admin.${action}`, actor: actor(request), client_address: request.socket.remoteAddress, ...fields });
 
   app.get('/admin/v1/cooldowns', { schema: { summary: 'Certificates cooling down after repeated failed proofs', response: { 200: { type: 'object', properties: { cooldowns: { type: 'array', items: { type: 'object', properties: { thumbprint: { type: 'string' }, until: { type: 'integer' } } } } } } } } }, async () => ({
-    cooldowns: await operator.cooldowns(),
+    cooldowns: await cooldowns.list(),
   }));
 
   app.delete<{ Params: { thumbprint: string } }>(
@@ -78,14 +78,14 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminRoutesOptions
     async (request, reply) => {
       const { thumbprint } = request.params;
       await limits?.clearCooldown(thumbprint);
-      const known = await operator.forgetCooldown(thumbprint);
+      const known = await cooldowns.forget(thumbprint);
       audited(request, 'cooldown_cleared', { thumbprint, known });
       return reply.code(204).send();
     },
   );
 
   app.get('/admin/v1/denylist', { schema: { summary: 'Live deny-list entries: exactly those the gates enforce (any live entry naming an agent denies it)', response: { 200: { type: 'object', properties: { entries: { type: 'array', items: denyEntry } } } } } }, async () => ({
-    entries: await operator.denyList(),
+    entries: await denyList.list(),
   }));
 
   app.post<{ Body: { thumbprint?: string; agent_id?: string; reason: string; ttl_s?: number } }>(
@@ -94,7 +94,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminRoutesOptions
     async (request, reply) => {
       const { thumbprint, agent_id, reason, ttl_s } = request.body;
       if (!thumbprint === !agent_id) throw new GateError('request_malformed', { detail: 'give exactly one of thumbprint and agent_id' });
-      const entry = await operator.deny({ thumbprint, agent_id, reason, expires_at: ttl_s ? services.now() + ttl_s * 1000 : undefined });
+      const entry = await denyList.deny({ thumbprint, agent_id, reason, expires_at: ttl_s ? services.now() + ttl_s * 1000 : undefined });
       audited(request, 'deny_added', { ...entry });
       return reply.code(201).send(entry);
     },
@@ -104,7 +104,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminRoutesOptions
     '/admin/v1/denylist/:id',
     { schema: { summary: 'Remove a deny-list entry', params: { type: 'object', properties: { id: { type: 'string', pattern: '^[0-9a-f]{16}$' } }, required: ['id'] } } },
     async (request, reply) => {
-      const removed = await operator.undeny(request.params.id);
+      const removed = await denyList.undeny(request.params.id);
       audited(request, 'deny_removed', { id: request.params.id, removed });
       if (!removed) throw new GateError('not_found');
       return reply.code(204).send();
@@ -120,7 +120,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminRoutesOptions
       },
     },
     async (request) => {
-      const r = await operator.refusal(request.params.id);
+      const r = await refusals.get(request.params.id);
       audited(request, 'refusal_looked_up', { refusal_id: request.params.id, found: Boolean(r) });
       if (!r) throw new GateError('not_found');
       return r;

@@ -1,6 +1,7 @@
 /**
- * The challenge-response: issuing challenges and exchanging proofs for tokens.
+ * The challenge-response capability: its constants and proof (JWS) verification. The
+ * endpoints are the gate's (src/gate/routes/).
  * @module
  */
-export { challengeRoutes, CHALLENGE_GRACE_MS, PROOF_ALGS, type ChallengeRoutesOptions } from './routes.js';
+export { CHALLENGE_GRACE_MS, PROOF_ALGS } from './constants.js';
 export { verifyProof, PROOF_TYP, type ProofExpectation } from './proof.js';

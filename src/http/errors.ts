@@ -35,7 +35,7 @@ const SECURITY_EVENT: Partial<Record<ErrorCode, string>> = {
 /** The log event name of a refusal. */
 export function refusalEvent(err: GateError): string {
   // A failed-proof cooldown is its own event: it is what an appeal is usually about.
-  if (err.code === 'rate_limited' && err.detail?.startsWith('failed_proof')) return 'security.cooldown';
+  if (err.reason === 'failed_proof_cooldown') return 'security.cooldown';
   return SECURITY_EVENT[err.code] ?? 'refusal';
 }
 
@@ -45,6 +45,14 @@ export function toGateError(err: unknown): GateError | undefined {
   const code = (err as FastifyError | undefined)?.code;
   const mapped = code ? FASTIFY_CODES[code] : undefined;
   return mapped ? new GateError(mapped, { cause: err }) : undefined;
+}
+
+/**
+ * The refusal to answer for anything thrown: its GateError, or 500 `internal_error` for an
+ * internal fault (never a guess such as `store_unavailable`; the cause is logged, not echoed).
+ */
+export function toRefusal(err: unknown): GateError {
+  return toGateError(err) ?? new GateError('internal_error', { cause: err, detail: (err as Error | undefined)?.message });
 }
 
 /** Where refusals are reported besides the response: metrics and, when configured, the audit trail. */
@@ -84,7 +92,9 @@ export function sendRefusal(request: FastifyRequest, reply: FastifyReply, refusa
     agent_id: request.agent?.agentId,
     thumbprint: request.agent?.thumbprint,
   };
-  if (status >= 500) request.log.warn(log, 'refused');
+  // An internal fault is logged with its stack (the client gets only the code and the id).
+  if (err.code === 'internal_error') request.log.error({ ...log, err: err.cause }, 'internal error');
+  else if (status >= 500) request.log.warn(log, 'refused');
   else request.log.info(log, 'refused');
   // The refusal id is what an agent's owner quotes in an appeal: it must be in the trail.
   sinks.audit?.record({ ...log, method: request.method, client_address: request.clientAddress });
@@ -98,13 +108,7 @@ export function sendRefusal(request: FastifyRequest, reply: FastifyReply, refusa
 /** The fastify error handler for both listeners. */
 export function makeErrorHandler(sinks: RefusalSinks) {
   return function gateErrorHandler(this: unknown, err: unknown, request: FastifyRequest, reply: FastifyReply) {
-    const gateErr = toGateError(err);
-    if (gateErr) return sendRefusal(request, reply, gateErr, sinks);
-    // An internal fault: never echo it. Log it with its own id so the agent can quote it.
-    const id = newRefusalId();
-    request.log.error({ event: 'internal_error', err, refusal_id: id }, 'internal error');
-    reply.code(500).headers({ 'cache-control': 'no-store', 'content-type': 'application/problem+json' });
-    return reply.send(Buffer.from(JSON.stringify({ type: 'about:blank', title: 'Internal error', status: 500, instance: `urn:agent-gate:refusal:${id}` })));
+    return sendRefusal(request, reply, toRefusal(err), sinks);
   };
 }
 

@@ -5,12 +5,12 @@
  */
 import { BlockList, isIP } from 'node:net';
 import type { FastifyRequest } from 'fastify';
-import { GateError } from '../errors.js';
+import { GateError, type GateReason } from '../errors.js';
 import { decodeRequestPath } from '../http/path.js';
 import type { GateMetrics, LabelOf } from '../metrics/index.js';
 import type { GateStore } from '../store/index.js';
 import type { AgentIdentity, TrustBundle } from './certificate.js';
-import { canonicalString, certFromHeader, FWD_HEADERS, signatureMatches, signCanonical } from './forwarded-canonical.js';
+import { AUTHZ_TARGET_HEADERS, AUTHZ_VERSION, canonicalString, certFromHeader, FWD_HEADERS, FWD_VERSION, signatureMatches, signCanonical } from './forwarded-canonical.js';
 import { ForwardedPathValidator } from './path-validation.js';
 
 /** Options of {@link ForwardedVerifier}. */
@@ -21,6 +21,12 @@ export interface ForwardedOptions {
   trustedProxies?: string;
   replayCheck: 'all' | 'v1';
   pathPrefix: string;
+  /**
+   * Authorizer mode (section 13): the route of `P/v1/authorize`, whose requests are signed over
+   * the original request's method and URI (`x-gate-fwd-method`, `x-gate-fwd-uri`) and always
+   * replay-checked.
+   */
+  authorizeRoute?: string;
   store: GateStore;
   trust: TrustBundle;
   metrics: GateMetrics;
@@ -76,9 +82,9 @@ export class ForwardedVerifier {
     return this.identities.size;
   }
 
-  private fail(result: LabelOf<'forwardedResult'>, detail: string, status = 403): GateError {
+  private fail(result: LabelOf<'forwardedResult'>, detail: string, reason?: GateReason): GateError {
     this.opts.metrics.forwardedVerifications.inc({ result });
-    return new GateError('forwarded_signature_invalid', { detail, status });
+    return new GateError('forwarded_signature_invalid', { detail, reason });
   }
 
   /** True when `addr` is a trusted proxy (or no list is configured). */
@@ -89,6 +95,20 @@ export class ForwardedVerifier {
     return this.proxies.check(v4, isIP(v4) === 6 ? 'ipv6' : 'ipv4');
   }
 
+  /** nginx's auth_request subrequest is always GET P/v1/authorize: the signed target travels in headers. */
+  private authzTarget(raw: string[]): { method: string; requestUri: string } {
+    const out: string[] = [];
+    for (const name of AUTHZ_TARGET_HEADERS) {
+      const vals = occurrences(raw, name);
+      if (vals.length !== 1) throw this.fail('missing', `${name} present ${vals.length} times`, 'forwarded_headers_missing');
+      out.push(vals[0]!);
+    }
+    const [method, requestUri] = out as [string, string];
+    // nginx's $request_method is a token; nginx refuses a $request_uri that is not printable ASCII.
+    if (!/^[A-Z]{1,20}$/.test(method) || !/^\/[\x21-\x7e]*$/.test(requestUri)) throw this.fail('bad_signature', 'signed method or URI malformed');
+    return { method, requestUri };
+  }
+
   /** Checks the headers of `request` (section 6 order); throws the contract's refusals. */
   async verify(request: FastifyRequest): Promise<AgentIdentity> {
     if (!this.peerTrusted(request.socket.remoteAddress)) throw this.fail('untrusted_proxy', `peer ${request.socket.remoteAddress} is not a trusted proxy`);
@@ -96,7 +116,7 @@ export class ForwardedVerifier {
     const v: Record<string, string> = {};
     for (const name of FWD_HEADERS) {
       const vals = occurrences(raw, name);
-      if (vals.length !== 1) throw this.fail('missing', `${name} present ${vals.length} times`, 401);
+      if (vals.length !== 1) throw this.fail('missing', `${name} present ${vals.length} times`, 'forwarded_headers_missing');
       v[name] = vals[0]!;
     }
     const kid = v['x-gate-fwd-kid']!;
@@ -115,17 +135,12 @@ export class ForwardedVerifier {
       throw this.fail('bad_signature', `certificate header: ${(err as Error).message}`);
     }
     const host = v['x-gate-fwd-host']!;
-    const canonical = canonicalString({
-      kid,
-      ts,
-      id,
-      method: request.method,
-      requestUri: request.raw.url ?? '',
-      host,
-      addr: v['x-gate-fwd-addr']!,
-      verify: v['x-gate-fwd-verify']!,
-      thumbprint: cert?.thumbprint ?? '-',
-    });
+    const authz = this.opts.authorizeRoute !== undefined && request.routeOptions.url === this.opts.authorizeRoute;
+    const target = authz ? this.authzTarget(raw) : { method: request.method, requestUri: request.raw.url ?? '' };
+    const canonical = canonicalString(
+      { kid, ts, id, ...target, host, addr: v['x-gate-fwd-addr']!, verify: v['x-gate-fwd-verify']!, thumbprint: cert?.thumbprint ?? '-' },
+      authz ? AUTHZ_VERSION : FWD_VERSION,
+    );
     if (!signatureMatches(v['x-gate-fwd-sig']!, signCanonical(secret, canonical))) throw this.fail('bad_signature', 'signature does not match');
     // The signed host must be the host this request was sent to, so a capture cannot be
     // replayed against another virtual host of the same gate.
@@ -133,7 +148,7 @@ export class ForwardedVerifier {
     if (actualHost !== host.toLowerCase()) throw this.fail('bad_signature', 'signed host differs from Host');
     const skew = this.opts.maxSkewS;
     if (Math.abs(this.now() / 1000 - Number(ts)) > skew) throw this.fail('stale', `ts ${ts} outside ${skew} s`);
-    if (this.opts.replayCheck === 'all' || isV1Path(request.raw.url ?? '', this.opts.pathPrefix)) {
+    if (authz || this.opts.replayCheck === 'all' || isV1Path(request.raw.url ?? '', this.opts.pathPrefix)) {
       if (!(await this.opts.store.rememberOnce(`fwd:${id}`, (2 * skew + 1) * 1000))) {
         this.opts.metrics.replaysDetected.inc({ kind: 'forwarded' });
         throw this.fail('replayed', `request id ${id} seen before`);

@@ -6,6 +6,5 @@ export { TrustBundle, checkAcceptedChain, checkKeyCaps, thumbprintOf, algForKey,
 export type { AgentIdentity, ProofAlg } from './certificate.js';
 export { DirectIdentityResolver, type DirectResolverStats } from './direct.js';
 export { ForwardedPathValidator } from './path-validation.js';
-export { identityHook, type IdentityCheck, type IdentitySource } from './hook.js';
 export { ForwardedVerifier, parseTrustedProxies, type ForwardedOptions } from './forwarded.js';
 export { canonicalString, signCanonical, parseHmacKeys, certFromHeader, FWD_HEADERS, MIN_SECRET_BYTES, type ForwardedFields } from './forwarded-canonical.js';

@@ -42,6 +42,8 @@ export function rateLimited(limiter: Limiter, spec: RateSpec, msBeforeNext: numb
   const reset = Math.max(1, Math.ceil(msBeforeNext / 1000));
   return new GateError('rate_limited', {
     detail: `${limiter} limit ${spec.points}/${spec.durationS}s`,
+    // A failed-proof cooldown is its own log event (what an appeal is usually about).
+    reason: limiter === 'failed_proof' ? 'failed_proof_cooldown' : undefined,
     headers: {
       'retry-after': String(reset),
       'ratelimit-policy': `"${limiter}";q=${spec.points};w=${spec.durationS}`,
@@ -53,8 +55,8 @@ export function rateLimited(limiter: Limiter, spec: RateSpec, msBeforeNext: numb
 /** All limits of one gate. */
 export class GateRateLimits {
   private readonly challengeIp: RateLimiterAbstract;
-  private readonly challengeIdentity: RateLimiterAbstract;
-  private readonly tokenIdentity: RateLimiterAbstract;
+  private readonly challengeIdentityLimiter: RateLimiterAbstract;
+  private readonly tokenIdentityLimiter: RateLimiterAbstract;
   private readonly failedProofs: RateLimiterAbstract;
   private readonly proxy: BatchedLimiter;
   private readonly refusals: BatchedLimiter;
@@ -67,8 +69,8 @@ export class GateRateLimits {
       return new RateLimiterRedis({ ...base, storeClient: opts.redis, insuranceLimiter: memory, rejectIfRedisNotReady: true });
     };
     this.challengeIp = make('cip', opts.challengeIp);
-    this.challengeIdentity = make('cid', opts.challengeIdentity);
-    this.tokenIdentity = make('tid', opts.tokenIdentity);
+    this.challengeIdentityLimiter = make('cid', opts.challengeIdentity);
+    this.tokenIdentityLimiter = make('tid', opts.tokenIdentity);
     // N-1 points: the Nth failure overflows the limiter, which then blocks the certificate
     // for S seconds counted from that Nth failure (section 12).
     this.failedProofs = make('fp', { points: opts.failedProofs.points - 1, durationS: opts.failedProofs.durationS }, opts.failedProofs.durationS);
@@ -107,19 +109,19 @@ export class GateRateLimits {
     }
   }
 
-  /** Step 4 on `P/v1/challenge`; resolves to the share of the per-address limit in use. */
-  async challenge(address: string, thumbprint: string): Promise<number> {
-    await this.checkCooldown(thumbprint);
-    // The certificate's own limit first: a flooding certificate is stopped there and cannot
-    // spend the address budget that other agents behind the same address share.
-    await this.consume('challenge_identity', this.challengeIdentity, this.opts.challengeIdentity, thumbprint);
+  /** Step 4 on `P/v1/challenge`: the certificate's challenge limit (checked before the address's). */
+  async challengeIdentity(thumbprint: string): Promise<void> {
+    await this.consume('challenge_identity', this.challengeIdentityLimiter, this.opts.challengeIdentity, thumbprint);
+  }
+
+  /** Step 4 on `P/v1/challenge`: the address's limit; resolves to the share of it in use. */
+  challengeAddress(address: string): Promise<number> {
     return this.consume('challenge_ip', this.challengeIp, this.opts.challengeIp, address);
   }
 
-  /** Step 4 on `P/v1/token`. */
-  async token(thumbprint: string): Promise<void> {
-    await this.checkCooldown(thumbprint);
-    await this.consume('token_identity', this.tokenIdentity, this.opts.tokenIdentity, thumbprint);
+  /** Step 4 on `P/v1/token` (after {@link checkCooldown}). */
+  async tokenIdentity(thumbprint: string): Promise<void> {
+    await this.consume('token_identity', this.tokenIdentityLimiter, this.opts.tokenIdentity, thumbprint);
   }
 
   /** Counts a refusal at steps 9-11 against the certificate. */

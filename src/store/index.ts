@@ -3,5 +3,6 @@
  * @module
  */
 export type { GateStore, ChallengeRecord, ConsumeResult } from './types.js';
+export type { RecordOps } from './records.js';
 export { MemoryStore } from './memory.js';
 export { RedisStore, type RedisStoreOptions } from './redis.js';

@@ -1,4 +1,5 @@
 import { GateError } from '../errors.js';
+import { MemoryRecords } from './records.js';
 import { keys, type ChallengeRecord, type ConsumeResult, type GateStore } from './types.js';
 
 interface Entry {
@@ -14,10 +15,35 @@ interface Entry {
 export class MemoryStore implements GateStore {
   private readonly entries = new Map<string, Entry>();
   private readonly sweeper: NodeJS.Timeout;
+  /** Operator records, shared by every gate built on this store object (as Redis users share Redis). */
+  private readonly records: MemoryRecords;
 
   constructor(private readonly maxEntries: number, private readonly now: () => number = Date.now) {
     this.sweeper = setInterval(() => this.sweep(), 1000);
     this.sweeper.unref();
+    this.records = new MemoryRecords(now);
+  }
+
+  hashSet(k: string, f: string, v: string) {
+    return this.records.hashSet(k, f, v);
+  }
+  hashDelete(k: string, f: string) {
+    return this.records.hashDelete(k, f);
+  }
+  hashGetAll(k: string) {
+    return this.records.hashGetAll(k);
+  }
+  putValue(k: string, v: string, ttlMs: number) {
+    return this.records.putValue(k, v, ttlMs);
+  }
+  getValue(k: string) {
+    return this.records.getValue(k);
+  }
+  deleteValue(k: string) {
+    return this.records.deleteValue(k);
+  }
+  pushCapped(k: string, m: string, cap: number, ttlMs: number) {
+    return this.records.pushCapped(k, m, cap, ttlMs);
   }
 
   async putChallenge(id: string, record: ChallengeRecord, ttlMs: number): Promise<boolean> {

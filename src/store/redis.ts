@@ -37,9 +37,23 @@ if v == tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v
 `;
 
+/** KEYS[1] list, ARGV[1] member, ARGV[2] cap, ARGV[3] ttl ms: one key, so it is cluster-safe. */
+const PUSH_CAPPED_LUA = `
+local n = redis.call('LPUSH', KEYS[1], ARGV[1])
+local cap = tonumber(ARGV[2])
+local dropped = {}
+if n > cap then
+  dropped = redis.call('LRANGE', KEYS[1], cap, -1)
+  redis.call('LTRIM', KEYS[1], 0, cap - 1)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return dropped
+`;
+
 type Client = (Redis | Cluster) & {
   agConsume(k1: string, k2: string, ttl: string): Promise<[number, string?]>;
   agIncrWindow(k: string, by: string, ttl: string): Promise<number>;
+  agPushCapped(k: string, member: string, cap: string, ttl: string): Promise<string[]>;
 };
 
 /** Redis or Redis Cluster store (ioredis). */
@@ -78,6 +92,7 @@ export class RedisStore implements GateStore {
       : new Redis(opts.url ?? 'redis://127.0.0.1:6379', common);
     client.defineCommand('agConsume', { numberOfKeys: 2, lua: CONSUME_LUA });
     client.defineCommand('agIncrWindow', { numberOfKeys: 1, lua: INCR_WINDOW_LUA });
+    client.defineCommand('agPushCapped', { numberOfKeys: 1, lua: PUSH_CAPPED_LUA });
     // ioredis emits 'error' on every failed reconnect; without a listener Node would crash.
     client.on('error', (err: unknown) => opts.onError?.(err));
     this.client = client as Client;
@@ -101,6 +116,34 @@ export class RedisStore implements GateStore {
 
   async incrementWindow(key: string, by: number, ttlMs: number): Promise<number> {
     return this.run(() => this.client.agIncrWindow(keys.counter(key), String(by), String(ttlMs)));
+  }
+
+  async hashSet(key: string, field: string, value: string): Promise<void> {
+    await this.run(() => this.client.hset(key, field, value));
+  }
+
+  async hashDelete(key: string, field: string): Promise<boolean> {
+    return (await this.run(() => this.client.hdel(key, field))) > 0;
+  }
+
+  async hashGetAll(key: string): Promise<Record<string, string>> {
+    return this.run(() => this.client.hgetall(key));
+  }
+
+  async putValue(key: string, value: string, ttlMs: number): Promise<void> {
+    await this.run(() => this.client.set(key, value, 'PX', ttlMs));
+  }
+
+  async getValue(key: string): Promise<string | undefined> {
+    return (await this.run(() => this.client.get(key))) ?? undefined;
+  }
+
+  async deleteValue(key: string): Promise<void> {
+    await this.run(() => this.client.del(key));
+  }
+
+  async pushCapped(key: string, member: string, cap: number, ttlMs: number): Promise<string[]> {
+    return this.run(() => this.client.agPushCapped(key, member, String(cap), String(ttlMs)));
   }
 
   /** The ioredis client, shared with the rate limiters so they ride the same connection. */

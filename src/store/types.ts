@@ -1,3 +1,6 @@
+import type { Cluster, Redis } from 'ioredis';
+import type { RecordOps } from './records.js';
+
 /** What the gate remembers about an issued challenge (PROTOCOL.md section 3). */
 export interface ChallengeRecord {
   /** The 256-bit nonce, base64url. */
@@ -25,7 +28,7 @@ export type ConsumeResult =
  * is written only if absent, and consumed at most once across all gates sharing the store.
  * Failures throw `GateError('store_unavailable')`.
  */
-export interface GateStore {
+export interface GateStore extends RecordOps {
   /** `SET ag:{id}:ch record NX PX ttl`; false when the id already exists (a collision). */
   putChallenge(id: string, record: ChallengeRecord, ttlMs: number): Promise<boolean>;
   /** Deletes the challenge and leaves a tombstone for `tombstoneTtlMs`, atomically. */
@@ -37,6 +40,8 @@ export interface GateStore {
    * total: the shared half of the batched proxy rate limit.
    */
   incrementWindow(key: string, by: number, ttlMs: number): Promise<number>;
+  /** The Redis client, when the store is Redis: the rate limiters share its connection. */
+  readonly redis?: Redis | Cluster;
   /** Resolves when the store answers. */
   ping(): Promise<void>;
   /** Resolves once connected, or after `timeoutMs` at the latest (never rejects). */

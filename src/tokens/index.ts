@@ -3,5 +3,4 @@
  * @module
  */
 export { TokenService, type VerifiedToken, type TokenServiceOptions } from './access-token.js';
-export { tokenGuard } from './guard.js';
 export { loadSigningKeys, generateSigningJwk, KeySourceError, type SigningKey, type SigningKeySet } from './keys.js';
