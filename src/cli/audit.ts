@@ -73,7 +73,11 @@ function summary(r: AuditReport): string {
 
 /** Adds the `audit` command group (`verify`, `keygen`) to `program`. */
 export function registerAuditCommands(program: Command): void {
-  const audit = new AuditCommand('audit').copyInheritedSettings(program).description('audit trail tools (GATE_AUDIT_FILE, GATE_AUDIT_KEY_FILE)');
+  const audit = new AuditCommand('audit')
+    .copyInheritedSettings(program)
+    // A verification result or a key error is one stderr line, not a usage error with the help after it.
+    .showHelpAfterError(false)
+    .description('audit trail tools (GATE_AUDIT_FILE, GATE_AUDIT_KEY_FILE)');
   program.addCommand(audit);
 
   audit

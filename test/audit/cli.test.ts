@@ -1,37 +1,21 @@
 /**
- * `agent-gate audit verify` and `audit keygen` as processes (through a test-only program that
- * registers just these commands): exit statuses 0, 1, 2, the report, one stderr line on errors.
+ * `agent-gate audit verify` and `audit keygen` run in-process (test/helpers/cli.ts: the real
+ * command tree, output and exit statuses): exit statuses 0, 1, 2, the report, one stderr line on errors.
  */
-import { execFile } from 'node:child_process';
 import { copyFile, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditLog, generateAuditKey } from '../../src/audit/index.js';
-
-interface CliResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
-const CLI = join('test', 'audit', 'fixtures', 'cli.ts');
+import { runCli, type CliResult } from '../helpers/cli.js';
 
 let tmp: string;
 let keyFile: string;
 let trail: string;
 
-/** Runs `agent-gate audit ...` with GATE_AUDIT_KEY_FILE set to `key` (unset when null). */
+/** Runs `agent-gate audit ...` in-process with GATE_AUDIT_KEY_FILE set to `key` (unset when null). */
 function cli(args: string[], key: string | null = keyFile): Promise<CliResult> {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  delete env.GATE_AUDIT_KEY_FILE;
-  if (key !== null) env.GATE_AUDIT_KEY_FILE = key;
-  return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', CLI, 'audit', ...args], { env, timeout: 30_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolve({ exitCode: code, stdout, stderr });
-    });
-  });
+  return runCli(['audit', ...args], { GATE_AUDIT_KEY_FILE: key });
 }
 
 async function writeTrail(file: string, n: number, close = true): Promise<AuditLog> {

@@ -1,10 +1,9 @@
 /**
- * `agent-gate admin ...` as processes (through a test-only program that registers just these
- * commands) against real gates sharing Redis: every command, refusals as one stderr line with
+ * `agent-gate admin ...` run in-process (test/helpers/cli.ts: the real command tree, output and
+ * exit statuses) against real gates sharing Redis: every command, refusals as one stderr line with
  * exit 1, usage and credential errors with exit 2, a CLI deny reaching the agent as 403
  * `agent_denied`, and an HTTPS admin listener with an admin client certificate.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
@@ -14,22 +13,15 @@ import { GateClient } from '../../src/client/index.js';
 import { createCa, issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
+import { runCli, type CliResult } from '../helpers/cli.js';
 import { call, tlsAgent } from '../helpers/http.js';
 import { freePort, waitFor } from '../helpers/ports.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
-const CLI = join('test', 'cli', 'fixtures', 'cli.ts');
 const SECRET = `cli-admin-secret-${randomBytes(12).toString('hex')}`;
 const WRONG = `wrong-admin-secret-${randomBytes(12).toString('hex')}`;
 // Unique per run: the deny list and cooldown registry live in the Redis every suite shares.
 const RUN = randomBytes(4).toString('hex');
-
-interface CliResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-  json: <T = Record<string, unknown>>() => T;
-}
 
 let fx: Fixtures;
 let up: RecordingUpstream;
@@ -43,22 +35,13 @@ let operator: { cert: string; key: string };
 const closers: (() => Promise<void>)[] = [];
 let n = 0;
 
-/** Runs `agent-gate admin ...`; `env` sets (string) or unsets (null) GATE_ADMIN_URL and GATE_ADMIN_TOKEN_FILE. */
-function cli(args: string[], env: { GATE_ADMIN_URL?: string | null; GATE_ADMIN_TOKEN_FILE?: string | null } = {}): Promise<CliResult> {
-  const childEnv: NodeJS.ProcessEnv = { ...process.env };
-  delete childEnv.GATE_ADMIN_URL;
-  delete childEnv.GATE_ADMIN_TOKEN_FILE;
-  const vars = { GATE_ADMIN_URL: g.adminUrl, GATE_ADMIN_TOKEN_FILE: tokenFile, ...env };
-  for (const [k, v] of Object.entries(vars)) if (v !== null) childEnv[k] = v;
-  return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', CLI, 'admin', ...args], { env: childEnv, timeout: 30_000 }, (err, stdout, stderr) => {
-      const exitCode = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      // Whatever happens, the secret is never printed.
-      expect(stdout + stderr).not.toContain(SECRET);
-      expect(stdout + stderr).not.toContain(WRONG);
-      resolve({ exitCode, stdout, stderr, json: <T>() => JSON.parse(stdout) as T });
-    });
-  });
+/** Runs `agent-gate admin ...` in-process; `env` sets (string) or unsets (null) GATE_ADMIN_URL and GATE_ADMIN_TOKEN_FILE. */
+async function cli(args: string[], env: { GATE_ADMIN_URL?: string | null; GATE_ADMIN_TOKEN_FILE?: string | null } = {}): Promise<CliResult> {
+  const r = await runCli(['admin', ...args], { GATE_ADMIN_URL: g.adminUrl, GATE_ADMIN_TOKEN_FILE: tokenFile, ...env });
+  // Whatever happens, the secret is never printed.
+  expect(r.stdout + r.stderr).not.toContain(SECRET);
+  expect(r.stdout + r.stderr).not.toContain(WRONG);
+  return r;
 }
 
 /** Exit 0, nothing on stderr, one JSON document on stdout. */
