@@ -22,6 +22,8 @@
 var crypto = require('crypto');
 
 var VERSION = 'agent-gate-fwd-v1';
+/* Authorizer mode (section 13): a decision request, signed over the original method and URI. */
+var AUTHZ_VERSION = 'agent-gate-authz-v1';
 var MIN_SECRET_BYTES = 32;
 var KID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 var TS_RE = /^[0-9]{1,12}$/;
@@ -29,8 +31,8 @@ var ID_RE = /^[0-9a-f]{32}$/;
 var PEM_RE = /^-----BEGIN CERTIFICATE-----([A-Za-z0-9+\/=\s]+)-----END CERTIFICATE-----\s*$/;
 
 /* The canonical string: the fields joined by "\n", no trailing newline. */
-function canonical(f) {
-    return [VERSION, f.kid, f.ts, f.id, f.method, f.requestUri, f.host, f.addr, f.verify, f.thumbprint].join('\n');
+function canonical(f, version) {
+    return [version || VERSION, f.kid, f.ts, f.id, f.method, f.requestUri, f.host, f.addr, f.verify, f.thumbprint].join('\n');
 }
 
 /* base64url(HMAC-SHA256(secret, text)); secretB64 as in GATE_FWD_HMAC_KEYS. */
@@ -67,6 +69,20 @@ function thumbprintOfHeader(certHeader) {
  * cannot sign; the config then refuses the request instead of forwarding it unsigned.
  */
 function sign(r) {
+    return signAs(r, VERSION, r.method);
+}
+
+/*
+ * js_set $gate_authz_sig (authorizer mode): the same, for the auth_request subrequest to
+ * P/v1/authorize. The subrequest's own method is GET and its URI the endpoint's: what is signed
+ * (and sent as x-gate-fwd-method / x-gate-fwd-uri) is the client's request, $request_method
+ * (nginx reads it from the main request) and $request_uri (shared with it).
+ */
+function signAuthz(r) {
+    return signAs(r, AUTHZ_VERSION, r.variables.request_method);
+}
+
+function signAs(r, version, method) {
     try {
         /* global agent_gate_fwd_key */
         var key = agent_gate_fwd_key;
@@ -81,7 +97,7 @@ function sign(r) {
             kid: key.kid,
             ts: ts,
             id: id,
-            method: r.method,
+            method: method,
             requestUri: v.request_uri,
             host: v.host,
             addr: v.remote_addr,
@@ -97,7 +113,7 @@ function sign(r) {
         if (!f.host || !f.addr) {
             throw new Error('no host or address');
         }
-        var sig = hmac(key.secret, canonical(f));
+        var sig = hmac(key.secret, canonical(f, version));
         v.gate_fwd_kid = f.kid;
         v.gate_fwd_ts = f.ts;
         v.gate_fwd_id = f.id;
@@ -106,6 +122,10 @@ function sign(r) {
         v.gate_fwd_verify = f.verify;
         v.gate_fwd_cert = cert;
         v.gate_fwd_thumbprint = f.thumbprint;
+        if (version === AUTHZ_VERSION) {
+            v.gate_fwd_method = f.method;
+            v.gate_fwd_uri = f.requestUri;
+        }
         return sig;
     } catch (e) {
         r.error('agent-gate: cannot sign the forwarded headers, refusing the request: ' + e.message);
@@ -127,4 +147,60 @@ function refusalId(r) {
     return ts + String(r.variables.request_id).slice(0, 16);
 }
 
-export default { sign, refusalId, canonical, hmac, thumbprintOfHeader };
+var STATUS_RE = /^[45][0-9][0-9]$/;
+var B64URL_RE = /^[A-Za-z0-9_-]+$/;
+/* Values nginx took from the gate's answer header; never a CR or LF, but judge them anyway. */
+var HEADER_VALUE_RE = /^[\x20-\x7e]{1,512}$/;
+
+/*
+ * js_content of @agent_gate_refusal (authorizer mode): the client's answer to a refused
+ * request. The gate carried the real outcome in x-agent-gate-* headers (auth_request_set
+ * variables); this emits exactly what direct mode sends: the status, the problem+json body,
+ * Retry-After, RateLimit-Policy / RateLimit and, on a 401, WWW-Authenticate. With no usable
+ * carriers (the gate down, too slow, or answering something else) the answer is 503
+ * gate_unavailable with Retry-After, so agents retry.
+ */
+function refusal(r) {
+    var v = r.variables;
+    var status = v.agent_gate_status || '';
+    var problem = v.agent_gate_problem || '';
+    if (!STATUS_RE.test(status) || !B64URL_RE.test(problem) || problem.length > 2048) {
+        if (status || problem) {
+            r.error('agent-gate: the gate answered the decision request with unusable refusal carriers');
+        }
+        return gateUnavailable(r);
+    }
+    var body = Buffer.from(problem, 'base64url');
+    var h = r.headersOut;
+    h['Content-Type'] = 'application/problem+json';
+    h['Cache-Control'] = 'no-store';
+    setIf(h, 'Retry-After', v.agent_gate_retry_after);
+    setIf(h, 'RateLimit-Policy', v.agent_gate_rl_policy_gate);
+    setIf(h, 'RateLimit', v.agent_gate_rl_gate);
+    if (status === '401') {
+        setIf(h, 'WWW-Authenticate', v.agent_gate_www_auth || 'Bearer realm="agent-gate"');
+    }
+    r.return(Number(status), body);
+}
+
+function setIf(h, name, value) {
+    if (value && HEADER_VALUE_RE.test(value)) {
+        h[name] = value;
+    }
+}
+
+function gateUnavailable(r) {
+    var h = r.headersOut;
+    h['Content-Type'] = 'application/problem+json';
+    h['Cache-Control'] = 'no-store';
+    h['Retry-After'] = '1';
+    r.return(503, JSON.stringify({
+        type: 'urn:agent-gate:error:gate_unavailable',
+        title: 'Gate unavailable',
+        status: 503,
+        code: 'gate_unavailable',
+        instance: 'urn:agent-gate:refusal:' + refusalId(r)
+    }));
+}
+
+export default { sign, signAuthz, refusal, refusalId, canonical, hmac, thumbprintOfHeader };

@@ -37,6 +37,17 @@ interface NginxFlags {
   gateTlsName?: string;
   tlsMinVersion?: string;
   maxConnectionsPerAddress?: string;
+  mode?: string;
+  upstreamUrl?: string;
+  upstreamCa?: string;
+  upstreamTlsName?: string;
+  authzCacheS?: string;
+  authzCacheZone?: string;
+  authzCacheMaxSize?: string;
+  rateProxyIdentity?: string;
+  authzTimeoutS?: string;
+  xff?: string;
+  passHeaders?: string;
 }
 
 function shellQuote(s: string): string {
@@ -63,6 +74,17 @@ export function registerNginxCommands(program: Command): void {
     .option('--gate-tls-name <name>', "DNS name the gate's certificate must carry (default: the --gate-url host)")
     .option('--tls-min-version <version>', 'minimum TLS version offered to agents: TLSv1.2 or TLSv1.3', 'TLSv1.2')
     .option('--max-connections-per-address <n>', "nginx limit_conn per client address (default: the gate's GATE_MAX_CONNECTIONS_PER_ADDRESS default)")
+    .option('--mode <mode>', 'forwarded (nginx -> gate -> upstream) or authorizer (nginx -> upstream, the gate decides; PROTOCOL.md section 13)', 'forwarded')
+    .option('--upstream-url <url>', 'authorizer mode: the protected service origin (as GATE_UPSTREAM_URL, no path)')
+    .option('--upstream-ca <file>', "authorizer mode: CA bundle (PEM) that verifies the upstream's certificate")
+    .option('--upstream-tls-name <name>', "authorizer mode: DNS name the upstream's certificate must carry")
+    .option('--authz-cache-s <n>', 'authorizer mode: decision cache on (as GATE_AUTHZ_CACHE_S, whose max-age sets the TTL) or 0 for none', '2')
+    .option('--authz-cache-zone <size>', 'authorizer mode: shared key zone of the decision cache', '10m')
+    .option('--authz-cache-max-size <size>', 'authorizer mode: disk bound of the decision cache', '100m')
+    .option('--rate-proxy-identity <N/S>', 'authorizer mode: edge limit per client certificate (as GATE_RATE_PROXY_IDENTITY)', '1000/1')
+    .option('--authz-timeout-s <n>', 'authorizer mode: seconds to wait for a decision before 503 gate_unavailable', '5')
+    .option('--xff <mode>', 'authorizer mode: X-Forwarded-For replace or append (as GATE_PROXY_XFF)', 'replace')
+    .option('--pass-headers <names>', 'authorizer mode: stripped headers passed anyway (as GATE_PROXY_PASS_HEADERS)')
     .action(async (flags: NginxFlags, self: Command) => {
       try {
         const opts: NginxConfigOptions = {
@@ -81,6 +103,24 @@ export function registerNginxCommands(program: Command): void {
         if (flags.tlsMinVersion !== undefined) opts.tlsMinVersion = flags.tlsMinVersion as NginxConfigOptions['tlsMinVersion'];
         // The renderer refuses a value that is not a whole number in range, naming the flag.
         if (flags.maxConnectionsPerAddress !== undefined) opts.maxConnectionsPerAddress = Number(flags.maxConnectionsPerAddress);
+        if (flags.mode !== undefined) opts.mode = flags.mode as NginxConfigOptions['mode'];
+        if (opts.mode === 'authorizer') {
+          // The renderer refuses values out of range, naming the flag.
+          opts.authorizer = {
+            upstreamUrl: flags.upstreamUrl ?? '',
+            ...(flags.upstreamCa !== undefined ? { upstreamCa: flags.upstreamCa } : {}),
+            ...(flags.upstreamTlsName !== undefined ? { upstreamTlsName: flags.upstreamTlsName } : {}),
+            ...(flags.authzCacheS !== undefined ? { cacheS: Number(flags.authzCacheS) } : {}),
+            ...(flags.authzCacheZone !== undefined ? { cacheZone: flags.authzCacheZone } : {}),
+            ...(flags.authzCacheMaxSize !== undefined ? { cacheMaxSize: flags.authzCacheMaxSize } : {}),
+            ...(flags.rateProxyIdentity !== undefined ? { rateProxyIdentity: flags.rateProxyIdentity } : {}),
+            ...(flags.authzTimeoutS !== undefined ? { timeoutS: Number(flags.authzTimeoutS) } : {}),
+            ...(flags.xff !== undefined ? { xff: flags.xff as 'replace' | 'append' } : {}),
+            ...(flags.passHeaders !== undefined ? { passHeaders: flags.passHeaders.split(',').map((n) => n.trim()).filter(Boolean) } : {}),
+          };
+        } else if (flags.upstreamUrl !== undefined) {
+          throw new TypeError('--upstream-url is for --mode authorizer (in forwarded mode the gate proxies, GATE_UPSTREAM_URL)');
+        }
         const out = await renderNginxConfig(opts);
         writeOut(self, [out.confPath, out.jsPath, out.keyPath].join('\n') + '\n');
         for (const w of out.warnings) writeErr(self, `warning: ${w}\n`);

@@ -19,6 +19,20 @@ export const FWD_HEADERS = [
   'x-gate-fwd-sig',
 ] as const;
 
+/**
+ * Authorizer mode (section 13): the original request's method and `$request_uri`, sent with the
+ * eight headers above on nginx's `auth_request` subrequest to `P/v1/authorize`.
+ */
+export const AUTHZ_TARGET_HEADERS = ['x-gate-fwd-method', 'x-gate-fwd-uri'] as const;
+
+/** First line of the canonical string in forwarded mode. */
+export const FWD_VERSION = 'agent-gate-fwd-v1';
+/**
+ * First line in authorizer mode: a signature made for a decision can never verify as a
+ * forwarded request (or the reverse), even under the same key.
+ */
+export const AUTHZ_VERSION = 'agent-gate-authz-v1';
+
 /** The signed fields. */
 export interface ForwardedFields {
   kid: string;
@@ -35,8 +49,8 @@ export interface ForwardedFields {
 }
 
 /** The canonical string: the fields joined by `\n`, no trailing newline. */
-export function canonicalString(f: ForwardedFields): string {
-  return ['agent-gate-fwd-v1', f.kid, f.ts, f.id, f.method, f.requestUri, f.host, f.addr, f.verify, f.thumbprint].join('\n');
+export function canonicalString(f: ForwardedFields, version: typeof FWD_VERSION | typeof AUTHZ_VERSION = FWD_VERSION): string {
+  return [version, f.kid, f.ts, f.id, f.method, f.requestUri, f.host, f.addr, f.verify, f.thumbprint].join('\n');
 }
 
 /** base64url(HMAC-SHA256(secret, canonical)). */

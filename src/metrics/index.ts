@@ -3,7 +3,7 @@
  * Every label value comes from the fixed sets below, so cardinality is bounded.
  * @module
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { ERROR_CODES } from '../errors.js';
 
 /** Label sets of section 10. */
@@ -14,10 +14,12 @@ export const LABELS = {
   revocationMethod: ['ocsp', 'crl'],
   revocationResult: ['good', 'revoked', 'unknown', 'error'],
   forwardedResult: ['ok', 'missing', 'bad_signature', 'stale', 'unknown_kid', 'replayed', 'untrusted_proxy'],
+  // allow: 204; refuse: a 4xx refusal; unavailable: a 5xx (the gate could not decide).
+  authzResult: ['allow', 'refuse', 'unavailable'],
   shedReason: ['concurrency', 'event_loop'],
   connectionLimit: ['per_address', 'total'],
   connectionPhase: ['handshake', 'request'],
-  route: ['challenge', 'token', 'proxy', 'jwks', 'health', 'other'],
+  route: ['challenge', 'token', 'proxy', 'authorize', 'jwks', 'health', 'other'],
   alg: ['EdDSA', 'ES256', 'ES384', 'PS256'],
 } as const;
 
@@ -35,6 +37,8 @@ export interface GateMetrics {
   revocationChecks: Counter<'method' | 'result'>;
   revocationCacheHits: Counter<'method'>;
   forwardedVerifications: Counter<'result'>;
+  /** Authorizer mode: decisions answered to nginx, by result (section 13). */
+  authzDecisions: Counter<'result'>;
   errors: Counter<'code'>;
   loadShed: Counter<'reason'>;
   /** Public-listener connections reset at accept by a cap. */
@@ -47,6 +51,8 @@ export interface GateMetrics {
   inflight: Gauge;
   requestDuration: Histogram<'route'>;
   signatureVerification: Histogram<'alg'>;
+  /** Worker processes restarted after dying (`GATE_WORKERS` > 1; counted by the primary, 0 in workers). */
+  workerRestarts: Counter;
 }
 
 /** Creates the metrics on a fresh registry, with every known label value present at 0. */
@@ -66,6 +72,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): GateMetr
     revocationChecks: counter('revocation_checks_total', 'Revocation checks, by method and result', ['method', 'result']),
     revocationCacheHits: counter('revocation_cache_hits_total', 'Revocation answers served from cache', ['method']),
     forwardedVerifications: counter('forwarded_verifications_total', 'Forwarded-header verifications, by result', ['result']),
+    authzDecisions: counter('authz_decisions_total', 'Authorizer-mode decisions answered to nginx, by result', ['result']),
     errors: counter('errors_total', 'Refusals and errors answered, by contract code', ['code']),
     loadShed: counter('load_shed_total', 'Requests shed, by reason', ['reason']),
     connectionsRefused: counter('connections_refused_total', 'Connections reset at accept by a connection cap, by cap', ['limit']),
@@ -87,6 +94,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): GateMetr
       buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01],
       registers: [registry],
     }),
+    workerRestarts: counter('worker_restarts_total', 'Worker processes restarted after dying'),
   };
   for (const v of LABELS.proofResult) m.proofs.inc({ result: v }, 0);
   for (const v of LABELS.replayKind) m.replaysDetected.inc({ kind: v }, 0);
@@ -96,9 +104,31 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): GateMetr
     for (const result of LABELS.revocationResult) m.revocationChecks.inc({ method, result }, 0);
   }
   for (const v of LABELS.forwardedResult) m.forwardedVerifications.inc({ result: v }, 0);
+  for (const v of LABELS.authzResult) m.authzDecisions.inc({ result: v }, 0);
   for (const v of ERROR_CODES) m.errors.inc({ code: v }, 0);
   for (const v of LABELS.shedReason) m.loadShed.inc({ reason: v }, 0);
   for (const v of LABELS.connectionLimit) m.connectionsRefused.inc({ limit: v }, 0);
   for (const v of LABELS.connectionPhase) m.connectionTimeouts.inc({ phase: v }, 0);
   return m;
+}
+
+/** One process's metrics as JSON, the form {@link aggregateMetrics} merges (prom-client's cluster format). */
+export function metricsSnapshot(registry: Registry): Promise<object[]> {
+  return registry.getMetricsAsJSON();
+}
+
+/**
+ * The exposition of a gate of several processes: counters and histograms summed, gauges by
+ * their prom-client aggregator (sum unless a default metric says otherwise).
+ */
+export async function aggregateMetrics(snapshots: object[][]): Promise<string> {
+  return AggregatorRegistry.aggregate(snapshots).metrics();
+}
+
+/**
+ * Makes `/metrics` of this process answer for the whole gate: `registry.metrics()` (what the
+ * admin route serves) returns `gather()`, while {@link metricsSnapshot} still reads this process alone.
+ */
+export function exposeGateMetrics(metrics: GateMetrics, gather: () => Promise<string>): void {
+  metrics.registry.metrics = gather;
 }

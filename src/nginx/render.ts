@@ -14,7 +14,10 @@ import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { DEFAULT_MAX_CONNECTIONS_PER_ADDRESS } from '../http/connections.js';
 import { parseHmacKeys } from '../identity/forwarded-canonical.js';
+import { authorizerValues, parseMode, type AuthorizerNginxOptions, type NginxMode } from './authorizer.js';
 import { prepareOutputDir, writePrivateFile } from './write.js';
+
+export type { AuthorizerNginxOptions, NginxMode } from './authorizer.js';
 
 /** Where Debian's libnginx-mod-http-js installs the njs module (nginx's --modules-path). */
 export const NJS_MODULE_PATH = '/usr/lib/nginx/modules/ngx_http_js_module.so';
@@ -56,6 +59,10 @@ export interface NginxConfigOptions {
    * the gate's own per-address cap in direct mode, which does not apply behind nginx).
    */
   maxConnectionsPerAddress?: number;
+  /** forwarded (default: nginx → gate → upstream) or authorizer (nginx → upstream, the gate decides; section 13). */
+  mode?: NginxMode;
+  /** Authorizer mode: the authorizer options (see {@link AuthorizerNginxOptions}). */
+  authorizer?: AuthorizerNginxOptions;
 }
 
 /** What {@link renderNginxConfig} wrote. */
@@ -82,14 +89,16 @@ function templateUrl(name: string): URL {
   return new URL(`../../nginx/${name}`, import.meta.url);
 }
 
-function safePath(flag: string, value: unknown): string {
+/** An absolute path nginx.conf can carry in double quotes; TypeError naming `flag` otherwise. */
+export function safePath(flag: string, value: unknown): string {
   if (typeof value !== 'string' || value.length === 0) throw new TypeError(`${flag} is required`);
   const abs = resolve(value);
   if (UNSAFE_PATH_RE.test(abs) || hasControl(abs)) throw new TypeError(`${flag} ${JSON.stringify(value)} contains a character nginx.conf cannot carry (quote, backslash, $, {, }, ; or a control character)`);
   return abs;
 }
 
-async function pemFile(flag: string, value: unknown, label: 'CERTIFICATE' | 'PRIVATE KEY'): Promise<string> {
+/** A readable PEM file of `label`; TypeError naming `flag` otherwise. */
+export async function pemFile(flag: string, value: unknown, label: 'CERTIFICATE' | 'PRIVATE KEY'): Promise<string> {
   const path = safePath(flag, value);
   let text: string;
   try {
@@ -269,7 +278,10 @@ export async function renderNginxConfig(opts: NginxConfigOptions): Promise<Rende
   if (gate.scheme === 'https' && !gateCa) warnings.push("the gate's TLS certificate is not verified: give --gate-ca (and --gate-tls-name) outside dev");
   if (gate.scheme === 'http' && !isLoopback(gate.host)) warnings.push('the gate is reached over plain HTTP on a non-loopback address: use an https --gate-url outside dev');
 
-  const [template, signer] = await Promise.all([readFile(templateUrl('agent-gate.conf'), 'utf8'), readFile(templateUrl('gate_sign.js'), 'utf8')]);
+  const mode = parseMode(opts.mode);
+  const authz = mode === 'authorizer' ? await authorizerValues(opts.authorizer, pathPrefix, warnings) : undefined;
+  const templateName = mode === 'authorizer' ? 'agent-gate-authorizer.conf' : 'agent-gate.conf';
+  const [template, signer] = await Promise.all([readFile(templateUrl(templateName), 'utf8'), readFile(templateUrl('gate_sign.js'), 'utf8')]);
 
   // DIR will hold the HMAC secret: the caller's own, closed to others (search only, for the workers).
   await prepareOutputDir(dir);
@@ -294,6 +306,7 @@ export async function renderNginxConfig(opts: NginxConfigOptions): Promise<Rende
     GATE_SCHEME: gate.scheme,
     GATE_TLS: gateTlsBlock(gate, gateCa, tlsName),
     LIMIT_CONN: limitConn(opts.maxConnectionsPerAddress),
+    ...authz?.(dir),
   });
 
   // The key first, so a config never points at a missing or stale key; 0600 even if it existed.

@@ -1,0 +1,679 @@
+/**
+ * Authorizer mode (PROTOCOL.md section 13) with the real nginx + njs: nginx proxies gated
+ * requests to the upstream itself and asks the real gate (GATE_MODE=authorizer) for a decision
+ * on each, caching allows. A capture relay between nginx and the gate counts and records every
+ * decision request, so "served from the cache" and "decided again" are observed, not assumed.
+ * Every refusal is compared with what a direct-mode gate answers for the same request.
+ */
+import { spawnSync } from 'node:child_process';
+import { randomBytes, X509Certificate } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Agent, request } from 'undici';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { GateClient } from '../../src/client/index.js';
+import { renderNginxConfig, type AuthorizerNginxOptions } from '../../src/nginx/index.js';
+import { createCrl, issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
+import { loadSigningKeys } from '../../src/tokens/keys.js';
+import { generateSigningJwk } from '../../src/tokens/keys.js';
+import { TokenService } from '../../src/tokens/index.js';
+import { thumbprintOf } from '../../src/identity/certificate.js';
+import { AUTHZ_VERSION, canonicalString, certFromHeader, signCanonical } from '../../src/identity/forwarded-canonical.js';
+import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
+import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
+import { tlsAgent } from '../helpers/http.js';
+import { freePort, waitFor } from '../helpers/ports.js';
+import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
+import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
+import {
+  capturedValues,
+  ensureNginx,
+  rawExchange,
+  removeTempDirs,
+  sendRaw,
+  serializeRequest,
+  startCaptureRelay,
+  startNginx,
+  tempDir,
+  writeKeyFile,
+  type CaptureRelay,
+  type CapturedRequest,
+  type RunningNginx,
+} from '../nginx/harness.js';
+
+const P = '/.agent-gate';
+const ADMIN_SECRET = 'admin-secret-for-authorizer-tests-0123';
+const CACHE_S = 2;
+
+let fx: Fixtures;
+let up: RecordingUpstream;
+let signingJwk: string;
+let crlFile: string;
+let key: ReturnType<typeof writeKeyFile>;
+let adminTokenFile: string;
+/** The authorizer gate, and the direct gate every refusal is compared with. */
+let authz: RunningGate;
+let direct: RunningGate;
+/** nginx → relay → authorizer gate (decision cache on), and the same with the cache off. */
+let relay: CaptureRelay;
+let nginx: RunningNginx;
+let relayOff: CaptureRelay;
+let nginxOff: RunningNginx;
+let tokens: TokenService;
+let revokeMe: KeyAndCert;
+let denyMe: KeyAndCert;
+let crlNumber = 1;
+
+const closers: (() => Promise<void>)[] = [];
+
+function agent(who?: KeyAndCert): Agent {
+  const a = tlsAgent(fx, who);
+  closers.push(() => a.close());
+  return a;
+}
+
+interface Res {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+  body?: Record<string, unknown>;
+}
+
+async function send(dispatcher: Agent, url: string, init: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<Res> {
+  const r = await request(url, { dispatcher, method: (init.method ?? 'GET') as 'GET', headers: init.headers, body: init.body });
+  const text = await r.body.text();
+  let body: Record<string, unknown> | undefined;
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    body = undefined;
+  }
+  return { status: r.statusCode, headers: r.headers, text, body };
+}
+
+const tokenCache = new Map<KeyAndCert, string>();
+/** A token for `who`, from the gate through nginx (P/v1/* in forwarded signing). */
+async function tokenOf(who: KeyAndCert): Promise<string> {
+  if (!tokenCache.has(who)) {
+    const c = new GateClient({ baseUrl: nginx.url, cert: who.certPem, key: who.keyPem, ca: fx.ca.certPem, servername: 'localhost' });
+    closers.push(() => c.close());
+    tokenCache.set(who, await c.getToken());
+  }
+  return tokenCache.get(who)!;
+}
+
+async function admin(g: RunningGate, path: string, init: { method?: string; body?: unknown } = {}): Promise<Response> {
+  return fetch(`${g.adminUrl}${path}`, {
+    method: init.method ?? 'GET',
+    headers: { authorization: `Bearer ${ADMIN_SECRET}`, ...(init.body ? { 'content-type': 'application/json' } : {}) },
+    body: init.body ? JSON.stringify(init.body) : undefined,
+  });
+}
+
+/** A counter of the gate's /metrics (0 when absent). */
+async function metric(g: RunningGate, series: string): Promise<number> {
+  const text = await (await fetch(`${g.adminUrl}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(series + ' '));
+  return Number(line?.split(' ')[1] ?? 0);
+}
+
+async function writeCrlFile(revoked: KeyAndCert[]): Promise<void> {
+  const { pem } = await createCrl(
+    fx.ca,
+    revoked.map((c) => ({ serial: new X509Certificate(c.certPem).serialNumber, revokedAt: new Date(Date.now() - 60_000) })),
+    { crlNumber: crlNumber++ },
+  );
+  writeFileSync(crlFile, pem);
+}
+
+async function renderAuthz(dir: string, port: number, gateUrl: string, authorizer: Partial<AuthorizerNginxOptions> = {}): Promise<void> {
+  const out = await renderNginxConfig({
+    mode: 'authorizer',
+    listen: `127.0.0.1:${port}`,
+    gateUrl,
+    tlsCert: fx.serverCertFile,
+    tlsKey: fx.serverKeyFile,
+    clientCa: fx.caFile,
+    hmacKeyFile: key.file,
+    kid: 'k1',
+    dir,
+    authorizer: { upstreamUrl: up.url, timeoutS: 1, ...authorizer },
+  });
+  expect(out.warnings).toEqual([]);
+}
+
+async function launch(gateUrl: string, authorizer: Partial<AuthorizerNginxOptions> = {}): Promise<RunningNginx> {
+  const dir = join(tempDir('authz'), 'out');
+  const port = await freePort();
+  await renderAuthz(dir, port, gateUrl, authorizer);
+  const n = await startNginx(dir, port);
+  closers.push(() => n.stop());
+  return n;
+}
+
+/** The gate-side env shared by both gates: same signing key, CRL, admin token, redis. */
+function sharedEnv(extra: Record<string, string>): Record<string, string> {
+  return testEnv(fx, {
+    GATE_STORE: 'redis',
+    GATE_REDIS_URL: inject('redisUrl'),
+    GATE_SIGNING_JWK: signingJwk,
+    GATE_ADMIN_TOKEN_FILE: adminTokenFile,
+    GATE_REVOCATION: 'crl',
+    GATE_REVOCATION_FAIL: 'closed',
+    GATE_CRL_FILES: crlFile,
+    // A CRL update reaches a gate within a second (its own per-certificate cache).
+    GATE_REVOCATION_MAX_STALE_S: '1',
+    ...extra,
+  });
+}
+
+async function authorizerGate(extra: Record<string, string> = {}): Promise<RunningGate> {
+  const g = await startGate(
+    sharedEnv({
+      GATE_MODE: 'authorizer',
+      GATE_TLS_CERT: '',
+      GATE_TLS_KEY: '',
+      GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32',
+      GATE_FWD_HMAC_KEYS: `k1:${key.b64}`,
+      GATE_AUTHZ_CACHE_S: String(CACHE_S),
+      ...extra,
+    }),
+  );
+  g.url = g.url.replace('https://', 'http://');
+  closers.push(() => g.close());
+  return g;
+}
+
+const portOf = (url: string) => Number(new URL(url).port);
+
+beforeAll(async () => {
+  ensureNginx();
+  fx = await makeFixtures();
+  up = await startUpstream();
+  signingJwk = JSON.stringify(await generateSigningJwk());
+  crlFile = join(fx.dir, 'authz.crl');
+  [revokeMe, denyMe] = await Promise.all([issueAgentCert(fx.ca, 'revoke-me', { alg: 'ec-p256' }), issueAgentCert(fx.ca, 'deny-me', { alg: 'ec-p256' })]);
+  await writeCrlFile([]);
+  adminTokenFile = join(fx.dir, 'admin-authz.token');
+  writeFileSync(adminTokenFile, ADMIN_SECRET + '\n', { mode: 0o600 });
+  key = writeKeyFile(tempDir('keys'));
+  authz = await authorizerGate();
+  direct = await startGate(sharedEnv({ GATE_UPSTREAM_URL: up.url }));
+  closers.push(() => direct.close());
+  relay = await startCaptureRelay(portOf(authz.url));
+  relayOff = await startCaptureRelay(portOf(authz.url));
+  closers.push(() => relay.close(), () => relayOff.close());
+  nginx = await launch(relay.url);
+  nginxOff = await launch(relayOff.url, { cacheS: 0 });
+  tokens = new TokenService({ keys: await loadSigningKeys({ jwk: signingJwk, allowEphemeral: false }), issuer: 'agent-gate', audience: 'agent-gate', ttlS: 300, skewS: 30, now: () => Date.now() - 3600_000 });
+}, 60_000);
+
+afterAll(async () => {
+  for (const c of closers.reverse()) await c().catch(() => undefined);
+  await up?.close();
+  removeTempDirs();
+});
+
+/** Decision requests nginx sent to the gate so far (cache on / off). */
+const decisions = (r: CaptureRelay = relay) => r.captured.filter((c) => c.target === `${P}/v1/authorize`);
+
+describe('allowed requests', () => {
+  it('reach the upstream unchanged, with the identity the gate decided and none a client sent', async () => {
+    const who = fx.agents.p256;
+    const token = await tokenOf(who);
+    const a = agent(who);
+    const before = decisions().length;
+    up.seen.length = 0;
+    const r = await send(a, `${nginx.url}/api/items/7?view=full&x=%41`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${token}`,
+        'content-type': 'application/json',
+        'x-app': 'kept',
+        'X-Agent-Id': 'forged',
+        'x-AGENT-thumbprint': 'forged',
+        'x-agent-token-id': 'forged',
+        'X-Gate-Fwd-Sig': 'forged',
+        'x-agent-gate-status': '200',
+        'X-Forwarded-Host': 'evil.example',
+        'X-Forwarded-For': '203.0.113.9',
+        'X-Real-IP': '203.0.113.9',
+        forwarded: 'for=203.0.113.9',
+        'x-ssl-client-cert': 'forged',
+        'proxy-authorization': 'Basic Zm9yZ2Vk',
+      },
+      body: '{"n":1}',
+    });
+    expect(r.status).toBe(200);
+    expect(up.seen).toHaveLength(1);
+    const seen = up.seen[0]!;
+    expect([seen.method, seen.url, seen.body.toString()]).toEqual(['POST', '/api/items/7?view=full&x=%41', '{"n":1}']);
+    expect(seen.headers['x-agent-id']).toBe('urn:agent:p256');
+    expect(seen.headers['x-agent-thumbprint']).toBe(thumbprintOf(new X509Certificate(who.certPem).raw));
+    expect(seen.headers['x-agent-token-id']).toMatch(/^[A-Za-z0-9_-]{22}$/);
+    expect(seen.headers['x-app']).toBe('kept');
+    expect(seen.headers['x-forwarded-for']).toBe('127.0.0.1');
+    expect(seen.headers['x-forwarded-proto']).toBe('https');
+    for (const h of ['authorization', 'x-gate-fwd-sig', 'x-agent-gate-status', 'x-forwarded-host', 'x-real-ip', 'forwarded', 'x-ssl-client-cert', 'proxy-authorization']) {
+      expect(seen.headers[h], h).toBeUndefined();
+    }
+    // The decision request: GET P/v1/authorize, no body, nothing of the client's but
+    // Authorization, signed over the original method and URI.
+    const d = decisions().slice(before);
+    expect(d).toHaveLength(1);
+    const dr = d[0]!;
+    expect(dr.method).toBe('GET');
+    expect(dr.body.length).toBe(0);
+    expect(capturedValues(dr, 'x-gate-fwd-method')).toEqual(['POST']);
+    expect(capturedValues(dr, 'x-gate-fwd-uri')).toEqual(['/api/items/7?view=full&x=%41']);
+    expect(capturedValues(dr, 'authorization')).toEqual([`Bearer ${token}`]);
+    const names = dr.headers.map(([n]) => n.toLowerCase()).sort();
+    expect(names).toEqual(['authorization', 'host', 'x-gate-fwd-addr', 'x-gate-fwd-cert', 'x-gate-fwd-host', 'x-gate-fwd-id', 'x-gate-fwd-kid', 'x-gate-fwd-method', 'x-gate-fwd-sig', 'x-gate-fwd-ts', 'x-gate-fwd-uri', 'x-gate-fwd-verify']);
+  });
+
+  it('are served from the decision cache within GATE_AUTHZ_CACHE_S, and decided again after it', async () => {
+    const who = fx.agents.ed25519;
+    const token = await tokenOf(who);
+    const a = agent(who);
+    const go = () => send(a, `${nginx.url}/cached`, { headers: { authorization: `Bearer ${token}` } });
+    const before = decisions().length;
+    for (let i = 0; i < 5; i++) expect((await go()).status).toBe(200);
+    expect(decisions().length - before).toBe(1);
+    await new Promise((r) => setTimeout(r, (CACHE_S + 1) * 1000 + 200));
+    expect((await go()).status).toBe(200);
+    expect(decisions().length - before).toBe(2);
+    await waitFor(() => nginx.accessLog().filter((l) => l.request_uri === '/cached').length >= 6, 2000, 'the access log');
+    const log = nginx.accessLog().filter((l) => l.request_uri === '/cached');
+    expect(log.map((l) => l.authz_cache).slice(-6)).toEqual(['MISS', 'HIT', 'HIT', 'HIT', 'HIT', expect.stringMatching(/^(MISS|EXPIRED)$/)]);
+  });
+});
+
+/** What a client can compare of a refusal: everything but the refusal id's value. */
+function shape(r: { status: number; headers: Record<string, string | string[] | undefined>; text: string }) {
+  const body = JSON.parse(r.text) as Record<string, unknown>;
+  const h = (n: string) => r.headers[n];
+  expect(String(body.instance)).toMatch(/^urn:agent-gate:refusal:[a-z0-9]{26}$/);
+  return {
+    status: r.status,
+    contentType: h('content-type'),
+    cacheControl: h('cache-control'),
+    body: { type: body.type, title: body.title, status: body.status, code: body.code },
+    wwwAuthenticate: h('www-authenticate'),
+    retryAfter: h('retry-after') !== undefined,
+    rateLimitPolicy: h('ratelimit-policy'),
+    rateLimit: h('ratelimit') !== undefined,
+  };
+}
+
+interface Case {
+  name: string;
+  who?: KeyAndCert;
+  path?: string;
+  auth?: () => Promise<string | undefined>;
+}
+
+describe('refusals reach the client as in direct mode', () => {
+  const cases: Case[] = [
+    { name: 'token_missing (no Authorization)', who: fx_('p256') },
+    { name: 'token_missing (Basic)', who: fx_('p256'), auth: async () => 'Basic dXNlcjpwdw==' },
+    { name: 'token_invalid', who: fx_('p256'), auth: async () => 'Bearer not.a.token' },
+    { name: 'token_expired', who: fx_('p256'), auth: async () => `Bearer ${tokens.issueSync('urn:agent:p256', thumbprintOf(new X509Certificate(fx.agents.p256.certPem).raw)).token}` },
+    { name: 'token_binding_mismatch', who: fx_('other'), auth: async () => `Bearer ${await tokenOf(fx.agents.p256)}` },
+    { name: 'client_cert_required', auth: async () => `Bearer ${await tokenOf(fx.agents.p256)}` },
+    { name: 'client_cert_invalid (untrusted CA)', who: fx_('foreign'), auth: async () => `Bearer ${await tokenOf(fx.agents.p256)}` },
+    { name: 'client_cert_invalid (expired)', who: fx_('expired'), auth: async () => `Bearer ${await tokenOf(fx.agents.p256)}` },
+    { name: 'not_found (the decision endpoint from outside)', who: fx_('p256'), path: `${P}/v1/authorize`, auth: async () => `Bearer ${await tokenOf(fx.agents.p256)}` },
+  ];
+  for (const c of cases) {
+    it(c.name, async () => {
+      const who = c.who && resolveAgent(c.who);
+      const auth = await c.auth?.();
+      const headers: Record<string, string> = auth ? { authorization: auth } : {};
+      const a = agent(who);
+      const path = c.path ?? '/api/refused';
+      const viaDirect = await send(a, `${direct.url}${path}`, { headers });
+      for (const n of [nginx, nginxOff]) {
+        const before = up.seen.length;
+        const viaNginx = await send(a, `${n.url}${path}`, { headers });
+        expect(shape(viaNginx)).toEqual(shape(viaDirect));
+        expect(up.seen.length).toBe(before);
+      }
+    });
+  }
+
+  // The contract's path rules, judged by nginx on the raw target before anything is asked.
+  const paths = ['/a/../b', '/a/./b', '/a/%2e%2E;x/b', '/a/..;/b', '/a/.%3bx/b', '/a%2fb', '/a%5Cb', '/a%00b', '//evil/x', '/%ff', '/a%zz', '/a/b#frag', '/a\\b'];
+  for (const p of paths) {
+    it(`request_malformed for ${JSON.stringify(p)}`, async () => {
+      const who = fx.agents.p256;
+      const token = await tokenOf(who);
+      const raw = `GET ${p} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`;
+      const tls = { ca: fx.ca.certPem, cert: who.certPem, key: who.keyPem };
+      const viaDirect = await rawExchange(portOf(direct.url), tls, raw);
+      const before = [up.seen.length, decisions().length];
+      const viaNginx = await rawExchange(nginx.port, tls, raw);
+      expect(shape(viaNginx)).toEqual(shape(viaDirect));
+      expect(viaNginx.status).toBe(400);
+      expect([up.seen.length, decisions().length]).toEqual(before);
+    });
+  }
+  it('passes the ; parameters and encodings the contract allows', async () => {
+    const who = fx.agents.p256;
+    const a = agent(who);
+    const token = await tokenOf(who);
+    for (const p of ['/a;x/b', '/a/;../b', '/a/%41b', '/caf%C3%A9', '/a/...;/b', '/x?q=../..&r=%2f']) {
+      const r = await send(a, `${nginx.url}${p}`, { headers: { authorization: `Bearer ${token}` } });
+      expect([p, r.status]).toEqual([p, 200]);
+      expect(up.seen.at(-1)!.url).toBe(p);
+    }
+  });
+});
+
+function fx_(name: keyof Fixtures['agents']): KeyAndCert {
+  // Resolved lazily: the fixtures exist only once beforeAll ran.
+  return { name } as unknown as KeyAndCert;
+}
+function resolveAgent(who: KeyAndCert): KeyAndCert {
+  const name = (who as unknown as { name?: keyof Fixtures['agents'] }).name;
+  return name && !('certPem' in who) ? fx.agents[name] : who;
+}
+
+/** A decision request signed here as nginx would sign it, sent straight to the authorizer gate. */
+async function decideStraight(who: KeyAndCert, token: string): Promise<{ status: number; carried: string | undefined }> {
+  const cert = encodeURIComponent(who.certPem);
+  const f = { kid: 'k1', ts: String(Math.floor(Date.now() / 1000)), id: randomBytes(16).toString('hex'), method: 'GET', requestUri: '/straight', host: 'localhost', addr: '127.0.0.1', verify: 'SUCCESS', thumbprint: certFromHeader(cert)!.thumbprint };
+  const sig = signCanonical(key.secret, canonicalString(f, AUTHZ_VERSION));
+  const headers: [string, string][] = [
+    ['Host', 'localhost'], ['Authorization', `Bearer ${token}`], ['x-gate-fwd-kid', f.kid], ['x-gate-fwd-ts', f.ts], ['x-gate-fwd-id', f.id], ['x-gate-fwd-host', f.host],
+    ['x-gate-fwd-addr', f.addr], ['x-gate-fwd-verify', f.verify], ['x-gate-fwd-cert', cert], ['x-gate-fwd-sig', sig], ['x-gate-fwd-method', f.method], ['x-gate-fwd-uri', f.requestUri],
+  ];
+  const r = await sendRaw(portOf(authz.url), serializeRequest({ method: 'GET', target: `${P}/v1/authorize`, headers, body: Buffer.alloc(0) }));
+  return { status: r.status, carried: r.headers['x-agent-gate-status'] };
+}
+
+/**
+ * Polls the gate's own decision (a signed request straight to it) and the answer through nginx
+ * side by side until both refuse; returns when each first refused, in ms from the start.
+ */
+async function race(who: KeyAndCert, token: string, viaNginx: () => Promise<Res>): Promise<{ gateMs: number; nginxMs: number; last: Res }> {
+  const t0 = Date.now();
+  let gateMs = -1;
+  let nginxMs = -1;
+  let last: Res | undefined;
+  await waitFor(
+    async () => {
+      if (gateMs < 0 && (await decideStraight(who, token)).status === 403) gateMs = Date.now() - t0;
+      if (nginxMs < 0 && (last = await viaNginx()).status === 403) nginxMs = Date.now() - t0;
+      return gateMs >= 0 && nginxMs >= 0;
+    },
+    10_000,
+    'the gate and nginx to refuse',
+    50,
+  );
+  return { gateMs, nginxMs, last: last! };
+}
+
+describe('the decision cache', () => {
+  it('never answers the same token with another certificate: decided again and refused for the binding', async () => {
+    const token = await tokenOf(fx.agents.p256);
+    const owner = agent(fx.agents.p256);
+    const thief = agent(fx.agents.other);
+    expect((await send(owner, `${nginx.url}/bound`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    expect((await send(owner, `${nginx.url}/bound`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    for (let i = 0; i < 3; i++) {
+      const before = decisions().length;
+      const r = await send(thief, `${nginx.url}/bound`, { headers: { authorization: `Bearer ${token}` } });
+      expect([r.status, r.body?.code]).toEqual([403, 'token_binding_mismatch']);
+      expect(decisions().length).toBe(before + 1);
+    }
+    const lines = () => nginx.accessLog().filter((l) => l.request_uri === '/bound' && l.status === '403');
+    await waitFor(() => lines().length === 3, 2000, 'the access log');
+    expect(lines().map((l) => l.authz_cache)).toEqual(['MISS', 'MISS', 'MISS']);
+  });
+
+  it('never stores a refusal', async () => {
+    const a = agent(fx.agents.rsa);
+    const before = decisions().length;
+    for (let i = 0; i < 3; i++) {
+      const r = await send(a, `${nginx.url}/refused-twice`, { headers: { authorization: 'Bearer not.a.token' } });
+      expect([r.status, r.body?.code]).toEqual([401, 'token_invalid']);
+    }
+    expect(decisions().length).toBe(before + 3);
+  });
+
+  it('serves nothing to a client without a certificate, whatever certificate text it puts in or after Authorization', async () => {
+    const victim = fx.agents.p256;
+    const token = await tokenOf(victim);
+    const v = agent(victim);
+    // The victim's allow is in the cache.
+    expect((await send(v, `${nginx.url}/victim`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    const der = new X509Certificate(victim.certPem).raw;
+    const sha1 = new X509Certificate(victim.certPem).fingerprint.replace(/:/g, '').toLowerCase();
+    const escapedPem = encodeURIComponent(victim.certPem);
+    const anon = agent(undefined);
+    const variants = [
+      `Bearer ${token}`,
+      `Bearer ${token}${escapedPem}`,
+      `Bearer ${token} ${escapedPem}`,
+      `Bearer ${token}|${sha1}`,
+      `${sha1}|Bearer ${token}`,
+      `Bearer ${token}${der.toString('base64')}`,
+    ];
+    for (const auth of variants) {
+      const before = decisions().length;
+      const r = await send(anon, `${nginx.url}/victim`, { headers: { authorization: auth } });
+      expect([r.status, r.body?.code]).toEqual([401, 'client_cert_required']);
+      expect(decisions().length).toBe(before + 1);
+    }
+    // And the victim's own entry is still what it was.
+    expect((await send(v, `${nginx.url}/victim`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    const anon_ = () => nginx.accessLog().filter((l) => l.request_uri === '/victim' && l.ssl_client_verify === 'NONE');
+    await waitFor(() => anon_().length === variants.length, 2000, 'the access log');
+    const anonLines = anon_();
+    expect(anonLines.map((l) => l.authz_cache)).toEqual(variants.map(() => 'BYPASS'));
+  });
+
+  it(`a deny-list entry takes effect within GATE_AUTHZ_CACHE_S + 1 s (${CACHE_S + 1} s)`, async () => {
+    const token = await tokenOf(denyMe);
+    const a = agent(denyMe);
+    const go = () => send(a, `${nginx.url}/deny`, { headers: { authorization: `Bearer ${token}` } });
+    expect((await go()).status).toBe(200);
+    const thumbprint = thumbprintOf(new X509Certificate(denyMe.certPem).raw);
+    const r = await admin(authz, '/admin/v1/denylist', { method: 'POST', body: { thumbprint, reason: 'authorizer test' } });
+    expect(r.status).toBe(201);
+    const { gateMs, nginxMs, last } = await race(denyMe, token, go);
+    expect(nginxMs - gateMs).toBeLessThanOrEqual((CACHE_S + 1) * 1000 + 300);
+    expect(shape(last!)).toEqual(shape(await send(a, `${direct.url}/deny`, { headers: { authorization: `Bearer ${token}` } })));
+    expect(last!.body?.code).toBe('agent_denied');
+    expect((await go()).status).toBe(403);
+  });
+
+  it(`a revocation (CRL update) takes effect within GATE_AUTHZ_CACHE_S + 1 s (${CACHE_S + 1} s)`, async () => {
+    const token = await tokenOf(revokeMe);
+    const a = agent(revokeMe);
+    const go = () => send(a, `${nginx.url}/revoke`, { headers: { authorization: `Bearer ${token}` } });
+    expect((await go()).status).toBe(200);
+    await writeCrlFile([revokeMe]);
+    const { gateMs, nginxMs, last } = await race(revokeMe, token, go);
+    expect(nginxMs - gateMs).toBeLessThanOrEqual((CACHE_S + 1) * 1000 + 300);
+    expect(last!.body?.code).toBe('client_cert_revoked');
+    expect(shape(last!)).toEqual(shape(await send(a, `${direct.url}/revoke`, { headers: { authorization: `Bearer ${token}` } })));
+  });
+});
+
+describe('a gate that is down or hung', () => {
+  it('gives clients 503 gate_unavailable while cached allows pass until their TTL ends', async () => {
+    const proxy: TcpProxy = await startTcpProxy({ port: portOf(authz.url) });
+    closers.push(() => proxy.close());
+    const n = await launch(`http://127.0.0.1:${proxy.port}`);
+    const cached = fx.agents.ed25519;
+    const cold = fx.agents.rsa;
+    const [tc, tk] = [await tokenOf(cached), await tokenOf(cold)];
+    const [ac, ak] = [agent(cached), agent(cold)];
+    const go = (a: Agent, t: string) => send(a, `${n.url}/down`, { headers: { authorization: `Bearer ${t}` } });
+    expect((await go(ac, tc)).status).toBe(200);
+    const warmAt = Date.now();
+    for (const mode of ['drop', 'reset'] as const) {
+      proxy.mode = mode;
+      if (Date.now() - warmAt < CACHE_S * 1000 - 1200) expect((await go(ac, tc)).status).toBe(200);
+      const r = await go(ak, tk);
+      expect(r.status).toBe(503);
+      expect(r.headers['content-type']).toBe('application/problem+json');
+      expect(r.headers['retry-after']).toBe('1');
+      expect(r.headers['cache-control']).toBe('no-store');
+      expect(r.body).toMatchObject({ type: 'urn:agent-gate:error:gate_unavailable', title: 'Gate unavailable', status: 503, code: 'gate_unavailable' });
+      expect(String(r.body?.instance)).toMatch(/^urn:agent-gate:refusal:[a-z0-9]{26}$/);
+    }
+    // Past the TTL (max-age=2 lasts up to 3 s in nginx), the cached agent is refused too.
+    await new Promise((r) => setTimeout(r, Math.max(0, warmAt + (CACHE_S + 1) * 1000 + 200 - Date.now())));
+    expect((await go(ac, tc)).status).toBe(503);
+    proxy.mode = 'pass';
+    await waitFor(async () => (await go(ak, tk)).status === 200, 5000, 'the gate to be reachable again');
+  }, 30_000);
+});
+
+describe('the decision endpoint', () => {
+  /** Sends a (possibly edited) decision request straight to the gate; returns its carried outcome. */
+  async function straight(req: Pick<CapturedRequest, 'method' | 'target' | 'headers' | 'body'>) {
+    const r = await sendRaw(portOf(authz.url), serializeRequest(req));
+    const problem = r.headers['x-agent-gate-problem'];
+    return { status: r.status, carried: r.headers['x-agent-gate-status'], code: problem ? (JSON.parse(Buffer.from(problem, 'base64url').toString()) as { code: string }).code : undefined, headers: r.headers, text: r.text };
+  }
+  const setHeader = (req: CapturedRequest, name: string, value: string | undefined) => ({
+    ...req,
+    headers: [...req.headers.filter(([n]) => n.toLowerCase() !== name), ...(value === undefined ? [] : [[name, value] as [string, string]])],
+  });
+
+  it('refuses a replayed decision request, and one edited or sent without the signed headers', async () => {
+    const who = fx.agents.p256;
+    const token = await tokenOf(who);
+    const a = agent(who);
+    relayOff.hold = true;
+    try {
+      // The relay answers 200 itself: nginx let this one through, and the gate never saw its id.
+      await send(a, `${nginxOff.url}/held?x=1`, { headers: { authorization: `Bearer ${token}` } });
+    } finally {
+      relayOff.hold = false;
+    }
+    const held = decisions(relayOff).at(-1)!;
+    expect(held.held).toBe(true);
+    // Edited: another target or method than signed.
+    for (const [name, value] of [['x-gate-fwd-uri', '/admin?x=1'], ['x-gate-fwd-method', 'DELETE'], ['authorization', `Bearer ${await tokenOf(fx.agents.ed25519)}`]] as const) {
+      const r = await straight(setHeader(held, name, value));
+      if (name === 'authorization') continue;
+      expect([r.status, r.carried, r.code]).toEqual([403, '403', 'forwarded_signature_invalid']);
+    }
+    const missing = await straight(setHeader(held, 'x-gate-fwd-uri', undefined));
+    expect([missing.status, missing.carried, missing.code]).toEqual([401, '401', 'forwarded_signature_invalid']);
+    // Positive control, then its replay.
+    const first = await straight(held);
+    expect([first.status, first.headers['x-agent-id'], first.headers['cache-control']]).toEqual([403, undefined, 'no-store']);
+    expect(first.code).toBe('forwarded_signature_invalid');
+    // (the authorization edit above consumed the id: its signature did not cover the token)
+    const none = await straight({ method: 'GET', target: `${P}/v1/authorize`, headers: [['Host', 'localhost'], ['Authorization', `Bearer ${token}`]], body: Buffer.alloc(0) });
+    expect([none.status, none.carried, none.code, none.text]).toEqual([401, '401', 'forwarded_signature_invalid', '']);
+    expect(await metric(authz, 'agent_gate_forwarded_verifications_total{result="replayed"}')).toBeGreaterThan(0);
+  });
+
+  it('answers an unused capture once (204, identity, max-age), then refuses its replay', async () => {
+    const who = fx.agents.ed25519;
+    const token = await tokenOf(who);
+    const a = agent(who);
+    relayOff.hold = true;
+    try {
+      await send(a, `${nginxOff.url}/held-2`, { headers: { authorization: `Bearer ${token}` } });
+    } finally {
+      relayOff.hold = false;
+    }
+    const held = decisions(relayOff).at(-1)!;
+    const allowsBefore = await metric(authz, 'agent_gate_authz_decisions_total{result="allow"}');
+    const first = await straight(held);
+    expect([first.status, first.headers['x-agent-id'], first.headers['cache-control'], first.text]).toEqual([204, 'urn:agent:ed', `max-age=${CACHE_S}`, '']);
+    expect(await metric(authz, 'agent_gate_authz_decisions_total{result="allow"}')).toBe(allowsBefore + 1);
+    const again = await straight(held);
+    expect([again.status, again.carried, again.code, again.headers['cache-control']]).toEqual([403, '403', 'forwarded_signature_invalid', 'no-store']);
+  });
+
+  it('never takes a forwarded-mode signature as a decision signature', async () => {
+    const who = fx.agents.rsa;
+    const a = agent(who);
+    relay.hold = true;
+    try {
+      await send(a, `${nginx.url}${P}/jwks.json`);
+    } finally {
+      relay.hold = false;
+    }
+    const fwd = relay.captured.at(-1)!;
+    expect(fwd.target).toBe(`${P}/jwks.json`);
+    const moved = setHeader(setHeader({ ...fwd, target: `${P}/v1/authorize` }, 'x-gate-fwd-method', fwd.method), 'x-gate-fwd-uri', fwd.target);
+    const r = await straight({ ...moved, headers: [...moved.headers, ['Authorization', `Bearer ${await tokenOf(who)}`]] });
+    expect([r.status, r.carried, r.code]).toEqual([403, '403', 'forwarded_signature_invalid']);
+  });
+});
+
+describe('rate limits', () => {
+  it('the edge limit per certificate (GATE_RATE_PROXY_IDENTITY) holds for cached allows, answered as the contract 429', async () => {
+    const n = await launch(relay.url, { rateProxyIdentity: '2/60' });
+    const who = fx.agents.p256;
+    const token = await tokenOf(who);
+    const a = agent(who);
+    const codes: number[] = [];
+    let limited: Res | undefined;
+    for (let i = 0; i < 5; i++) {
+      const r = await send(a, `${n.url}/edge-limit`, { headers: { authorization: `Bearer ${token}` } });
+      codes.push(r.status);
+      if (r.status === 429) limited = r;
+    }
+    expect(codes.slice(0, 3)).toEqual([200, 200, 200]);
+    expect(codes).toContain(429);
+    expect(limited!.headers['ratelimit-policy']).toBe('"proxy_identity";q=2;w=60');
+    expect(shape(limited!)).toMatchObject({ status: 429, contentType: 'application/problem+json', cacheControl: 'no-store', body: { code: 'rate_limited', status: 429 }, retryAfter: true, rateLimit: true });
+    // A refused request is not counted (the limit applies after the decision, as in section 4).
+    const other = agent(fx.agents.other);
+    for (let i = 0; i < 4; i++) expect((await send(other, `${n.url}/edge-limit`, { headers: { authorization: 'Bearer bad' } })).status).toBe(401);
+    const otherToken = await tokenOf(fx.agents.other);
+    expect((await send(other, `${n.url}/edge-limit`, { headers: { authorization: `Bearer ${otherToken}` } })).status).toBe(200);
+  });
+
+  it("the gate's own 429 reaches the client with Retry-After and the RateLimit headers, as in direct mode", async () => {
+    const limits = { GATE_RATE_LIMITS: 'on', GATE_RATE_PROXY_IDENTITY: '2/60', GATE_RATE_TOKEN_IDENTITY: '1000/60', GATE_RATE_CHALLENGE_IDENTITY: '1000/60' };
+    const g = await authorizerGate(limits);
+    const d = await startGate(sharedEnv({ GATE_UPSTREAM_URL: up.url, ...limits }));
+    closers.push(() => d.close());
+    const n = await launch(g.url, { cacheS: 0 });
+    const token = await tokenOf(fx.agents.ed25519);
+    const a = agent(fx.agents.ed25519);
+    const burst = async (base: string) => {
+      let last: Res | undefined;
+      for (let i = 0; i < 3; i++) last = await send(a, `${base}/gate-limit`, { headers: { authorization: `Bearer ${token}` } });
+      return last!;
+    };
+    const viaNginx = await burst(n.url);
+    const viaDirect = await burst(d.url);
+    expect(viaNginx.status).toBe(429);
+    expect(shape(viaNginx)).toEqual(shape(viaDirect));
+    expect(viaNginx.headers['ratelimit-policy']).toBe('"proxy_identity";q=2;w=60');
+  });
+});
+
+describe('load scripts', () => {
+  const k6 = spawnSync('sh', ['-c', 'command -v k6'], { encoding: 'utf8' }).stdout.trim();
+  it.skipIf(!k6)(k6 ? 'the k6 scripts run unchanged against nginx in authorizer mode' : 'k6 scripts (skipped: k6 not on PATH)', async () => {
+    const agentDir = tempDir('k6');
+    const cert = join(agentDir, 'agent.pem');
+    const keyFile = join(agentDir, 'agent.key');
+    writeFileSync(cert, fx.agents.p256.certPem);
+    writeFileSync(keyFile, fx.agents.p256.keyPem, { mode: 0o600 });
+    for (const [script, extra] of [
+      ['challenge-flow.js', { K6_RATE: '5', K6_CALLS: '2', K6_FLOW_OK_MIN: '1', K6_ON_TIME_MIN: '1' }],
+      ['gated-rps.js', { K6_RATE: '20', K6_GATED_OK_MIN: '1' }],
+    ] as const) {
+      const r = spawnSync(k6, ['run', '-q', join(process.cwd(), 'load', 'k6', script)], {
+        encoding: 'utf8',
+        timeout: 60_000,
+        env: { PATH: process.env.PATH, HOME: process.env.HOME, SSL_CERT_FILE: fx.caFile, K6_NO_USAGE_REPORT: 'true', K6_PERF_THRESHOLDS: 'off', K6_RUN_DURATION: '3s', K6_CA_CERT: fx.caFile, K6_AGENT_CERT: cert, K6_AGENT_KEY: keyFile, K6_GATE_URL: nginx.url, ...extra },
+      });
+      expect(r.status, `${script}: ${r.stdout}${r.stderr}`).toBe(0);
+    }
+  }, 120_000);
+});
