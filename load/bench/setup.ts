@@ -405,3 +405,65 @@ export async function startLoadgen(tls: ClientTls): Promise<LoadGen> {
     stop: async () => void (await stopChild(child)),
   };
 }
+
+/** What was changed in the rendered authorizer config for the benchmark, for the report. */
+export const AUTHORIZER_EDITS =
+  'worker_processes 1 (as the baseline); the per-address limit_req/limit_conn lines removed (all load comes from one address); --rate-proxy-identity 1000000/1 (the per-certificate limit_req stays, at a rate the run cannot reach)';
+
+/**
+ * nginx (1 worker, from `renderNginxConfig --mode authorizer`) proxying straight to the
+ * upstream, asking a gate in authorizer mode (plain HTTP loopback) for decisions; the decision
+ * cache on (`cacheS` > 0, warm after the first request) or off (every request decided).
+ */
+export async function startAuthorizer(
+  root: string,
+  name: string,
+  pki: BenchPki,
+  redisUrl: string,
+  upstreamUrl: string,
+  cacheS: number,
+  gate?: StartedGate,
+): Promise<{ gate: StartedGate; nginx: Started }> {
+  const dir = join(root, name);
+  mkdirSync(dir, { recursive: true });
+  chmodSync(dir, 0o755);
+  const keyFile = join(root, 'authz-hmac.key');
+  let secret: string;
+  try {
+    secret = readFileSync(keyFile, 'utf8').trim();
+  } catch {
+    secret = randomBytes(32).toString('base64');
+    writeFileSync(keyFile, secret + '\n', { mode: 0o600 });
+  }
+  const g =
+    gate ??
+    (await startGate(
+      'gate-authorizer',
+      root,
+      withoutKeys(
+        gateEnv(pki, redisUrl, upstreamUrl, { GATE_MODE: 'authorizer', GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32', GATE_FWD_HMAC_KEYS: `k1:${secret}`, GATE_AUTHZ_CACHE_S: String(Math.max(cacheS, 2)) }),
+        ['GATE_TLS_CERT', 'GATE_TLS_KEY', 'GATE_UPSTREAM_URL'],
+      ),
+    ));
+  const port = await freePort();
+  const rendered = await renderNginxConfig({
+    mode: 'authorizer',
+    listen: `127.0.0.1:${port}`,
+    gateUrl: `http://127.0.0.1:${g.port}`,
+    tlsCert: pki.serverCertFile,
+    tlsKey: pki.serverKeyFile,
+    clientCa: pki.caFile,
+    hmacKeyFile: keyFile,
+    kid: 'k1',
+    dir,
+    authorizer: { upstreamUrl, cacheS, rateProxyIdentity: '1000000/1' },
+  });
+  const edited = readFileSync(rendered.confPath, 'utf8')
+    .replace(/^worker_processes auto;/m, 'worker_processes 1;')
+    .split('\n')
+    .filter((l) => !/^\s*limit_conn\s/.test(l) && !/^\s*limit_req zone=agent_gate_(req|v1)\s/.test(l))
+    .join('\n');
+  writeFileSync(rendered.confPath, edited);
+  const nginx = await startNginx(name, dir, rendered.confPath, port, 1);
+  return { gate: g, nginx };
+}
