@@ -11,3 +11,4 @@ export { AuditSetupError, type AuditVariable } from './errors.js';
 export { CHECKPOINT_EVENT, GENESIS, OVERFLOW_EVENT, type Checkpoint } from './format.js';
 export { generateAuditKey, loadAuditKey, MIN_AUDIT_KEY_BYTES } from './key.js';
 export { verifyAudit, type AuditReport } from './verify.js';
+export { forwardAuditTo, recordForwarded, RemoteAuditLog, type AuditTransport, type ForwardedAuditEvent } from './remote.js';

@@ -10,6 +10,7 @@ import { CHECKPOINT_EVENT, MAX_LINE_BYTES, OVERFLOW_EVENT, encodeCheckpoint, enc
 import { syncDir, writeAll, type Carry } from './io.js';
 import { loadAuditKey } from './key.js';
 import { checkOptions, type AuditEvent, type AuditOptions } from './options.js';
+import { auditTransport, RemoteAuditLog } from './remote.js';
 import { resumeState } from './resume.js';
 import { sanitizeEvent } from './sanitize.js';
 
@@ -95,6 +96,9 @@ export class AuditLog {
    */
   static async open(opts: AuditOptions): Promise<AuditLog> {
     checkOptions(opts);
+    // In a cluster worker the primary owns the chain (remote.ts); RemoteAuditLog has this class's used surface.
+    const remote = auditTransport();
+    if (remote) return new RemoteAuditLog(remote, opts.onError) as unknown as AuditLog;
     const key = loadAuditKey(opts.keyFile);
     const cpFile = opts.checkpointFile ?? `${opts.file}.checkpoint`;
     const resume = await resumeState(opts.file, cpFile, key);
