@@ -136,8 +136,11 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
     return closing;
   });
   const close = once(async () => {
-    await Promise.allSettled([closePublic(), adminApp.close()]);
-    process.stderr.write(`DBG ${process.pid} listeners closed\n`);
+    const closingAdmin = adminApp.close();
+    // Nothing is left to report once the gate closes: a probe's kept-alive or half-open admin
+    // connection must not hold the exit (it did, behind a cluster worker's shared admin listener).
+    adminApp.server.closeAllConnections();
+    await Promise.allSettled([closePublic(), closingAdmin]);
     await forwarder?.close().catch(() => undefined);
     await services.close();
   });
@@ -173,7 +176,6 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
         // The public listener stops accepting and waits for in-flight requests; meanwhile the
         // admin listener keeps answering, with /readyz at 503, so probes see the drain.
         await closePublic();
-        process.stderr.write(`DBG ${process.pid} public closed\n`);
       } finally {
         clearTimeout(timer);
         await close();

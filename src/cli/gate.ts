@@ -1,4 +1,8 @@
+import cluster from 'node:cluster';
 import { buildGate, loadMaterials, StartupError, type Gate } from '../app.js';
+import { runPrimary } from '../cluster/primary.js';
+import { rotateTicketKeys, ticketServer } from '../cluster/tickets.js';
+import { WorkerLink, workerConfig } from '../cluster/worker.js';
 import { formatViolation, loadConfig, maskedConfig, type GateConfig } from '../config/index.js';
 
 /** Exit code for configuration violations (PROTOCOL.md section 11). */
@@ -12,6 +16,31 @@ export function configOrExit(env: Record<string, string | undefined>): GateConfi
     process.exit(EXIT_CONFIG);
   }
   return config;
+}
+
+/**
+ * The one exit of every startup failure (config, materials, files, admin token, listeners): its
+ * `config violation: VAR: why` lines and exit 2. Anything else is a bug and is rethrown.
+ */
+function exitOnStartupError(err: unknown): never {
+  if (!(err instanceof StartupError)) throw err;
+  for (const v of err.violations) process.stderr.write(formatViolation(v) + '\n');
+  process.exit(EXIT_CONFIG);
+}
+
+/** Binds both listeners; an address that cannot be bound is a violation of its variable. */
+async function listenOrExit(gate: Gate): Promise<{ publicPort: number; adminPort: number }> {
+  try {
+    return await gate.listen();
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+    if (e?.syscall !== 'listen') throw err;
+    // The public listener binds first: if it is up, the admin listener failed.
+    const admin = gate.publicApp.server.listening;
+    const { host, port } = admin ? gate.config.adminListen : gate.config.listen;
+    await gate.close().catch(() => undefined);
+    exitOnStartupError(new StartupError([{ variable: admin ? 'GATE_ADMIN_LISTEN' : 'GATE_LISTEN', why: `cannot listen on ${host.includes(':') ? `[${host}]` : host}:${port}: ${e.code ?? e.message}` }]));
+  }
 }
 
 /** `agent-gate config check`: effective config (secrets masked) on stdout, violations on stderr. */
@@ -31,26 +60,41 @@ export async function configCheck(env: Record<string, string | undefined>): Prom
   return all.length > 0 ? EXIT_CONFIG : 0;
 }
 
-/** Builds, listens and installs the SIGTERM/SIGINT drain; exits 2 on startup violations. */
-export async function runGate(config: GateConfig, onListening?: (ports: { publicPort: number; adminPort: number }, gate: Gate) => void): Promise<Gate> {
+/**
+ * Builds, listens and installs the SIGTERM/SIGINT drain; exits 2 on startup violations. With
+ * `GATE_WORKERS` > 1 the first process becomes the cluster primary (src/cluster/primary.ts,
+ * no gate of its own: resolves undefined) and each forked worker runs a gate here.
+ */
+export async function runGate(config: GateConfig, onListening?: (ports: { publicPort: number; adminPort: number }, gate: Gate) => void): Promise<Gate | undefined> {
+  if (config.workers > 1 && cluster.isPrimary) {
+    await runPrimary(config);
+    return undefined;
+  }
+  const link = config.workers > 1 ? new WorkerLink() : undefined;
   let gate: Gate;
   try {
-    gate = await buildGate(config);
+    gate = await buildGate(link ? workerConfig(config) : config, link?.deps());
   } catch (err) {
-    if (err instanceof StartupError) {
-      for (const v of err.violations) process.stderr.write(formatViolation(v) + '\n');
-      process.exit(EXIT_CONFIG);
-    }
-    throw err;
+    exitOnStartupError(err);
   }
-  const ports = await gate.listen();
+  // One process: its own rotating ticket key; workers: the primary's.
+  const tickets = link ? undefined : ticketServer(gate.publicApp.server);
+  const rotation = tickets && rotateTicketKeys(config.ticketRotateS, (key) => tickets.setTicketKeys(key));
+  await link?.attach(gate);
+  const ports = await listenOrExit(gate);
+  link?.listening();
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    rotation?.stop();
     gate.publicApp.log.info({ event: 'shutdown', signal }, 'draining');
     gate.drain().then(
-      () => process.exit(0),
+      // A worker's last audit events must leave through the IPC channel before it exits.
+      async () => {
+        await link?.flush();
+        process.exit(0);
+      },
       (err: unknown) => {
         gate.publicApp.log.error({ err }, 'drain failed');
         process.exit(1);
@@ -59,6 +103,8 @@ export async function runGate(config: GateConfig, onListening?: (ports: { public
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
-  onListening?.(ports, gate);
+  // A worker whose primary is gone (killed) drains instead of serving on alone.
+  if (link) process.once('disconnect', () => stop('disconnect'));
+  if (!link || cluster.worker?.id === 1) onListening?.(ports, gate);
   return gate;
 }
