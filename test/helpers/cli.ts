@@ -17,12 +17,19 @@ export interface CliResult {
   json: <T = Record<string, unknown>>() => T;
 }
 
+/** process.exit called by a command (serve's startup failures): ends the run with its code. */
+class ExitCalled extends Error {
+  constructor(readonly code: number) {
+    super(`process.exit(${code})`);
+  }
+}
+
 /** Only one run at a time: the environment and process.stdout are the process's own. */
 let queue: Promise<unknown> = Promise.resolve();
 
 /**
  * Runs `agent-gate <args>` with `env` set on top of process.env for the run (a null value
- * unsets the variable). Commander's exits and `process.exitCode` become `exitCode`; an error
+ * unsets the variable). Commander's exits, `process.exit` and `process.exitCode` become `exitCode`; an error
  * escaping the command is printed as main.ts prints it (`agent-gate: <message>`, status 1).
  */
 export function runCli(args: string[], env: Record<string, string | null> = {}): Promise<CliResult> {
@@ -49,6 +56,9 @@ async function runNow(args: string[], env: Record<string, string | null>): Promi
   };
   const so = vi.spyOn(process.stdout, 'write').mockImplementation(capture('out') as typeof process.stdout.write);
   const se = vi.spyOn(process.stderr, 'write').mockImplementation(capture('err') as typeof process.stderr.write);
+  const ex = vi.spyOn(process, 'exit').mockImplementation((code?: string | number | null) => {
+    throw new ExitCalled(Number(code ?? 0));
+  });
   const savedEnv = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
   const savedExitCode = process.exitCode;
   for (const [k, v] of Object.entries(env)) {
@@ -62,6 +72,7 @@ async function runNow(args: string[], env: Record<string, string | null>): Promi
     exitCode = Number(process.exitCode ?? 0);
   } catch (err) {
     if (err instanceof CommanderError) exitCode = err.exitCode;
+    else if (err instanceof ExitCalled) exitCode = err.code;
     else {
       stderr += `agent-gate: ${(err as Error)?.message ?? String(err)}\n`;
       exitCode = 1;
@@ -69,6 +80,7 @@ async function runNow(args: string[], env: Record<string, string | null>): Promi
   } finally {
     so.mockRestore();
     se.mockRestore();
+    ex.mockRestore();
     for (const [k, v] of Object.entries(savedEnv)) {
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
