@@ -164,6 +164,8 @@ interface IssueOptions {
 export function registerPkiCommands(program: Command): void {
   const pki = new PkiCommand('pki')
     .copyInheritedSettings(program)
+    // Every refusal is one stderr line (exit 2), not followed by the whole help.
+    .showHelpAfterError(false)
     .description('manage the dev/staging PKI (CA, server and agent certificates)');
   program.addCommand(pki);
 

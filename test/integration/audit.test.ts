@@ -2,7 +2,6 @@
  * The gate's audit trail: every refusal's `instance` id is in it, issued tokens are, the file
  * verifies, and SIGTERM under load loses no refusal the agent was told about.
  */
-import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -12,7 +11,8 @@ import { GateClient } from '../../src/client/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv } from '../helpers/gate.js';
 import { call, tlsAgent } from '../helpers/http.js';
-import { freePort, waitFor } from '../helpers/ports.js';
+import { waitFor } from '../helpers/ports.js';
+import { spawnServe } from '../helpers/serve.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
 let fx: Fixtures;
@@ -74,29 +74,15 @@ it('a specific refusal id can be looked up in the trail', async () => {
 
 it('SIGTERM during load: every refusal answered before the exit is in the trail, which verifies', async () => {
   const file = join(fx.dir, 'trail-3.log');
-  const [port, adminPort] = [await freePort(), await freePort()];
-  const env = testEnv(fx, {
-    GATE_STORE: 'memory',
-    GATE_UPSTREAM_URL: up.url,
-    GATE_LISTEN: `127.0.0.1:${port}`,
-    GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
-    GATE_AUDIT_FILE: file,
-    GATE_AUDIT_KEY_FILE: keyFile,
-    GATE_LOG_LEVEL: 'warn',
-  });
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const gate = await spawnServe(testEnv(fx, { GATE_STORE: 'memory', GATE_UPSTREAM_URL: up.url, GATE_AUDIT_FILE: file, GATE_AUDIT_KEY_FILE: keyFile, GATE_LOG_LEVEL: 'warn' }));
   const acknowledged: string[] = [];
   const dispatcher = new Agent({ connections: 8, connect: { ca: fx.ca.certPem, servername: 'localhost' } });
   try {
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200, 20_000, `gate ready (${stderr})`, 100);
     let stop = false;
     const workers = Array.from({ length: 8 }, async () => {
       for (let i = 0; i < 2000 && !stop; i++) {
         try {
-          const r = await request(`https://127.0.0.1:${port}/.agent-gate/v1/challenge`, { dispatcher, method: 'POST' });
+          const r = await request(`${gate.url}/.agent-gate/v1/challenge`, { dispatcher, method: 'POST' });
           const body = (await r.body.json()) as { instance?: string };
           if (body.instance) acknowledged.push(idOf(body.instance));
         } catch {
@@ -105,13 +91,13 @@ it('SIGTERM during load: every refusal answered before the exit is in the trail,
       }
     });
     await waitFor(() => acknowledged.length >= 300, 20_000, 'load under way');
-    child.kill('SIGTERM');
-    expect(await exited).toBe(0);
+    gate.child.kill('SIGTERM');
+    expect((await gate.exited).code, gate.output()).toBe(0);
     stop = true;
     await Promise.all(workers);
   } finally {
     await dispatcher.close();
-    if (child.exitCode === null) child.kill('SIGKILL');
+    if (gate.child.exitCode === null) gate.child.kill('SIGKILL');
   }
   const text = readFileSync(file, 'utf8');
   const inTrail = new Set([...text.matchAll(/"refusal_id":"([a-z0-9]+)"/g)].map((m) => m[1]));

@@ -3,7 +3,6 @@
  * Redis slow, black-holed, resetting, killed during a storm; the upstream down, slow or
  * resetting; SIGTERM during traffic on a real `serve` process; clock skew between instances.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -14,8 +13,9 @@ import type { KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, postJson, tlsAgent, type Res } from '../helpers/http.js';
-import { freePort, waitFor } from '../helpers/ports.js';
+import { waitFor } from '../helpers/ports.js';
 import { startRedis } from '../helpers/redis.js';
+import { spawnServe } from '../helpers/serve.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
@@ -516,43 +516,6 @@ describe('the upstream down, slow or resetting', () => {
 // ---------------------------------------------------------------------------------------------
 // 6. SIGTERM on a real `serve` process.
 // ---------------------------------------------------------------------------------------------
-interface ServeProcess {
-  child: ChildProcess;
-  url: string;
-  adminUrl: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
-  output(): string;
-}
-
-/** Spawns `node --import tsx src/cli/main.ts serve` with `env` on fresh loopback ports, ready. */
-async function spawnServe(env: Record<string, string>): Promise<ServeProcess> {
-  const [port, adminPort] = [await freePort(), await freePort()];
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], {
-    env: { ...process.env, ...env, GATE_LISTEN: `127.0.0.1:${port}`, GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}` },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  const keep = (d: Buffer) => {
-    out = (out + d.toString()).slice(-8000);
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal, at: Date.now() })),
-  );
-  const adminUrl = `http://127.0.0.1:${adminPort}`;
-  try {
-    await waitFor(async () => {
-      if (child.exitCode !== null) throw new Error('exited');
-      return (await fetch(`${adminUrl}/readyz`)).status === 200;
-    }, 30_000, 'gate process ready', 100);
-  } catch (err) {
-    child.kill('SIGKILL');
-    throw new Error(`${(err as Error).message}; output: ${out}`);
-  }
-  return { child, url: `https://127.0.0.1:${port}`, adminUrl, exited, output: () => out };
-}
-
 /** The error code of a failed undici request (it may sit on the cause). */
 function errCode(err: unknown): string {
   const e = err as { code?: string; cause?: { code?: string } };

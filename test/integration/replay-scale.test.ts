@@ -3,7 +3,6 @@
  * real `agent-gate serve` processes sharing one Redis. Exactly N tokens come out, every other
  * submission is 409 `challenge_replayed`, and the two gates' metrics add up to the same story.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, expect, inject, it } from 'vitest';
 import { Agent } from 'undici';
 import { GateClient, type Challenge } from '../../src/client/index.js';
@@ -12,7 +11,7 @@ import { generateSigningJwk } from '../../src/tokens/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { testEnv } from '../helpers/gate.js';
 import { call, type Res } from '../helpers/http.js';
-import { freePort, waitFor } from '../helpers/ports.js';
+import { spawnServe, type ServeProcess } from '../helpers/serve.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
 /** Valid proofs, each one a challenge. */
@@ -26,55 +25,6 @@ const CONNECTIONS = 25;
 /** Agent certificates the challenges are spread over. */
 const AGENTS = 4;
 const PREFIX = '/.agent-gate';
-
-/** A real gate process. */
-interface ServeProcess {
-  child: ChildProcess;
-  url: string;
-  adminUrl: string;
-  exited: Promise<number | null>;
-  output(): string;
-  stop(): Promise<void>;
-}
-
-/** Spawns `node --import tsx src/cli/main.ts serve` with `env` on fresh loopback ports, ready. */
-async function spawnServe(env: Record<string, string>): Promise<ServeProcess> {
-  const [port, adminPort] = [await freePort(), await freePort()];
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], {
-    env: { ...process.env, ...env, GATE_LISTEN: `127.0.0.1:${port}`, GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}` },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  // Both pipes are always drained (a full pipe would block the gate), keeping the tail for errors.
-  let out = '';
-  const keep = (d: Buffer) => {
-    out = (out + d.toString()).slice(-8000);
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const adminUrl = `http://127.0.0.1:${adminPort}`;
-  await waitFor(async () => {
-    if (child.exitCode !== null) throw new Error(`gate exited early: ${out}`);
-    return (await fetch(`${adminUrl}/readyz`)).status === 200;
-  }, 30_000, 'gate process ready', 100).catch((err: unknown) => {
-    child.kill('SIGKILL');
-    throw new Error(`${(err as Error).message}; output: ${out}`);
-  });
-  return {
-    child,
-    url: `https://127.0.0.1:${port}`,
-    adminUrl,
-    exited,
-    output: () => out,
-    stop: async () => {
-      if (child.exitCode !== null) return;
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
-}
 
 /** Sum over both gates of one metric sample line (name with labels, exactly). */
 async function metricSum(gates: ServeProcess[], sample: string): Promise<number> {

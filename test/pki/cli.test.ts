@@ -3,33 +3,14 @@ import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { Command, CommanderError } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { registerPkiCommands } from '../../src/cli/pki.js';
+import { runCli, type CliResult } from '../helpers/cli.js';
 
 const execFileP = promisify(execFile);
 
-interface CliResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `agent-gate pki ...` in process: output captured, exits turned into results. */
-async function cli(...args: string[]): Promise<CliResult> {
-  let stdout = '';
-  let stderr = '';
-  const program = new Command('agent-gate')
-    .exitOverride()
-    .configureOutput({ writeOut: (s) => void (stdout += s), writeErr: (s) => void (stderr += s) });
-  registerPkiCommands(program);
-  try {
-    await program.parseAsync(['pki', ...args], { from: 'user' });
-    return { exitCode: 0, stdout, stderr };
-  } catch (err) {
-    if (err instanceof CommanderError) return { exitCode: err.exitCode, stdout, stderr };
-    throw err;
-  }
+/** Runs `agent-gate pki ...` in-process (test/helpers/cli.ts). */
+function cli(...args: string[]): Promise<CliResult> {
+  return runCli(['pki', ...args]);
 }
 
 let tmp: string;

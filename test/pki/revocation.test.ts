@@ -5,10 +5,9 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import * as pkijs from 'pkijs';
-import { Command, CommanderError } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { registerPkiCommands } from '../../src/cli/pki.js';
 import { x509 } from '../../src/lib/x509.js';
+import { runCli } from '../helpers/cli.js';
 import {
   buildOcspResponse,
   createCa,
@@ -634,27 +633,7 @@ describe('OCSP responder', () => {
 });
 
 describe('agent-gate pki revoke, crl and ocsp-responder', () => {
-  interface CliResult {
-    exitCode: number;
-    stdout: string;
-    stderr: string;
-  }
-
-  async function cli(...args: string[]): Promise<CliResult> {
-    let stdout = '';
-    let stderr = '';
-    const program = new Command('agent-gate')
-      .exitOverride()
-      .configureOutput({ writeOut: (s) => void (stdout += s), writeErr: (s) => void (stderr += s) });
-    registerPkiCommands(program);
-    try {
-      await program.parseAsync(['pki', ...args], { from: 'user' });
-      return { exitCode: 0, stdout, stderr };
-    } catch (err) {
-      if (err instanceof CommanderError) return { exitCode: err.exitCode, stdout, stderr };
-      throw err;
-    }
-  }
+  const cli = (...args: string[]) => runCli(['pki', ...args]);
 
   /** The real binary under tsx: signals and stdout as an operator sees them. */
   function spawnResponder(dir: string): { url: Promise<string>; stop: () => Promise<{ code: number | null; stderr: string }> } {

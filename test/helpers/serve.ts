@@ -1,0 +1,70 @@
+/**
+ * `agent-gate serve` as a real process (`node --import tsx src/cli/main.ts serve`), for the
+ * tests that need one: signals, exit statuses, a second gate process. Everything else starts
+ * gates in-process (test/helpers/gate.ts startGate).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { freePort, waitFor } from './ports.js';
+
+/** A running `serve` child on loopback ports. */
+export interface ServeProcess {
+  child: ChildProcess;
+  url: string;
+  adminUrl: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
+  /** The tail (8000 characters) of stdout and stderr together. */
+  output(): string;
+  /** SIGTERM, then SIGKILL after 10 s; resolves once exited. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Spawns `serve` with process.env, then `env`, on fresh loopback ports (GATE_LISTEN and
+ * GATE_ADMIN_LISTEN), and resolves once its admin readyz answers 200.
+ */
+export async function spawnServe(env: Record<string, string>): Promise<ServeProcess> {
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], {
+    env: { ...process.env, ...env, GATE_LISTEN: `127.0.0.1:${port}`, GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}` },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  // Both pipes are always drained (a full pipe would block the gate), keeping the tail for errors.
+  let out = '';
+  const keep = (d: Buffer) => {
+    out = (out + d.toString()).slice(-8000);
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal, at: Date.now() })),
+  );
+  const adminUrl = `http://127.0.0.1:${adminPort}`;
+  try {
+    await waitFor(
+      async () => {
+        if (child.exitCode !== null) throw new Error('exited');
+        return (await fetch(`${adminUrl}/readyz`)).status === 200;
+      },
+      30_000,
+      'gate process ready',
+      100,
+    );
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw new Error(`${(err as Error).message}; output: ${out}`);
+  }
+  return {
+    child,
+    url: `https://127.0.0.1:${port}`,
+    adminUrl,
+    exited,
+    output: () => out,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
