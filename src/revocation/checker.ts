@@ -10,7 +10,8 @@ import { GateError } from '../errors.js';
 import type { AgentIdentity } from '../identity/index.js';
 import type { GateMetrics } from '../metrics/index.js';
 import { certificateSubject } from '../lib/der.js';
-import { certCrlScope, crlDistributionPoints, crlVerdict, parseCrl, type CertCrlScope, type ParsedCrl } from './crl.js';
+import { crlDistributionPoints, parseCrl, type ParsedCrl } from './crl.js';
+import { certCrlScope, crlVerdict, type CertCrlScope } from './crl-scope.js';
 import { fetchBounded } from './fetch.js';
 import { buildOcspRequest, ocspResponderUrls, verifyOcspResponse } from './ocsp.js';
 

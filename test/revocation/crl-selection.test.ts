@@ -1,12 +1,13 @@
 /**
- * RFC 5280 6.3.3 CRL choice (src/revocation/crl.ts crlVerdict) on real signed CRLs: the
+ * RFC 5280 6.3.3 CRL choice (src/revocation/crl-scope.ts crlVerdict) on real signed CRLs: the
  * corners the gate-level tests in test/integration/revocation-crl.test.ts do not reach.
  */
 import { X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { x509 } from '../../src/lib/x509.js';
 import { createCa, createCrl, issueAgentCert, type CreateCrlOptions, type CrlEntryInput, type KeyAndCert } from '../../src/pki/index.js';
-import { certCrlScope, crlCovers, crlVerdict, parseCrl, type ParsedCrl } from '../../src/revocation/crl.js';
+import { parseCrl, type ParsedCrl } from '../../src/revocation/crl.js';
+import { certCrlScope, crlCovers, crlVerdict } from '../../src/revocation/crl-scope.js';
 
 const URL_A = 'http://crl.example/a.crl';
 let ca: KeyAndCert;
