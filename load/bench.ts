@@ -30,6 +30,7 @@ import { connect } from 'node:tls';
 import type { Job } from './bench/jobs.js';
 import { profileMain } from './bench/profile-run.js';
 import { authorizerMain } from './bench/authz-run.js';
+import { workersMain } from './bench/workers-run.js';
 import { MACHINE, QUIET_CORES, QUIET_TOTAL_MS, killAll, quietWaitedMs, statusKb, waitQuiet } from './bench/procs.js';
 import { fmt, markdownSection, medianMetrics, metricsOf, targetTable, upsertBlock, detailTable, type BenchData, type RunRecord, type TargetRow } from './bench/report.js';
 import { median } from './bench/stats.js';
@@ -435,7 +436,7 @@ async function render(file: string): Promise<void> {
 }
 
 const RENDER = args.find((a) => a.startsWith('--render='))?.slice('--render='.length);
-(RENDER ? render(RENDER) : PROFILE ? profileMain(args) : args.includes('--authorizer') ? authorizerMain(args) : main()).then(
+(RENDER ? render(RENDER) : PROFILE ? profileMain(args) : args.includes('--authorizer') ? authorizerMain(args) : args.includes('--workers') ? workersMain(args) : main()).then(
   () => {
     killAll();
     process.exit(0);

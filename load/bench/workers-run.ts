@@ -1,0 +1,93 @@
+/**
+ * `npm run bench -- --workers`: one gate process (`GATE_WORKERS=1`) beside a gate of two worker
+ * processes (`GATE_WORKERS=2`, same Redis, same upstream), rounds interleaved, short enough for a
+ * shared 2-core machine (about 2 minutes): gated keep-alive requests (req/s, p99, gate CPU per
+ * request summed over primary and workers), full flows/s over new mTLS connections, and the
+ * open-loop window (`/v1/token` p99 and on-time share) at 70 % of the one-worker gate's maximum
+ * flow rate for both gates, plus peak RSS per process. Prints the rows and writes
+ * `load/results/<date>-workers.json`.
+ * @module
+ */
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { generateSigningJwk } from '../../src/tokens/index.js';
+import type { Job } from './jobs.js';
+import { childPids, statusKb } from './procs.js';
+import { fmt, medianMetrics, type RunRecord } from './report.js';
+import { median } from './stats.js';
+import { ROOT, gateEnv, makePki, startGate, startLoadgen, startRedis, startServer, type CpuGroups, type StartedGate } from './setup.js';
+
+const PREFIX = '/.agent-gate';
+const GATED_PATH = '/api/items/42?view=full';
+
+export async function workersMain(args: string[]): Promise<void> {
+  const runs = Number(args.find((a) => a.startsWith('--runs='))?.slice('--runs='.length) ?? 2);
+  const win = { warm: 500, ka: 2000, flow: 2000, open: 3000 };
+  const t0 = performance.now();
+  const log = (s: string) => process.stdout.write(`[${((performance.now() - t0) / 1000).toFixed(0).padStart(3)} s] ${s}\n`);
+  const work = mkdtempSync(join(tmpdir(), 'agent-gate-bench-workers-'));
+  chmodSync(work, 0o755);
+  const pki = await makePki(work);
+  const redis = await startRedis(work);
+  const upstream = await startServer('upstream', pki);
+  const env = gateEnv(pki, `redis://127.0.0.1:${redis.port}`, `http://127.0.0.1:${upstream.port}`, { GATE_SIGNING_JWK: JSON.stringify(await generateSigningJwk()) });
+  const w1 = await startGate('gate-w1', work, { ...env, GATE_WORKERS: '1' });
+  const w2 = await startGate('gate-w2', work, { ...env, GATE_WORKERS: '2' });
+  const w2pids = () => [w2.pid, ...childPids(w2.pid)];
+  const lg = await startLoadgen(pki.clientTls);
+  const origin = (g: StartedGate) => `https://127.0.0.1:${g.port}`;
+  const base = { upstream: upstream.pids, redis: redis.pids, loadgen: [lg.pid] };
+  const groups: Record<string, CpuGroups> = { w1: { gate: [w1.pid], ...base }, w2: { gate: w2pids(), ...base } };
+  const all: Record<string, RunRecord[]> = {};
+  const record = async (key: string, job: Job, g: CpuGroups) => {
+    const r = await lg.run(job, g);
+    (all[key] ??= []).push(r);
+    const res = r.result;
+    const summary =
+      res.kind === 'keepalive'
+        ? `${fmt(res.rps)} rps p99 ${res.latency.p99} ms`
+        : res.kind === 'flow'
+          ? `${fmt(res.rate, 1)} flows/s token p99 ${res.token.p99} ms`
+          : `target ${res.targetRate}/s, on time ${res.onTime}/${res.scheduled}, token p99 ${res.token.p99} ms`;
+    log(`${key.padEnd(10)} ${summary}, gate CPU ${fmt(r.cpuSeconds.gate ?? 0, 2)} s, errors ${'errors' in res ? res.errors : res.failed}`);
+  };
+  const ka = (g: StartedGate): Job => ({ kind: 'keepalive', origin: origin(g), path: GATED_PATH, connections: 32, warmupMs: win.warm, durationMs: win.ka, tokenPrefix: PREFIX });
+  const flow = (g: StartedGate): Job => ({ kind: 'flow', mode: 'gate', origin: origin(g), prefix: PREFIX, concurrency: 16, warmupMs: win.warm, durationMs: win.flow });
+  const open = (g: StartedGate, rate: number): Job => ({ kind: 'flow-open', origin: origin(g), prefix: PREFIX, rate, warmupMs: win.warm, durationMs: win.open, deadlineMs: 3000, maxOutstanding: 5000 });
+  for (let i = 0; i < runs; i++) {
+    await record('ka.w1', ka(w1), groups.w1!);
+    await record('ka.w2', ka(w2), groups.w2!);
+    await record('flow.w1', flow(w1), groups.w1!);
+    await record('flow.w2', flow(w2), groups.w2!);
+  }
+  const rate70 = Math.max(1, Math.round((medianMetrics(all['flow.w1'] ?? []).rate ?? 0) * 0.7));
+  for (let i = 0; i < runs; i++) {
+    await record('open.w1', open(w1, rate70), groups.w1!);
+    await record('open.w2', open(w2, rate70), groups.w2!);
+  }
+  const m = (k: string) => medianMetrics(all[k] ?? []);
+  // Gate CPU (the gate group alone: primary + workers) per completed operation, µs, median over rounds.
+  const cpuPer = (k: string) => Math.round(median((all[k] ?? []).map((r) => ((r.cpuSeconds.gate ?? 0) / Math.max(1, r.result.kind === 'flow-open' ? r.result.ok : r.result.completed)) * 1e6)));
+  const ratio = (a: number, b: number) => (b > 0 ? Math.round((a / b) * 100) / 100 : NaN);
+  const mb = (kb: number) => Math.round(kb / 102.4) / 10;
+  const rss = { w1: mb(statusKb(w1.pid, 'VmHWM')), w2Primary: mb(statusKb(w2.pid, 'VmHWM')), w2Workers: childPids(w2.pid).map((p) => mb(statusKb(p, 'VmHWM'))) };
+  const rows = [
+    ['gated keep-alive req/s (32 conns)', fmt(m('ka.w1').rps), fmt(m('ka.w2').rps), ratio(m('ka.w2').rps!, m('ka.w1').rps!), 'as measured'],
+    ['gated keep-alive p99', `${m('ka.w1').p99} ms`, `${m('ka.w2').p99} ms`, ratio(m('ka.w2').p99!, m('ka.w1').p99!), '–'],
+    ['gate CPU per gated request (primary + workers)', `${cpuPer('ka.w1')} µs`, `${cpuPer('ka.w2')} µs`, ratio(cpuPer('ka.w2'), cpuPer('ka.w1')), '≤ 1.1'],
+    ['full flows/s, new mTLS conns (16 in flight)', fmt(m('flow.w1').rate, 1), fmt(m('flow.w2').rate, 1), ratio(m('flow.w2').rate!, m('flow.w1').rate!), 'as measured'],
+    ['gate CPU per full flow', `${cpuPer('flow.w1')} µs`, `${cpuPer('flow.w2')} µs`, ratio(cpuPer('flow.w2'), cpuPer('flow.w1')), '–'],
+    [`/v1/token p99, open loop at ${rate70} flows/s (70 % of 1-worker max)`, `${m('open.w1').tokenP99} ms`, `${m('open.w2').tokenP99} ms`, ratio(m('open.w2').tokenP99!, m('open.w1').tokenP99!), '< 10 ms'],
+    ['flows on time (3 s) at that rate', `${m('open.w1').onTimePct} %`, `${m('open.w2').onTimePct} %`, '–', '100 %'],
+    ['peak RSS per process (VmHWM)', `${rss.w1} MB`, `workers ${rss.w2Workers.join(', ')} MB; primary ${rss.w2Primary} MB`, '–', '< 200 MB'],
+  ];
+  const table = ['| measurement | GATE_WORKERS=1 | GATE_WORKERS=2 | 2 / 1 (medians) | goal |', '|---|---|---|---|---|', ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+  process.stdout.write(`\n${table}\n\nsetup: direct mode, Redis, rate limits off, log level warn; ${runs} interleaved rounds; windows ${win.ka / 1000} s keep-alive, ${win.flow / 1000} s flows, ${win.open / 1000} s open loop (${win.warm / 1000} s warm-up each)\n`);
+  const dir = join(ROOT, 'load', 'results');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, `${new Date().toISOString().slice(0, 10)}-workers.json`), JSON.stringify({ args, runs: all, rss, table }, null, 2) + '\n');
+  await lg.stop();
+  for (const p of [w2, w1, upstream, redis]) await p.stop();
+  rmSync(work, { recursive: true, force: true });
+}
