@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { inject } from 'vitest';
 import { renderNginxConfig } from '../../src/nginx/index.js';
-import { startGate, testEnv } from '../helpers/gate.js';
+import { forwardedTestEnv, startGate } from '../helpers/gate.js';
 import { freePort } from '../helpers/ports.js';
 import { startUpstream } from '../helpers/upstream.js';
 import { ensureNginx, relaxEdgeLimits, removeTempDirs, startNginx, tempDir, writeKeyFile } from '../nginx/harness.js';
@@ -24,15 +24,8 @@ describeGateContract('nginx', async (fx) => {
   const up = await startUpstream();
   const key = writeKeyFile(tempDir('contract-keys'));
   const gw = await startGate(
-    testEnv(fx, {
+    forwardedTestEnv(fx, up.url, inject('redisUrl'), {
       ...contractEnv(fx),
-      GATE_MODE: 'forwarded',
-      GATE_TLS_CERT: '',
-      GATE_TLS_KEY: '',
-      GATE_STORE: 'redis',
-      GATE_REDIS_URL: inject('redisUrl'),
-      GATE_UPSTREAM_URL: up.url,
-      GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32',
       GATE_FWD_HMAC_KEYS: `k1:${key.b64}`,
       // The clock cases move the gate's clock up to TTL + 100 s: nginx's timestamps stay valid.
       GATE_FWD_MAX_SKEW_S: '300',

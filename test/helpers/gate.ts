@@ -57,3 +57,21 @@ export async function startGate(env: Record<string, string>, deps: GateDeps = {}
   const { publicPort, adminPort } = await gate.listen();
   return { gate, url: `https://127.0.0.1:${publicPort}`, adminUrl: `http://127.0.0.1:${adminPort}`, close: () => gate.close() };
 }
+
+/**
+ * The environment of a dev-profile test gate in forwarded mode: plain HTTP behind a proxy on
+ * 127.0.0.1, proxying to `upstreamUrl`, on the suite's shared Redis; the caller adds
+ * GATE_FWD_HMAC_KEYS and whatever else it tests.
+ */
+export function forwardedTestEnv(fx: Fixtures, upstreamUrl: string, redisUrl: string, extra: Record<string, string>): Record<string, string> {
+  return testEnv(fx, {
+    GATE_MODE: 'forwarded',
+    GATE_TLS_CERT: '',
+    GATE_TLS_KEY: '',
+    GATE_STORE: 'redis',
+    GATE_REDIS_URL: redisUrl,
+    GATE_UPSTREAM_URL: upstreamUrl,
+    GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32',
+    ...extra,
+  });
+}

@@ -10,7 +10,7 @@ import { X509Certificate } from 'node:crypto';
 import { issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { GateClient } from '../../src/client/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
-import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
+import { forwardedTestEnv, startGate, type RunningGate } from '../helpers/gate.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
 const K1 = randomBytes(32);
@@ -80,13 +80,7 @@ async function send(g: RunningGate, o: Fwd): Promise<{ status: number; code?: st
 
 async function gate(extra: Record<string, string> = {}): Promise<RunningGate> {
   const g = await startGate(
-    testEnv(fx, {
-      GATE_MODE: 'forwarded',
-      GATE_TLS_CERT: '',
-      GATE_TLS_KEY: '',
-      GATE_STORE: 'redis',
-      GATE_REDIS_URL: inject('redisUrl'),
-      GATE_UPSTREAM_URL: up.url,
+    forwardedTestEnv(fx, up.url, inject('redisUrl'), {
       GATE_FWD_HMAC_KEYS: `k1:${K1.toString('base64')},k2:${K2.toString('base64')}`,
       GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32,::1',
       ...extra,

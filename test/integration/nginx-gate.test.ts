@@ -22,7 +22,7 @@ import { createCa, createIntermediateCa, issueAgentCert, type KeyAndCert } from 
 import { generateSigningJwk } from '../../src/tokens/keys.js';
 import { nginxEscapeUriComponent } from '../../scripts/make-forwarded-vectors.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
-import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
+import { forwardedTestEnv, startGate, type RunningGate } from '../helpers/gate.js';
 import { tlsAgent } from '../helpers/http.js';
 import { startOpensslOcsp, type OpensslOcsp } from '../helpers/openssl-ocsp.js';
 import { freePort, waitFor } from '../helpers/ports.js';
@@ -75,19 +75,7 @@ function portOf(url: string): number {
 
 /** A dev gate in forwarded mode on plain HTTP, trusting 127.0.0.1 as its nginx, on the shared redis. */
 async function forwardedGate(extra: Record<string, string>, now?: () => number): Promise<RunningGate> {
-  const g = await startGate(
-    testEnv(fx, {
-      GATE_MODE: 'forwarded',
-      GATE_TLS_CERT: '',
-      GATE_TLS_KEY: '',
-      GATE_STORE: 'redis',
-      GATE_REDIS_URL: inject('redisUrl'),
-      GATE_UPSTREAM_URL: up.url,
-      GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32',
-      ...extra,
-    }),
-    now ? { now } : {},
-  );
+  const g = await startGate(forwardedTestEnv(fx, up.url, inject('redisUrl'), extra), now ? { now } : {});
   g.url = g.url.replace('https://', 'http://');
   let closed = false;
   const close = g.close;
