@@ -159,14 +159,20 @@ export interface ContractContext {
 }
 
 function makeContext(gate: ContractGate, fx: ContractFixtures, closers: (() => Promise<void>)[]): ContractContext {
+  const agents = new Map<Who, Agent>();
   const cert = (who: Who): KeyAndCert | undefined => (who === 'none' ? undefined : who === 'revoked' || who === 'denied' ? fx[who] : fx.agents[who]);
   const ctx: ContractContext = {
     gate,
     fx,
     cert,
+    // One keep-alive dispatcher per certificate: a handshake per case would dominate the suite's time.
     agent(who) {
-      const a = tlsAgent(fx, cert(who));
-      closers.push(() => a.close());
+      let a = agents.get(who);
+      if (!a) {
+        const fresh = tlsAgent(fx, cert(who));
+        closers.push(() => fresh.close());
+        agents.set(who, (a = fresh));
+      }
       return a;
     },
     client(who) {
