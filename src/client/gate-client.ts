@@ -38,6 +38,9 @@ import {
   refusalDelayMs,
   SAFE_METHODS,
 } from './retry.js';
+import { parseChallenge, parseToken, type Challenge, type GateRequestInit, type TokenResponse } from './wire.js';
+
+export type { Challenge, GateRequestInit, TokenResponse } from './wire.js';
 
 /** Options of a {@link GateClient}. */
 export interface GateClientOptions {
@@ -93,33 +96,6 @@ export interface GateClientOptions {
   attestation?: (challenge: Challenge, thumbprint: string) => string | Promise<string>;
 }
 
-/** The challenge of PROTOCOL.md section 3, as returned by the gate. */
-export interface Challenge {
-  challenge_id: string;
-  nonce: string;
-  aud: string;
-  /** Unix milliseconds. */
-  issued_at: number;
-  /** Unix milliseconds. */
-  expires_at: number;
-  algs: string[];
-  pow: { alg: string; difficulty: number } | null;
-}
-
-/** The token response of PROTOCOL.md section 4. */
-export interface TokenResponse {
-  access_token: string;
-  token_type: string;
-  expires_in: number;
-}
-
-/** Options of {@link GateClient.request}. */
-export interface GateRequestInit {
-  method?: string;
-  headers?: Record<string, string>;
-  body?: string | Buffer;
-}
-
 const DEFAULT_PREFIX = '/.agent-gate';
 const DEFAULT_REFRESH_BEFORE_S = 30;
 const DEFAULT_TIMEOUT_MS = 30_000;
@@ -146,57 +122,6 @@ function fail(what: string): never {
 
 function toPem(v: string | Buffer): string {
   return typeof v === 'string' ? v : v.toString('utf8');
-}
-
-function unexpected(status: number, what: string): GateClientError {
-  return new GateClientError('unexpected_response', status, { message: `unexpected_response (${status}): ${what}` });
-}
-
-function parseJsonObject(res: RawResponse, what: string): Record<string, unknown> {
-  let doc: unknown;
-  try {
-    doc = res.json();
-  } catch {
-    throw unexpected(res.status, `${what} body is not JSON`);
-  }
-  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) {
-    throw unexpected(res.status, `${what} body is not a JSON object`);
-  }
-  return doc as Record<string, unknown>;
-}
-
-function parseChallenge(res: RawResponse): Challenge {
-  const d = parseJsonObject(res, 'challenge');
-  const str = (k: string) => typeof d[k] === 'string' && (d[k] as string).length > 0;
-  const num = (k: string) => typeof d[k] === 'number' && Number.isFinite(d[k]);
-  if (!str('challenge_id') || !str('nonce') || !str('aud') || !num('issued_at') || !num('expires_at')) {
-    throw unexpected(res.status, 'challenge is missing challenge_id, nonce, aud, issued_at or expires_at');
-  }
-  if (!Array.isArray(d.algs) || !d.algs.every((a) => typeof a === 'string')) {
-    throw unexpected(res.status, 'challenge algs is not a list of strings');
-  }
-  const pow = d.pow;
-  if (pow !== null && pow !== undefined) {
-    const p = pow as Record<string, unknown>;
-    if (typeof pow !== 'object' || typeof p.alg !== 'string' || !Number.isInteger(p.difficulty)) {
-      throw unexpected(res.status, 'challenge pow is neither null nor { alg, difficulty }');
-    }
-  }
-  return { ...d, pow: pow ?? null } as unknown as Challenge;
-}
-
-function parseToken(res: RawResponse): TokenResponse {
-  const d = parseJsonObject(res, 'token');
-  if (typeof d.access_token !== 'string' || d.access_token.length === 0) {
-    throw unexpected(res.status, 'token response has no access_token');
-  }
-  if (typeof d.token_type !== 'string' || d.token_type.toLowerCase() !== 'bearer') {
-    throw unexpected(res.status, 'token_type is not Bearer');
-  }
-  if (typeof d.expires_in !== 'number' || !Number.isFinite(d.expires_in) || d.expires_in <= 0) {
-    throw unexpected(res.status, 'expires_in is not a positive number');
-  }
-  return d as unknown as TokenResponse;
 }
 
 /**
