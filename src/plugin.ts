@@ -23,6 +23,8 @@ import fp from 'fastify-plugin';
 import type { GateConfig } from './config/index.js';
 import { GateError, newRefusalId, problemFor } from './errors.js';
 import { buildPipelines, challengeRoutes, installEdge, installMinimalEdge, modeOf, registerInfoRoutes } from './gate/index.js';
+// The request fields the gate adds (agent, accessToken, ...), for library users' types too.
+import './gate/context.js';
 import { deferContinue } from './http/continue.js';
 import { makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
 import { decodeRequestPath } from './http/path.js';
@@ -132,6 +134,8 @@ async function plugin(app: FastifyInstance, opts: AgentGateOptions): Promise<voi
 
   // One hook per table, answering refusals itself so the host app's own error handler never
   // sees (or reformats) a contract refusal.
+  // TODO(authorizer): src/authorizer/route.ts registers P/v1/authorize with `guard`, which in
+  // authorizer mode is already the `authorize` table; it should name `agentGate.authorize`.
   const gated = tables.proxied ?? tables.authorize!;
   const guard = pipelines.hook(gated);
   const authorize = tables.authorize ? pipelines.hook(tables.authorize) : guard;
