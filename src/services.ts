@@ -101,10 +101,6 @@ export async function loadMaterials(config: GateConfig, warn: (line: string) => 
       // takes that verdict (socket.authorized) as its first check; rejectUnauthorized: false so
       // that a refused certificate gets a contract error instead of a TLS alert.
       ca: caPem,
-      // Every bundle certificate is an anchor (X509_V_FLAG_PARTIAL_CHAIN), so a bundle of only
-      // an intermediate works as in v1; OpenSSL still checks the anchor itself (CA, keyCertSign,
-      // its name constraints, critical extensions, validity).
-      allowPartialTrustChain: true,
       requestCert: true,
       rejectUnauthorized: false,
       minVersion: config.tls.minVersion,

@@ -6,8 +6,6 @@
  * This module holds the contract's own rules, applied to a chain one of those has already
  * accepted ({@link checkAcceptedChain}): limits, key caps, the agent_id, the leaf's key usage,
  * critical extensions outside an allow-list, and the anchor being one of `GATE_CLIENT_CA`.
- * Every certificate of the bundle is a trust anchor (OpenSSL's partial-chain rule, RFC 5280's
- * trust anchor as an input): a path ends at the first bundle certificate above the leaf.
  * @module
  */
 import { createHash, X509Certificate, type KeyObject } from 'node:crypto';
@@ -90,16 +88,6 @@ export class TrustBundle {
     return this.prints.has(thumbprintOf(cert.raw));
   }
 
-  /**
-   * `above` (the certificates above a leaf, nearest first) cut after the first one that is in
-   * the bundle: that one is the path's anchor, as OpenSSL's partial-chain search stops there.
-   * Unchanged when none is in the bundle.
-   */
-  upToAnchor<C extends X509Certificate>(above: readonly C[]): C[] {
-    const at = above.findIndex((c) => this.contains(c));
-    return at < 0 ? [...above] : above.slice(0, at + 1);
-  }
-
   /** True when some anchor's subject matches `pattern` (used to spot the dev CA in prod). */
   hasSubjectName(pattern: RegExp): boolean {
     return this.anchors.some((a) => pattern.test(a.subject));
@@ -156,7 +144,7 @@ export interface AcceptedChainOptions {
 /**
  * The contract's own rules on a chain a path validator (OpenSSL in the handshake, pkijs in
  * forwarded mode) has accepted, leaf first and ending at the anchor: at most `maxDepth` links,
- * the anchor one of `trust` and the first of them above the leaf (the leaf not one), key caps and the critical-extension allow-list on every certificate,
+ * the anchor one of `trust` (the leaf not one), key caps and the critical-extension allow-list on every certificate,
  * validity, `clientAuth` where a CA restricts its EKU, then the leaf rules. Returns the identity;
  * throws `client_cert_invalid` with the reason in `detail`.
  */
@@ -175,11 +163,9 @@ function acceptedChain(chain: readonly X509Certificate[], trust: TrustBundle, no
   if (chain.length - 1 > CERT_LIMITS.maxDepth) throw invalid(`chain longer than ${CERT_LIMITS.maxDepth}`);
   const anchor = chain[chain.length - 1]!;
   if (!trust.contains(anchor)) throw invalid('chain does not end at a GATE_CLIENT_CA certificate');
-  // A bundle certificate is an anchor, never an agent: trusting a leaf directly would skip
-  // its issuer's signature (OpenSSL's partial chain accepts it alone).
+  // A bundle certificate is an issuer, never an agent: OpenSSL trusts a self-signed bundle
+  // certificate presented alone, without any issuer's signature.
   if (trust.contains(leaf)) throw invalid('the agent certificate is itself in GATE_CLIENT_CA');
-  // The path ends at its first anchor; callers cut it there (TrustBundle.upToAnchor).
-  if (chain.slice(1, -1).some((c) => trust.contains(c))) throw invalid('chain continues past a GATE_CLIENT_CA certificate');
   const leafDer = leaf.raw;
   if (leafDer.length > CERT_LIMITS.maxDerBytes) throw invalid(`certificate is ${leafDer.length} bytes, over ${CERT_LIMITS.maxDerBytes}`);
   // Key caps first: they bound the cost of the signature checks below.

@@ -79,7 +79,7 @@ export class DirectIdentityResolver {
     const known = this.verified.get(leafPrint);
     if (known && known.verifiedAt + DirectIdentityResolver.REVERIFY_MS > this.now()) return known.identity;
     const resumed = typeof socket.isSessionReused === 'function' && socket.isSessionReused();
-    let above = peerChain(peer, this.trust);
+    let above = peerChain(peer);
     if (above === undefined) return new GateError('client_cert_invalid', { detail: `chain longer than ${CERT_LIMITS.maxDepth}` });
     const last = above.at(-1);
     if (resumed && (!last || !this.trust.contains(last))) above = this.chains.get(leafPrint) ?? above;
@@ -99,21 +99,18 @@ export class DirectIdentityResolver {
 }
 
 /**
- * The certificates above the leaf as Node shows them (the presented chain linked by name and
- * completed from the server's `ca`, the root linking to itself), up to the first one in the
- * bundle: the listener allows partial chains, so OpenSSL's path ends at that anchor and what a
- * client sends above it was never judged. Undefined when longer than the contract allows.
+ * The certificates above the leaf as Node shows them: the presented chain linked by name and
+ * completed from the server's `ca`, the root linking to itself. Undefined when longer than the
+ * contract allows.
  */
-function peerChain(peer: PeerCert, trust: TrustBundle): X509Certificate[] | undefined {
+function peerChain(peer: PeerCert): X509Certificate[] | undefined {
   const out: X509Certificate[] = [];
   const seen = new Set<PeerCert>([peer]);
   for (let c = peer.issuerCertificate; c && !seen.has(c); c = c.issuerCertificate) {
     seen.add(c);
     if (!c.raw) break;
     if (out.length >= CERT_LIMITS.maxDepth) return undefined;
-    const cert = new X509Certificate(c.raw);
-    out.push(cert);
-    if (trust.contains(cert)) break;
+    out.push(new X509Certificate(c.raw));
   }
   return out;
 }

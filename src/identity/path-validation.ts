@@ -8,9 +8,9 @@
  *
  * Where pkijs 3.4 is weaker than RFC 5280 / OpenSSL, this module closes the gap without
  * matching names itself:
- * - every certificate of `GATE_CLIENT_CA` is an anchor, as in direct mode (OpenSSL with
- *   partial chains): pkijs stops at the first trusted certificate above the leaf, as OpenSSL
- *   does, and still requires that anchor to be a CA with keyCertSign, within its validity;
+ * - anchors are the self-signed certificates of `GATE_CLIENT_CA`; its other certificates are
+ *   offered as intermediates, so the path reaches a root as OpenSSL's does (pkijs would stop at
+ *   any trusted certificate and skip the constraints above it);
  * - pkijs drops a leaf that equals a trusted certificate and validates another one in its
  *   place: a leaf that is itself in the bundle is refused before pkijs sees it, and the path
  *   pkijs returns must start with the leaf;
@@ -65,12 +65,16 @@ function extension(c: pkijs.Certificate, oid: string): pkijs.Extension | undefin
 
 /** Validates forwarded leaf certificates against `GATE_CLIENT_CA`. */
 export class ForwardedPathValidator {
-  private readonly anchors: Parsed[];
+  private readonly roots: Parsed[];
+  private readonly intermediates: Parsed[];
   /** Leaf certificates parsed and validated so far (tests read it: nothing before the HMAC). */
   validations = 0;
 
   constructor(private readonly trust: TrustBundle) {
-    this.anchors = trust.anchors.map((a) => parse(a.raw));
+    const all = trust.anchors.map((a) => parse(a.raw));
+    const selfSigned = (p: Parsed) => p.node.checkIssued(p.node) && p.node.verify(p.node.publicKey);
+    this.roots = all.filter(selfSigned);
+    this.intermediates = all.filter((p) => !selfSigned(p));
   }
 
   /** The identity in `leafDer` at `now`; throws `client_cert_invalid` naming the reason. */
@@ -88,6 +92,10 @@ export class ForwardedPathValidator {
     // Bounds the cost of the signature checks pkijs is about to make with the leaf's issuer
     // chain (bundle certificates) and of anything keyed on the leaf.
     checkKeyCaps(leaf.node);
+    // Section 2's SAN limit before the path engine walks the names (it is checked again with
+    // the other leaf rules): a 1,000-SAN certificate costs pkijs seconds, not a refusal's microseconds.
+    const sanCount = (extension(leaf.pki, OID_SAN)?.parsedValue as pkijs.AltName | undefined)?.altNames.length ?? 0;
+    if (sanCount > CERT_LIMITS.maxSans) throw invalid(`${sanCount} SANs, over ${CERT_LIMITS.maxSans}`);
     let path: Parsed[];
     try {
       path = await this.buildAndVerify(leaf, now);
@@ -106,11 +114,11 @@ export class ForwardedPathValidator {
   }
 
   private async run(leaf: Parsed, now: number, anchorConstraints?: pkijs.NameConstraints): Promise<pkijs.CertificateChainValidationEngineVerifyResult> {
-    const nodeOf = new Map<pkijs.Certificate, X509Certificate>([leaf, ...this.anchors].map((p) => [p.pki, p.node]));
+    const nodeOf = new Map<pkijs.Certificate, X509Certificate>([leaf, ...this.intermediates, ...this.roots].map((p) => [p.pki, p.node]));
     const chainEngine = new pkijs.CertificateChainValidationEngine({
-      trustedCerts: this.anchors.map((a) => a.pki),
+      trustedCerts: this.roots.map((r) => r.pki),
       // pkijs takes the last of `certs` as the certificate to validate.
-      certs: [leaf.pki],
+      certs: [...this.intermediates.map((i) => i.pki), leaf.pki],
       checkDate: new Date(now),
       findIssuer: (cert: pkijs.Certificate, eng: pkijs.CertificateChainValidationEngine) => Promise.resolve(findIssuer(cert, eng, nodeOf)),
     });
@@ -153,7 +161,7 @@ export class ForwardedPathValidator {
 
   private toParsed(path: pkijs.Certificate[], leaf: Parsed): Parsed[] {
     if (path[0] !== leaf.pki) throw invalid('path does not start at the agent certificate');
-    const all = [leaf, ...this.anchors];
+    const all = [leaf, ...this.intermediates, ...this.roots];
     return path.map((c) => {
       const p = all.find((a) => a.pki === c);
       if (!p) throw invalid('path holds an unknown certificate');
