@@ -147,6 +147,50 @@ function refusalId(r) {
     return ts + String(r.variables.request_id).slice(0, 16);
 }
 
+/* Header names the gate reserves for itself (section 5): any case, '-' or '_'. */
+var RESERVED_RE = /^x[-_](agent|gate)[-_]/i;
+/*
+ * Connection tokens whose header the rendered config removes or replaces anyway (hop-by-hop,
+ * Authorization), so naming them in Connection is harmless and common (Upgrade, TE).
+ */
+var REMOVED_ANYWAY = {
+    'close': 1, 'keep-alive': 1, 'connection': 1, 'proxy-authenticate': 1, 'proxy-authorization': 1,
+    'proxy-connection': 1, 'te': 1, 'trailer': 1, 'transfer-encoding': 1, 'upgrade': 1, 'host': 1,
+    'expect': 1, 'http2-settings': 1, 'authorization': 1
+};
+
+/*
+ * js_set $agent_gate_bad_headers (authorizer mode, section 13): "1" when the client sent a
+ * header the gate would strip but nginx cannot (it removes only names it is given): a name
+ * matching ^x-(agent|gate)- in any case, or a header named in the client's Connection header.
+ * nginx then refuses the request (400 request_malformed) before any decision. Names spelled
+ * with '_' never get here: `underscores_in_headers off` drops them. Used in one `if` of the
+ * gated location only, so it runs once per gated request and nowhere else.
+ */
+function badHeaders(r) {
+    var raw = r.rawHeadersIn;
+    var conn = '';
+    for (var i = 0; i < raw.length; i++) {
+        var name = raw[i][0];
+        if (RESERVED_RE.test(name)) {
+            return '1';
+        }
+        if (name.length === 10 && name.toLowerCase() === 'connection') {
+            conn += ',' + raw[i][1];
+        }
+    }
+    if (conn !== '') {
+        var tokens = conn.toLowerCase().split(',');
+        for (var j = 0; j < tokens.length; j++) {
+            var t = tokens[j].trim();
+            if (t !== '' && !REMOVED_ANYWAY[t] && r.headersIn[t] !== undefined) {
+                return '1';
+            }
+        }
+    }
+    return '';
+}
+
 var STATUS_RE = /^[45][0-9][0-9]$/;
 var B64URL_RE = /^[A-Za-z0-9_-]+$/;
 /* Values nginx took from the gate's answer header; never a CR or LF, but judge them anyway. */
@@ -203,4 +247,4 @@ function gateUnavailable(r) {
     }));
 }
 
-export default { sign, signAuthz, refusal, refusalId, canonical, hmac, thumbprintOfHeader };
+export default { sign, signAuthz, refusal, refusalId, badHeaders, canonical, hmac, thumbprintOfHeader };

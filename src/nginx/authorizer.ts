@@ -219,6 +219,11 @@ export async function authorizerValues(opts: AuthorizerNginxOptions | undefined,
             '            proxy_cache_use_stale off;',
             '            proxy_cache_revalidate off;',
             '            proxy_cache_lock off;',
+            // A hit reads its entry through a kept descriptor instead of open/fstat/close. nginx
+            // reopens when the entry's inode changes (a newer decision replaced it), and every
+            // entry is judged by its own stored expiry, so a kept descriptor never extends one.
+            '            open_file_cache max=10000 inactive=20s;',
+            '            open_file_cache_valid 10s;',
           ].join('\n'),
   });
 }

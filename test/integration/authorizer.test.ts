@@ -230,11 +230,7 @@ describe('allowed requests', () => {
         authorization: `Bearer ${token}`,
         'content-type': 'application/json',
         'x-app': 'kept',
-        'X-Agent-Id': 'forged',
-        'x-AGENT-thumbprint': 'forged',
-        'x-agent-token-id': 'forged',
-        'X-Gate-Fwd-Sig': 'forged',
-        'x-agent-gate-status': '200',
+        // (Client-sent x-agent-* / x-gate-* names are refused: 'client headers the gate would strip'.)
         'X-Forwarded-Host': 'evil.example',
         'X-Forwarded-For': '203.0.113.9',
         'X-Real-IP': '203.0.113.9',
@@ -412,6 +408,80 @@ async function race(who: KeyAndCert, token: string, viaNginx: () => Promise<Res>
   );
   return { gateMs, nginxMs, last: last! };
 }
+
+/**
+ * Section 5's header rules that name no fixed header. The gate strips them in direct mode;
+ * nginx cannot remove a name it is not given, so in authorizer mode such a request is refused
+ * with 400 request_malformed before any decision (section 13). Either way the upstream never
+ * sees the header.
+ */
+describe('client headers the gate would strip', () => {
+  const tls = () => ({ ca: fx.ca.certPem, cert: fx.agents.p256.certPem, key: fx.agents.p256.keyPem });
+  const raw = (token: string, extra: string) => `GET /strip HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\n${extra}Connection: close\r\n\r\n`;
+  /** The status of a raw request (the upstream's 200 is chunked, which rawExchange does not read). */
+  const rawStatus = async (port: number, text: string): Promise<number> => {
+    const { connect } = await import('node:tls');
+    return new Promise((resolve, reject) => {
+      const s = connect({ host: '127.0.0.1', port, ...tls(), servername: 'localhost' }, () => s.write(text));
+      let buf = '';
+      s.setTimeout(10_000, () => s.destroy(new Error('raw request timed out')));
+      s.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        if (buf.includes('\r\n\r\n')) {
+          s.destroy();
+          resolve(Number(buf.split(' ')[1]));
+        }
+      });
+      s.on('error', reject);
+    });
+  };
+  // Direct mode's own 400 request_malformed (a dot segment), the shape nginx's refusal must have.
+  const refused = (): Promise<ReturnType<typeof shape>> => rawExchange(portOf(direct.url), tls(), 'GET /a/../b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n').then(shape);
+
+  const reserved = ['X-Agent-Id', 'x-agent-invented', 'X-AGENT-ROLE', 'x-Agent-Gate-Status', 'X-Gate-Anything', 'x-gate-fwd-sig', 'x-GATE-fwd-Uri', 'x-agent-thumbprint'];
+  for (const name of reserved) {
+    it(`refuses ${name} (400 request_malformed, as direct mode's shape), the upstream never sees it and the gate is not asked`, async () => {
+      const token = await tokenOf(fx.agents.p256);
+      expect(await rawStatus(portOf(direct.url), raw(token, `${name}: forged\r\n`))).toBe(200);
+      expect(up.seen.at(-1)!.headers[name.toLowerCase()]).not.toBe('forged');
+      const before = [up.seen.length, decisions().length];
+      const viaNginx = await rawExchange(nginx.port, tls(), raw(token, `${name}: forged\r\n`));
+      expect(viaNginx.status).toBe(400);
+      expect(shape(viaNginx)).toEqual(await refused());
+      expect([up.seen.length, decisions().length]).toEqual(before);
+    });
+  }
+
+  const underscored = ['x_agent_id', 'X_Agent_Invented', 'x_gate_fwd_sig', 'x-agent_role', 'x_gate-anything', 'X_AGENT-ID'];
+  it(`drops every name spelled with _ (${underscored.join(', ')}): the upstream never sees it`, async () => {
+    const token = await tokenOf(fx.agents.p256);
+    for (const name of underscored) {
+      expect([name, await rawStatus(nginx.port, raw(token, `${name}: forged\r\n`))]).toEqual([name, 200]);
+      const seen = up.seen.at(-1)!;
+      expect(seen.url).toBe('/strip');
+      const names = Object.keys(seen.headers);
+      expect(names.filter((n) => /^x[-_](agent|gate)[-_]/i.test(n)).sort(), name).toEqual(['x-agent-id', 'x-agent-thumbprint', 'x-agent-token-id']);
+      expect(Object.values(seen.headers)).not.toContain('forged');
+    }
+  });
+
+  it('refuses a request whose Connection header names a header it carries; passes one naming only hop-by-hop or absent headers', async () => {
+    const token = await tokenOf(fx.agents.p256);
+    const before = [up.seen.length, decisions().length];
+    for (const extra of ['X-Secret: v\r\nConnection: keep-alive, X-Secret\r\n', 'Connection: x-secret\r\nx-secret: v\r\n', 'Content-Language: de\r\nConnection: Content-Language\r\n']) {
+      const r = await rawExchange(nginx.port, tls(), raw(token, extra));
+      expect([extra, r.status]).toEqual([extra, 400]);
+      expect(shape(r)).toEqual(await refused());
+    }
+    expect([up.seen.length, decisions().length]).toEqual(before);
+    // Direct mode strips the named header; the upstream never sees it there either.
+    expect(await rawStatus(portOf(direct.url), raw(token, 'X-Secret: v\r\nConnection: keep-alive, X-Secret\r\n'))).toBe(200);
+    expect(up.seen.at(-1)!.headers['x-secret']).toBeUndefined();
+    for (const extra of ['Connection: keep-alive, x-absent\r\n', 'TE: trailers\r\nConnection: TE\r\n', 'Connection: Upgrade\r\n']) {
+      expect([extra, await rawStatus(nginx.port, raw(token, extra))]).toEqual([extra, 200]);
+    }
+  });
+});
 
 describe('the decision cache', () => {
   it('never answers the same token with another certificate: decided again and refused for the binding', async () => {
