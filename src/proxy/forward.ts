@@ -3,11 +3,11 @@
  * through a pooled undici client, with the contract's header hygiene.
  * @module
  */
-import { Transform, type TransformCallback } from 'node:stream';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { errors as undiciErrors, Pool } from 'undici';
+import { errors as undiciErrors, Pool, type Dispatcher } from 'undici';
 import { GateError } from '../errors.js';
-import { DEFAULT_HEADER_POLICY, HOP_BY_HOP, upstreamRequestHeaders, type ForwardIdentity, type HeaderPolicy } from './headers.js';
+import { DEFAULT_HEADER_POLICY, HOP_BY_HOP, upstreamRawHeaders, type ForwardIdentity, type HeaderPolicy } from './headers.js';
 
 /** Options of {@link Forwarder}. */
 export interface ForwarderOptions {
@@ -19,19 +19,6 @@ export interface ForwarderOptions {
   connections?: number;
   /** `GATE_PROXY_PASS_HEADERS` and `GATE_PROXY_XFF`; default: strip all, replace. */
   headers?: HeaderPolicy;
-}
-
-/** Response headers minus hop-by-hop ones. */
-function downstreamHeaders(h: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
-  const named = new Set<string>();
-  const conn = h.connection;
-  if (typeof conn === 'string') for (const n of conn.split(',')) named.add(n.trim().toLowerCase());
-  const out: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(h)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || named.has(name)) continue;
-    out[name] = value;
-  }
-  return out;
 }
 
 /** Upstream answers with a declared length below this are buffered rather than streamed. */
@@ -55,14 +42,127 @@ class ByteLimit extends Transform {
   }
 }
 
+/** An upstream answer streamed to the client: undici pauses while the client reads slowly. */
+class UpstreamBody extends Readable {
+  wake: (() => void) | undefined;
+  override _read(): void {
+    this.wake?.();
+  }
+}
+
+/**
+ * One proxied request as an undici dispatch handler: no AbortController, no response stream
+ * for small answers, no promise. Answers of a declared length up to {@link BUFFER_BELOW_BYTES}
+ * are collected and sent with their headers in one write; others stream, with the status held
+ * until the first byte (or the end) so an upstream failing before any byte still gets a
+ * contract 502/504.
+ */
+class ProxyExchange implements Dispatcher.DispatchHandler {
+  private abortUpstream: ((err?: Error) => void) | undefined;
+  private status = 0;
+  private headers: Record<string, string | string[]> | undefined;
+  private buffered = false;
+  private chunks: Buffer[] = [];
+  private stream: UpstreamBody | undefined;
+  private sent = false;
+  private finished = false;
+
+  constructor(
+    private readonly reply: FastifyReply,
+    private readonly limiter: ByteLimit | undefined,
+  ) {}
+
+  /** The client went away before the answer was complete: stop the upstream exchange. */
+  readonly onClientClose = (): void => {
+    if (!this.finished && !this.reply.raw.writableFinished) this.abortUpstream?.(new undiciErrors.RequestAbortedError());
+  };
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.abortUpstream = abort;
+    if (this.reply.raw.destroyed) abort(new undiciErrors.RequestAbortedError());
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    this.status = statusCode;
+    this.headers = downstreamHeaders(rawHeaders);
+    const length = this.headers['content-length'];
+    this.buffered = typeof length === 'string' && Number(length) <= BUFFER_BELOW_BYTES;
+    if (!this.buffered) {
+      this.stream = new UpstreamBody();
+      this.stream.wake = resume;
+    }
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.buffered) {
+      this.chunks.push(chunk);
+      return true;
+    }
+    const stream = this.stream!;
+    if (!this.sent) this.commit(stream);
+    return stream.push(chunk);
+  }
+
+  onComplete(): void {
+    this.finished = true;
+    if (this.buffered) {
+      const body = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+      this.chunks = [];
+      this.commit(body);
+      return;
+    }
+    const stream = this.stream!;
+    if (!this.sent) this.commit(stream);
+    stream.push(null);
+  }
+
+  onError(err: Error): void {
+    this.finished = true;
+    if (this.sent) {
+      // Status and headers are out: all that is left is to cut the answer short.
+      this.stream?.destroy(err);
+      return;
+    }
+    this.sent = true;
+    this.reply.send(this.limiter?.exceeded ? new GateError('body_too_large', { cause: err }) : upstreamError(err));
+  }
+
+  private commit(body: Buffer | UpstreamBody): void {
+    this.sent = true;
+    this.reply.code(this.status).headers(this.headers!).send(body);
+  }
+}
+
+/** Upstream response headers (raw lines) minus hop-by-hop ones and those named in `Connection`. */
+function downstreamHeaders(raw: Buffer[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString('latin1').toLowerCase();
+    const value = raw[i + 1]!.toString('latin1');
+    const prior = out[name];
+    if (prior === undefined) out[name] = value;
+    else if (Array.isArray(prior)) prior.push(value);
+    else out[name] = [prior, value];
+  }
+  const conn = out.connection;
+  if (typeof conn === 'string') for (const n of conn.split(',')) delete out[n.trim().toLowerCase()];
+  for (const name of HOP_BY_HOP) if (out[name] !== undefined) delete out[name];
+  return out;
+}
+
 /** Forwards gated requests to one upstream. */
 export class Forwarder {
   private readonly pool: Pool;
   private readonly basePath: string;
+  private readonly policy: HeaderPolicy;
+  /** Client header spellings already judged under {@link policy}. */
+  private readonly verdicts = new Map<string, boolean>();
 
   constructor(private readonly opts: ForwarderOptions) {
     const url = new URL(opts.upstreamUrl);
     this.basePath = url.pathname.replace(/\/+$/, '');
+    this.policy = opts.headers ?? DEFAULT_HEADER_POLICY;
     this.pool = new Pool(url.origin, {
       connections: opts.connections ?? 128,
       pipelining: 1,
@@ -73,73 +173,49 @@ export class Forwarder {
     });
   }
 
-  /** Sends `request` upstream and streams the answer into `reply`. */
-  async forward(request: FastifyRequest, reply: FastifyReply, who: ForwardIdentity): Promise<FastifyReply> {
-    const declared = request.headers['content-length'];
+  /**
+   * Sends `request` upstream and answers `reply` with the upstream's answer, or a 413/502/504
+   * problem; returns at once (the answer is sent from undici's callbacks).
+   */
+  forward(request: FastifyRequest, reply: FastifyReply, who: ForwardIdentity): void {
+    const incoming = request.headers;
+    const declared = incoming['content-length'];
     if (declared !== undefined && Number(declared) > this.opts.maxBodyBytes) {
       throw new GateError('body_too_large', { detail: `content-length ${declared} over ${this.opts.maxBodyBytes}` });
     }
-    const hasBody = declared !== undefined ? Number(declared) > 0 : request.headers['transfer-encoding'] !== undefined;
+    const hasBody = declared !== undefined ? Number(declared) > 0 : incoming['transfer-encoding'] !== undefined;
     let limiter: ByteLimit | undefined;
     if (hasBody) {
       limiter = new ByteLimit(this.opts.maxBodyBytes);
       request.raw.pipe(limiter);
     }
-    const abort = new AbortController();
-    const onClose = () => {
-      if (!reply.raw.writableFinished) abort.abort();
-    };
-    reply.raw.once('close', onClose);
-    try {
-      const res = await this.pool.request({
-        method: request.method as 'GET',
+    const exchange = new ProxyExchange(reply, limiter);
+    reply.raw.once('close', exchange.onClientClose);
+    const xff = incoming['x-forwarded-for'];
+    this.pool.dispatch(
+      {
+        method: request.method as Dispatcher.HttpMethod,
         path: this.basePath + request.url,
         // clientAddress is the signed x-gate-fwd-addr in forwarded mode, never nginx's address.
-        headers: upstreamRequestHeaders(request.headers, who, request.clientAddress || request.socket.remoteAddress, this.opts.headers ?? DEFAULT_HEADER_POLICY),
+        headers: upstreamRawHeaders(
+          request.raw.rawHeaders,
+          incoming.connection,
+          typeof xff === 'string' ? xff : undefined,
+          who,
+          request.clientAddress || request.socket.remoteAddress,
+          this.policy,
+          this.verdicts,
+        ),
         body: limiter ?? null,
-        signal: abort.signal,
-      });
-      const length = Number(res.headers['content-length']);
-      if (length <= BUFFER_BELOW_BYTES) {
-        // Small answers (most API responses) are read whole and written with their headers in
-        // one TLS record: streaming them costs a write (and a record) per piece.
-        const body = Buffer.from(await res.body.arrayBuffer());
-        reply.code(res.statusCode).headers(downstreamHeaders(res.headers));
-        return reply.send(body);
-      }
-      // Wait for the first bytes (or the end) before committing the status: an upstream that
-      // fails after its headers but before any byte is relayed still gets a contract 502/504.
-      await firstChunkOrEnd(res.body);
-      reply.code(res.statusCode).headers(downstreamHeaders(res.headers));
-      return reply.send(res.body);
-    } catch (err) {
-      if (limiter?.exceeded) throw new GateError('body_too_large', { cause: err });
-      throw upstreamError(err);
-    }
+      },
+      exchange,
+    );
   }
 
   /** Closes upstream connections. */
   async close(): Promise<void> {
     await this.pool.close();
   }
-}
-
-function firstChunkOrEnd(body: NodeJS.ReadableStream & { readableLength?: number; readableEnded?: boolean }): Promise<void> {
-  if ((body.readableLength ?? 0) > 0 || body.readableEnded) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const done = (err?: unknown) => {
-      body.off('readable', onReadable);
-      body.off('end', onEnd);
-      body.off('error', done);
-      if (err) reject(err);
-      else resolve();
-    };
-    const onReadable = () => done();
-    const onEnd = () => done();
-    body.once('readable', onReadable);
-    body.once('end', onEnd);
-    body.once('error', done);
-  });
 }
 
 function upstreamError(err: unknown): GateError {

@@ -118,3 +118,56 @@ export function upstreamRequestHeaders(
   out['x-forwarded-proto'] = 'https';
   return out;
 }
+
+/** Most distinct client header spellings whose verdict one policy remembers (client-chosen, so bounded). */
+const VERDICT_CACHE_MAX = 512;
+
+/**
+ * Whether a client-sent header name (any spelling) may be forwarded under `policy`, before the
+ * per-request `Connection` list: the rules of {@link upstreamRequestHeaders} for one name.
+ */
+function forwardable(lower: string, policy: HeaderPolicy): boolean {
+  if (HOP_BY_HOP.has(lower) || lower === 'authorization' || RESERVED.test(lower)) return false;
+  if (GATE_WRITTEN.has(lower) || (isStrippedHeader(lower) && !policy.pass.has(lower))) return false;
+  return true;
+}
+
+/**
+ * {@link upstreamRequestHeaders} over the request's raw header lines: a flat `[name, value, ...]`
+ * array in the client's order and spelling, as undici takes it, so a proxied request costs no
+ * header object and no lowercasing of names seen before. `verdicts` remembers each spelling's
+ * fate for `policy` (one map per policy, bounded). `connection` and `xff` are the request's
+ * parsed `Connection` and `X-Forwarded-For` (Node joins repeated lines).
+ */
+export function upstreamRawHeaders(
+  raw: readonly string[],
+  connection: string | undefined,
+  xff: string | undefined,
+  who: ForwardIdentity,
+  clientAddress: string | undefined,
+  policy: HeaderPolicy,
+  verdicts: Map<string, boolean>,
+): string[] {
+  let named: Set<string> | undefined;
+  if (connection !== undefined && connection !== 'keep-alive' && connection !== 'close') {
+    named = new Set();
+    for (const n of connection.split(',')) named.add(n.trim().toLowerCase());
+  }
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    let keep = verdicts.get(name);
+    if (keep === undefined) {
+      keep = forwardable(name.toLowerCase(), policy);
+      if (verdicts.size < VERDICT_CACHE_MAX) verdicts.set(name, keep);
+    }
+    if (!keep || (named !== undefined && named.has(name.toLowerCase()))) continue;
+    out.push(name, raw[i + 1]!);
+  }
+  out.push('x-agent-id', who.agentId, 'x-agent-thumbprint', who.thumbprint, 'x-agent-token-id', who.tokenId);
+  if (clientAddress) {
+    out.push('x-forwarded-for', policy.xff === 'append' && xff !== undefined && xff.trim() !== '' ? `${xff}, ${clientAddress}` : clientAddress);
+  }
+  out.push('x-forwarded-proto', 'https');
+  return out;
+}

@@ -7,7 +7,7 @@ import { GateError } from '../errors.js';
 import { Forwarder } from './forward.js';
 
 export { Forwarder, type ForwarderOptions } from './forward.js';
-export { isStrippedHeader, passHeaderProblem, STRIPPED_HEADERS, upstreamRequestHeaders, type ForwardIdentity, type HeaderPolicy, type XffMode } from './headers.js';
+export { isStrippedHeader, passHeaderProblem, STRIPPED_HEADERS, upstreamRawHeaders, upstreamRequestHeaders, type ForwardIdentity, type HeaderPolicy, type XffMode } from './headers.js';
 
 /** Options of {@link proxyRoutes}. */
 export interface ProxyRoutesOptions {
@@ -21,11 +21,12 @@ export async function proxyRoutes(app: FastifyInstance, opts: ProxyRoutesOptions
   // Leave the body unread: it streams to the upstream only after the guards passed.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
-  const handler = async (request: import('fastify').FastifyRequest, reply: import('fastify').FastifyReply) => {
+  // Synchronous: the forwarder answers from undici's callbacks, so no promise per request.
+  const handler = (request: import('fastify').FastifyRequest, reply: import('fastify').FastifyReply): void => {
     const agent = request.agent;
     const token = request.accessToken;
     if (!agent || !token) throw new GateError('token_missing');
-    return opts.forwarder.forward(request, reply, { agentId: agent.agentId, thumbprint: agent.thumbprint, tokenId: token.jti });
+    opts.forwarder.forward(request, reply, { agentId: agent.agentId, thumbprint: agent.thumbprint, tokenId: token.jti });
   };
   const route = { onRequest: opts.guard, config: { route: 'proxy' as const }, schema: { hide: true } };
   app.all('/', route, handler);
