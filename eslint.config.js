@@ -5,7 +5,7 @@ import boundaries from 'eslint-plugin-boundaries';
 import { layerElements, layerPolicies, sharedFiles } from './eslint.layers.js';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'pki/', 'coverage/', 'load/results/', 'nginx/*.js'] },
+  { ignores: ['dist/', 'node_modules/', 'pki/', 'coverage/', 'load/results/', 'nginx/*.js', '.tmp/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
