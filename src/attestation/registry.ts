@@ -2,7 +2,7 @@
  * Attestation (PROTOCOL.md section 8): trusted issuers from `GATE_ATTESTATION_REGISTRY`, each
  * granting an integer level 0-4. Verifiers are pluggable by `kind`; this build ships `jwt`
  * (a signed statement from the issuer). TPM quotes or SGX/TDX reports would be further kinds
- * implementing {@link AttestationVerifier} (see HARDENING.md).
+ * implementing {@link AttestationVerifier} (see docs/design/attestation.md).
  * @module
  */
 import { readFileSync } from 'node:fs';
