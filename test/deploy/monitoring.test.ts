@@ -140,6 +140,11 @@ const FIXED: Record<string, Record<string, readonly string[]>> = {
   agent_gate_inflight_requests: {},
   agent_gate_request_duration_seconds: { route: LABELS.route },
   agent_gate_signature_verification_seconds: { alg: LABELS.alg },
+  agent_gate_authz_decisions_total: { result: LABELS.authzResult },
+  agent_gate_connections_refused_total: { limit: LABELS.connectionLimit },
+  agent_gate_connection_timeouts_total: { phase: LABELS.connectionPhase },
+  agent_gate_open_connections: {},
+  agent_gate_worker_restarts_total: {},
 };
 /** Labels the scrape adds, and `le` on histogram buckets. */
 const TARGET_LABELS = ['job', 'instance'];
