@@ -12,7 +12,11 @@
 #   5. the token-signing key both gates share (`agent-gate keygen --out`, 0600);
 #   6. the nginx configuration (`agent-gate nginx-config`): nginx.conf, the njs signer and the
 #      0600 copy of the forwarded-header HMAC key, with the gates as an https upstream verified
-#      against the CA and the name `gate`.
+#      against the CA and the name `gate`;
+#   7. the authorizer topology's nginx configuration (`nginx-config --mode authorizer`, the
+#      `authorizer` compose profile) in NGINX_AUTHZ_DIR: nginx proxies to the upstream itself
+#      and asks the authorizer gate (`gate-authz`) for decisions. Rendered on every run, used
+#      only when that profile is up.
 #
 # Every path and name can be overridden through the environment (the test suite runs this
 # script outside a container that way); the defaults are the container's.
@@ -32,6 +36,12 @@ NGINX_GATE_TLS_NAME=${NGINX_GATE_TLS_NAME:-gate}
 CERT_NAMES_GATE=${CERT_NAMES_GATE:-gate,gate1,gate2,localhost,127.0.0.1}
 CERT_NAMES_NGINX=${CERT_NAMES_NGINX:-nginx,localhost,127.0.0.1,::1}
 NGINX_LISTEN=${NGINX_LISTEN:-0.0.0.0:8443}
+NGINX_AUTHZ_DIR=${NGINX_AUTHZ_DIR:-$NGINX_DIR/authorizer}
+NGINX_AUTHZ_LISTEN=${NGINX_AUTHZ_LISTEN:-$NGINX_LISTEN}
+NGINX_AUTHZ_GATE_URL=${NGINX_AUTHZ_GATE_URL:-https://gate-authz:8443}
+NGINX_AUTHZ_UPSTREAM_URL=${NGINX_AUTHZ_UPSTREAM_URL:-http://upstream:8080}
+AUTHZ_CACHE_S=${AUTHZ_CACHE_S:-2}
+AUTHZ_RATE_PROXY_IDENTITY=${AUTHZ_RATE_PROXY_IDENTITY:-1000/1}
 PATH_PREFIX=${PATH_PREFIX:-/.agent-gate}
 AGENTS=${AGENTS:-demo load-1}
 AGENT_DAYS=${AGENT_DAYS:-30}
@@ -42,7 +52,8 @@ FWD_HMAC_KID=${FWD_HMAC_KID:-compose-1}
 umask 077
 say() { printf 'pki-init: %s\n' "$*" >&2; }
 
-for d in "$PKI_DIR" "$SECRETS_DIR" "$NGINX_DIR"; do
+mkdir -p "$NGINX_AUTHZ_DIR" 2>/dev/null || true
+for d in "$PKI_DIR" "$SECRETS_DIR" "$NGINX_DIR" "$NGINX_AUTHZ_DIR"; do
   mkdir -p "$d" 2>/dev/null || true
   if [ ! -d "$d" ] || [ ! -w "$d" ]; then
     say "$d is not a directory writable by uid $(id -u): the named volume must start empty (docker then gives it the image's ownership, uid 1000) or be chowned to 1000"
@@ -50,14 +61,14 @@ for d in "$PKI_DIR" "$SECRETS_DIR" "$NGINX_DIR"; do
   fi
 done
 
-say "1/6 CA in $PKI_DIR (OCSP responder $OCSP_URL)"
+say "1/7 CA in $PKI_DIR (OCSP responder $OCSP_URL)"
 $AGENT_GATE pki init --dir "$PKI_DIR" --alg ec-p256 --ocsp-url "$OCSP_URL" >/dev/null
 
-say "2/6 server certificates: gate ($CERT_NAMES_GATE), nginx ($CERT_NAMES_NGINX)"
+say "2/7 server certificates: gate ($CERT_NAMES_GATE), nginx ($CERT_NAMES_NGINX)"
 $NODE "$HELPER" server-cert "$PKI_DIR" gate "$CERT_NAMES_GATE" >/dev/null
 $NODE "$HELPER" server-cert "$PKI_DIR" nginx "$CERT_NAMES_NGINX" >/dev/null
 
-say "3/6 agent certificates: $AGENTS"
+say "3/7 agent certificates: $AGENTS"
 for agent in $AGENTS; do
   if $NODE "$HELPER" fresh "$PKI_DIR" "$PKI_DIR/agents/$agent.crt" "$PKI_DIR/agents/$agent.key"; then
     say "    $agent: current"
@@ -67,10 +78,10 @@ for agent in $AGENTS; do
   fi
 done
 
-say "4/6 CRL (next update in $CRL_DAYS days)"
+say "4/7 CRL (next update in $CRL_DAYS days)"
 $AGENT_GATE pki crl --dir "$PKI_DIR" --days "$CRL_DAYS" >/dev/null
 
-say "5/6 token-signing key"
+say "5/7 token-signing key"
 if [ -s "$SECRETS_DIR/signing.jwk" ]; then
   say "    $SECRETS_DIR/signing.jwk: kept"
 else
@@ -79,7 +90,7 @@ else
   say "    $SECRETS_DIR/signing.jwk: generated"
 fi
 
-say "6/6 nginx configuration in $NGINX_DIR (gates at $NGINX_GATE_URL, kid $FWD_HMAC_KID)"
+say "6/7 nginx configuration in $NGINX_DIR (gates at $NGINX_GATE_URL, kid $FWD_HMAC_KID)"
 key_file=$(mktemp "${TMPDIR:-/tmp}/fwd-hmac.XXXXXX")
 trap 'rm -f "$key_file"' EXIT
 printf '%s\n' "$FWD_HMAC_SECRET" >"$key_file"
@@ -101,5 +112,29 @@ $AGENT_GATE nginx-config \
 # Warnings of the renderer (there should be none), then the line saying how nginx is run.
 grep -v '^run: ' "$NGINX_DIR/render.log" >&2 || true
 rm -f "$NGINX_DIR/render.log"
+
+say "7/7 authorizer nginx configuration in $NGINX_AUTHZ_DIR (gate $NGINX_AUTHZ_GATE_URL, upstream $NGINX_AUTHZ_UPSTREAM_URL, decision cache ${AUTHZ_CACHE_S} s)"
+$AGENT_GATE nginx-config \
+  --mode authorizer \
+  --listen "$NGINX_AUTHZ_LISTEN" \
+  --gate-url "$NGINX_AUTHZ_GATE_URL" \
+  --gate-ca "$PKI_DIR/ca.crt" \
+  --gate-tls-name "$NGINX_GATE_TLS_NAME" \
+  --upstream-url "$NGINX_AUTHZ_UPSTREAM_URL" \
+  --authz-cache-s "$AUTHZ_CACHE_S" \
+  --rate-proxy-identity "$AUTHZ_RATE_PROXY_IDENTITY" \
+  --tls-cert "$PKI_DIR/nginx.crt" \
+  --tls-key "$PKI_DIR/nginx.key" \
+  --client-ca "$PKI_DIR/ca.crt" \
+  --hmac-key-file "$key_file" \
+  --kid "$FWD_HMAC_KID" \
+  --path-prefix "$PATH_PREFIX" \
+  --dir "$NGINX_AUTHZ_DIR" >/dev/null 2>"$NGINX_AUTHZ_DIR/render.log" || {
+  cat "$NGINX_AUTHZ_DIR/render.log" >&2
+  exit 1
+}
+# The upstream is plain HTTP on the internal network: no TLS warning expected either.
+grep -v '^run: ' "$NGINX_AUTHZ_DIR/render.log" >&2 || true
+rm -f "$NGINX_AUTHZ_DIR/render.log"
 
 say "done"

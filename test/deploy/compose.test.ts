@@ -34,7 +34,7 @@ import { loadConfig } from '../../src/config/index.js';
 import { envSchema } from '../../src/config/schema.js';
 import { NJS_MODULE_PATH } from '../../src/nginx/index.js';
 import { loadMaterials } from '../../src/services.js';
-import { ensureNginx, startNginx, type RunningNginx } from '../nginx/harness.js';
+import { ensureNginx, nginxTest, startNginx, type RunningNginx } from '../nginx/harness.js';
 import { freePort, waitFor } from '../helpers/ports.js';
 
 const root = resolve(__dirname, '../..');
@@ -47,8 +47,12 @@ const HEALTHCHECK = join(root, 'deploy/compose/healthcheck.mjs');
 /** The agent-gate CLI from source, as the other suites run it. */
 const CLI = [process.execPath, '--import', 'tsx', join(root, 'src/cli/main.ts')];
 
-const EXPECTED_SERVICES = ['gate1', 'gate2', 'k6', 'nginx', 'ocsp', 'pki-init', 'redis', 'upstream'];
+const EXPECTED_SERVICES = ['gate-authz', 'gate1', 'gate2', 'k6', 'nginx', 'nginx-authz', 'ocsp', 'pki-init', 'redis', 'upstream'];
 const GATES = ['gate1', 'gate2'] as const;
+/** Every gate process: the forwarded pair and the authorizer profile's gate. */
+const ALL_GATES = [...GATES, 'gate-authz'] as const;
+/** The services of the `authorizer` profile. */
+const AUTHZ_SERVICES = ['gate-authz', 'nginx-authz'];
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- compose data is untyped; every use is checked by an expect
 type Obj = Record<string, any>;
@@ -369,7 +373,15 @@ beforeAll(async () => {
   e2eNginxDir = join(work, 'nginx-e2e');
   e2eNginxPort = await freePort();
   e2eGatePorts = [await freePort(), await freePort()];
-  const second = await runPkiInit({ NGINX_DIR: e2eNginxDir, NGINX_LISTEN: `127.0.0.1:${e2eNginxPort}`, NGINX_GATE_URL: `https://127.0.0.1:${e2eGatePorts[0]}` });
+  const second = await runPkiInit({
+    NGINX_DIR: e2eNginxDir,
+    NGINX_LISTEN: `127.0.0.1:${e2eNginxPort}`,
+    NGINX_GATE_URL: `https://127.0.0.1:${e2eGatePorts[0]}`,
+    // The authorizer profile's nginx, pointed at loopback too, so that `nginx -t` can resolve it.
+    NGINX_AUTHZ_LISTEN: `127.0.0.1:${await freePort()}`,
+    NGINX_AUTHZ_GATE_URL: `https://127.0.0.1:${e2eGatePorts[1]}`,
+    NGINX_AUTHZ_UPSTREAM_URL: `http://127.0.0.1:${await freePort()}`,
+  });
   if (second.status !== 0) throw new Error(`pki-init.sh (second run) failed (${second.status}): ${second.stderr}`);
   runs.push({ stderr: second.stderr, files: snapshot() });
 }, 240_000);
@@ -441,12 +453,13 @@ describe('docker-compose.yml: services and wiring', () => {
   it('has exactly the stack: redis, two gates, nginx, the upstream, pki-init, ocsp, and k6 under the load profile', () => {
     expect(Object.keys(services).sort()).toEqual(EXPECTED_SERVICES);
     expect(services['k6']!.profiles).toEqual(['load']);
-    for (const [name, s] of Object.entries(services)) if (name !== 'k6') expect(s.profiles, `${name} starts with a plain \`up\``).toBeUndefined();
+    for (const name of AUTHZ_SERVICES) expect(services[name]!.profiles, name).toEqual(['authorizer']);
+    for (const [name, s] of Object.entries(services)) if (name !== 'k6' && !AUTHZ_SERVICES.includes(name)) expect(s.profiles, `${name} starts with a plain \`up\``).toBeUndefined();
     // One image for every agent-gate service, built from this repository's Dockerfile.
-    expect(agentGateServices.sort()).toEqual(['gate1', 'gate2', 'ocsp', 'pki-init', 'upstream']);
+    expect(agentGateServices.sort()).toEqual(['gate-authz', 'gate1', 'gate2', 'ocsp', 'pki-init', 'upstream']);
     for (const name of agentGateServices) expect(services[name]!.build, name).toEqual({ context: '.', dockerfile: 'Dockerfile' });
     // Third-party images pinned to a version, never latest.
-    for (const name of ['redis', 'nginx', 'k6']) expect(services[name]!.image, name).toMatch(/^[a-z0-9./-]+:[0-9][\w.-]*$/);
+    for (const name of ['redis', 'nginx', 'nginx-authz', 'k6']) expect(services[name]!.image, name).toMatch(/^[a-z0-9./-]+:[0-9][\w.-]*$/);
     // load/README.md: k6 v1.3.
     expect(services['k6']!.image).toMatch(/^grafana\/k6:1\.3\./);
   });
@@ -532,7 +545,7 @@ describe('docker-compose.yml: services and wiring', () => {
     expect(na.ipv4_address).not.toBe(nb.ipv4_address);
 
     const known = new Set(Object.keys(envSchema.shape));
-    for (const gate of GATES) for (const k of Object.keys(envOf(services[gate]!))) expect(known.has(k), `${gate}: ${k} is not a variable the gate knows`).toBe(true);
+    for (const gate of ALL_GATES) for (const k of Object.keys(envOf(services[gate]!))) expect(known.has(k), `${gate}: ${k} is not a variable the gate knows`).toBe(true);
     // Every GATE_* name written anywhere (interpolation defaults, comments, the PKI script) too.
     const texts = { 'docker-compose.yml': composeText, 'pki-init.sh': readFileSync(PKI_INIT, 'utf8'), 'deploy/compose/README.md': readFileSync(join(root, 'deploy/compose/README.md'), 'utf8') };
     for (const [file, text] of Object.entries(texts)) {
@@ -541,7 +554,7 @@ describe('docker-compose.yml: services and wiring', () => {
     }
     // No other service gets GATE_* variables (the CLI's other commands do not read them).
     for (const [name, s] of Object.entries(services)) {
-      if (GATES.includes(name as never)) continue;
+      if (ALL_GATES.includes(name as never)) continue;
       expect(Object.keys(envOf(s)).filter((k) => k.startsWith('GATE_')), name).toEqual([]);
     }
   });
@@ -617,7 +630,7 @@ describe('docker-compose.yml: services and wiring', () => {
     // the only published service.
     const listenPort = init['NGINX_LISTEN']!.split(':').at(-1);
     expect(nginx.ports).toEqual([`127.0.0.1:8443:${listenPort}`]);
-    for (const [name, s] of Object.entries(services)) if (name !== 'nginx') expect(s.ports, `${name} publishes nothing`).toBeUndefined();
+    for (const [name, s] of Object.entries(services)) if (name !== 'nginx' && name !== 'nginx-authz') expect(s.ports, `${name} publishes nothing`).toBeUndefined();
     const nginxCmd = nginx.command as string[];
     expect(nginx.entrypoint).toEqual(['nginx']);
     const prefix = argAfter(nginxCmd, '-p')!;
@@ -654,7 +667,7 @@ describe('docker-compose.yml: services and wiring', () => {
   it('mounts what each service reads, read-only except where it writes', () => {
     const gateEnv = envOf(services['gate1']!);
     const files = ['GATE_TLS_CERT', 'GATE_TLS_KEY', 'GATE_CLIENT_CA', 'GATE_SIGNING_KEY_FILE', 'GATE_CRL_FILES'];
-    for (const gate of GATES) {
+    for (const gate of ALL_GATES) {
       for (const m of mountsOf(services[gate]!)) expect(m.readOnly, `${gate}: ${m.target}`).toBe(true);
       for (const k of files) expect(() => hostPath(gate, gateEnv[k]!), `${gate}: ${k}`).not.toThrow();
     }
@@ -708,6 +721,90 @@ describe('docker-compose.yml: services and wiring', () => {
 });
 
 // =============================================================================================
+
+describe('docker-compose.yml: the authorizer profile (PROTOCOL.md section 13)', () => {
+  const gateIp = (name: string) => networksOf(services[name]!)['backend']!.ipv4_address as string;
+
+  it("runs gate-authz in staging authorizer mode: the gate's own loadConfig finds no violation, no upstream, nginx-authz the one trusted proxy", () => {
+    const env = envOf(services['gate-authz']!);
+    expect(env).toMatchObject({ GATE_ENV: 'staging', GATE_MODE: 'authorizer', GATE_STORE: 'redis', GATE_REVOCATION_FAIL: 'closed' });
+    expect(env['GATE_UPSTREAM_URL'], 'nginx proxies; the authorizer gate proxies nothing').toBeUndefined();
+    const { config, violations } = loadConfig(env);
+    expect(violations).toEqual([]);
+    expect(config!.mode).toBe('authorizer');
+    expect(config!.authorizer.cacheS).toBe(2);
+    expect(env['GATE_FWD_TRUSTED_PROXIES']).toBe(`${gateIp('nginx-authz')}/32`);
+    // Same store, signing key, CA, HMAC key and limits as the forwarded gates: one deployment.
+    const g1 = envOf(services['gate1']!);
+    for (const k of Object.keys(g1).filter((n) => !['GATE_MODE', 'GATE_UPSTREAM_URL', 'GATE_FWD_TRUSTED_PROXIES'].includes(n))) expect(env[k], k).toBe(g1[k]);
+    // With the cache and the proxy limit overridden, as an operator would.
+    const overridden = interpolateAll(raw, { ...BASE_ENV, GATE_AUTHZ_CACHE_S: '0', GATE_RATE_PROXY_IDENTITY: '50/1' }) as Obj;
+    const env2 = envOf(overridden.services['gate-authz']);
+    expect(loadConfig(env2).violations).toEqual([]);
+    expect(loadConfig(env2).config!.authorizer.cacheS).toBe(0);
+    // pki-init renders nginx from the same variables.
+    expect(envOf(overridden.services['pki-init'])).toMatchObject({ AUTHZ_CACHE_S: '0', AUTHZ_RATE_PROXY_IDENTITY: '50/1' });
+    expect(envOf(services['pki-init']!)).toMatchObject({ AUTHZ_CACHE_S: '2', AUTHZ_RATE_PROXY_IDENTITY: envOf(services['gate1']!)['GATE_RATE_PROXY_IDENTITY'] });
+  });
+
+  it('wires nginx-authz to gate-authz and the upstream, on addresses and names the PKI and networks carry', () => {
+    const init = envOf(services['pki-init']!);
+    const env = envOf(services['gate-authz']!);
+    const subnet = compose.networks.backend.ipam.config[0].subnet as string;
+    const taken = [...GATES, 'nginx', 'gate-authz', 'nginx-authz'].map(gateIp);
+    expect(new Set(taken).size, 'fixed addresses are distinct').toBe(taken.length);
+    for (const ip of [gateIp('gate-authz'), gateIp('nginx-authz')]) expect(ip.startsWith(subnet.split('.0/')[0]!)).toBe(true);
+    const gateUrl = hostPortOf(init['NGINX_AUTHZ_GATE_URL']!);
+    expect(init['NGINX_AUTHZ_GATE_URL']).toMatch(/^https:/);
+    expect(gateUrl.host).toBe('gate-authz');
+    expect(init['CERT_NAMES_GATE']!.split(',')).toContain('gate-authz');
+    expect(env['GATE_LISTEN']).toBe(`0.0.0.0:${gateUrl.port}`);
+    expect(env['GATE_TLS_CERT']).toBe('/var/lib/agent-gate/pki/gate.crt');
+    const up = hostPortOf(init['NGINX_AUTHZ_UPSTREAM_URL']!);
+    expect(up.host).toBe('upstream');
+    expect(argAfter(services['upstream']!.command, '--listen')).toBe(`0.0.0.0:${up.port}`);
+    const nginx = services['nginx-authz']!;
+    expect(dependsOn(nginx)).toMatchObject({ 'gate-authz': 'service_healthy', upstream: 'service_healthy', 'pki-init': 'service_completed_successfully' });
+    expect(Object.keys(networksOf(nginx)).sort()).toEqual(['backend', 'edge']);
+    expect(Object.keys(networksOf(services['gate-authz']!))).toEqual(['backend']);
+    // Published on loopback only, on its own port; listening where pki-init renders it.
+    const listenPort = (init['NGINX_AUTHZ_LISTEN'] ?? init['NGINX_LISTEN']!).split(':').at(-1);
+    expect(nginx.ports).toEqual([`127.0.0.1:8444:${listenPort}`]);
+    // Its prefix is the directory pki-init renders the authorizer configuration into.
+    const cmd = nginx.command as string[];
+    const prefix = argAfter(cmd, '-p')!;
+    expect(prefix).toBe('/var/lib/agent-gate/nginx/authorizer');
+    expect(argAfter(cmd, '-c')).toBe(`${prefix}/nginx.conf`);
+    expect(argAfter(cmd, '-g')).toMatch(new RegExp(`pid ${prefix}/nginx\\.pid;`));
+    expect(hostPath('nginx-authz', prefix)).toBe(hostPath('pki-init', prefix));
+    expect(mountsOf(nginx).find((m) => m.target === '/var/lib/agent-gate/nginx')!.readOnly).toBe(false);
+    expect(nginx.healthcheck.test.join(' ')).toContain(`https://localhost:${listenPort}${env['GATE_PATH_PREFIX']}/healthz`);
+  });
+
+  it('pki-init renders the authorizer nginx configuration: auth_request to gate-authz, proxy to the upstream, the cache and edge limit of the gates\' variables', () => {
+    const dir = hostPath('pki-init', '/var/lib/agent-gate/nginx/authorizer');
+    const conf = readFileSync(join(dir, 'nginx.conf'), 'utf8');
+    expect(conf).toContain('auth_request /./agent-gate-authorize;');
+    expect(conf).toMatch(/upstream agent_gate \{\s*server gate-authz:8443;/);
+    expect(conf).toMatch(/upstream agent_gate_upstream \{\s*server upstream:8080;/);
+    expect(conf).toContain('proxy_ssl_name gate;');
+    expect(conf).toContain('proxy_ssl_verify on;');
+    expect(conf).toContain(`proxy_cache_path "${dir}/temp/authz_cache"`);
+    expect(conf).toContain(`proxy_pass https://agent_gate/.agent-gate/v1/authorize;`);
+    expect(conf).toContain('"proxy_identity";q=1000;w=1');
+    expect(conf).toContain('if ($agent_gate_bad_headers)');
+    expect(existsSync(join(dir, 'gate_sign.js'))).toBe(true);
+    expect(statSync(join(dir, 'gate_fwd_key.json')).mode & 0o077).toBe(0);
+    expect(runs[0]!.stderr).toMatch(/7\/7 authorizer nginx configuration/);
+    expect(runs[0]!.stderr, 'no renderer warning').not.toMatch(/warning|not verified/i);
+  });
+
+  it('the rendered authorizer configuration passes `nginx -t` (pointed at loopback)', () => {
+    ensureNginx();
+    const r = nginxTest(join(e2eNginxDir, 'authorizer'));
+    expect(r.ok, r.output).toBe(true);
+  });
+});
 
 describe('Dockerfile and .dockerignore', () => {
   it('builds in two stages: dist/ in a build stage, production dependencies only in the runtime stage', () => {

@@ -480,3 +480,169 @@ describe('deploy/k8s: tools, when installed', () => {
     }
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// The authorizer topology (PROTOCOL.md section 13): deploy/k8s-authorizer, an overlay of the
+// base above (beside it: kustomize refuses an overlay inside its base's directory).
+
+const authzDir = join(root, 'deploy/k8s-authorizer');
+function parseOverlay(file: string): Obj[] {
+  const text = readFileSync(join(authzDir, file), 'utf8');
+  const read = (version: '1.1' | '1.2') => parseAllDocuments(text, { version }).map((d) => d.toJS() as unknown);
+  const v11 = read('1.1');
+  const diff = firstDifference(v11, read('1.2'), '');
+  if (diff) throw new Error(`${file} reads differently under YAML 1.1 and 1.2 at ${diff}`);
+  return v11.filter((d): d is Obj => d !== null && d !== undefined);
+}
+
+describe('deploy/k8s-authorizer: the authorizer topology', () => {
+  const kust = parseOverlay('kustomization.yaml')[0]!;
+  const cmPatch = parseOverlay('configmap-patch.yaml')[0]!;
+  const front = parseOverlay('nginx.yaml');
+  const frontDeployment = front.find((o) => o.kind === 'Deployment')!;
+  const frontService = front.find((o) => o.kind === 'Service')!;
+  const overlaySecrets = parseOverlay('secrets.example.yaml');
+  const frontPod: Obj = frontDeployment.spec.template.spec;
+  const render: Obj = frontPod.initContainers.find((c: Obj) => c.name === 'render');
+  const nginxC: Obj = frontPod.containers.find((c: Obj) => c.name === 'nginx');
+  const script = render.command.at(-1) as string;
+  const flag = (name: string): string | undefined => new RegExp(`--${name} ("?)([^"\\s]+)\\1`).exec(script)?.[2];
+
+  /** The gate's environment in the overlay: the base Deployment's, with the ConfigMap patch applied (null removes). */
+  function overlayGateEnv(): Record<string, string> {
+    const env = deploymentEnv((name) => secretTestValues[name]!);
+    for (const [k, v] of Object.entries(cmPatch.data as Record<string, unknown>)) {
+      if (v === null) delete env[k];
+      else env[k] = String(v);
+    }
+    return env;
+  }
+
+  it('builds on the base with the front tier and the ConfigMap patch, in the same namespace, applying no Secret', () => {
+    expect(kust.resources).toEqual(['../k8s', 'nginx.yaml']);
+    expect(kust.namespace).toBe(kustomization.namespace);
+    expect(cmPatch.metadata.name).toBe(configMap.metadata.name);
+    for (const o of front) expect(o.metadata.namespace).toBe(kustomization.namespace);
+    expect(front.filter((o) => o.kind === 'Secret')).toEqual([]);
+    const text = readFileSync(join(authzDir, 'secrets.example.yaml'), 'utf8');
+    expect(text).toMatch(/DO NOT APPLY/);
+    for (const s of overlaySecrets) for (const [k, v] of Object.entries(s.stringData as Record<string, string>)) expect(v, `${s.metadata.name}/${k}`).toMatch(/REPLACE/);
+    for (const f of readdirSync(authzDir)) {
+      for (const name of readFileSync(join(authzDir, f), 'utf8').match(/\bGATE_[A-Z0-9_]*[A-Z0-9]/g) ?? []) expect(knownVars.has(name), `${f}: ${name}`).toBe(true);
+    }
+  });
+
+  it("the gate's own loadConfig accepts the overlay's environment: authorizer mode, no upstream, the cache nginx is rendered with", () => {
+    const env = overlayGateEnv();
+    expect(env['GATE_UPSTREAM_URL']).toBeUndefined();
+    const { config, violations } = loadConfig(env);
+    expect(violations).toEqual([]);
+    expect(config).toMatchObject({ env: 'prod', mode: 'authorizer', pathPrefix: prefix });
+    const cacheEnv = render.env.find((e: Obj) => e.name === 'AUTHZ_CACHE_S');
+    expect(config!.authorizer.cacheS).toBe(Number(cacheEnv.value));
+    expect(script).toContain('--authz-cache-s "$AUTHZ_CACHE_S"');
+    const rate = render.env.find((e: Obj) => e.name === 'RATE_PROXY_IDENTITY').value as string;
+    expect(rate).toBe(String(cmData.GATE_RATE_PROXY_IDENTITY ?? '1000/1'));
+  });
+
+  it('renders nginx at pod start with --mode authorizer: gate URL, HMAC key and files line up with the base', () => {
+    expect(script).toMatch(/agent-gate nginx-config --mode authorizer/);
+    // The gate: the base's public Service, its port, the name of the gate's certificate.
+    const gateUrl = new URL(flag('gate-url')!);
+    expect(gateUrl.protocol).toBe('https:');
+    expect(gateUrl.hostname).toBe(`${publicService.metadata.name}.${kustomization.namespace}.svc`);
+    const svcPort = (publicService.spec.ports as Obj[]).find((p) => p.port === Number(gateUrl.port));
+    expect(svcPort, 'the Service port the URL names').toBeTruthy();
+    expect(containerPort(gate, svcPort!.targetPort)).toBe(Number(String(cmData.GATE_LISTEN).split(':').at(-1)));
+    expect(flag('gate-tls-name')).toBe(gateUrl.hostname);
+    expect(flag('path-prefix')).toBe(prefix);
+    // The HMAC key: the same Secret key the gates read GATE_FWD_HMAC_KEYS from.
+    const gateHmac = gate.env.find((e: Obj) => e.name === 'GATE_FWD_HMAC_KEYS').valueFrom.secretKeyRef;
+    expect(render.env.find((e: Obj) => e.name === 'FWD_HMAC_KEYS').valueFrom.secretKeyRef).toEqual(gateHmac);
+    // Every file flag is under a mount of the init container, from a Secret that exists.
+    const allSecrets = [...exampleSecrets, ...overlaySecrets];
+    for (const f of ['gate-ca', 'upstream-ca', 'tls-cert', 'tls-key', 'client-ca']) {
+      const path = flag(f)!;
+      const m = (render.volumeMounts as Obj[]).find((vm) => path.startsWith(`${vm.mountPath}/`));
+      expect(m, `--${f} ${path} is mounted`).toBeTruthy();
+      expect(m!.readOnly, `--${f}`).toBe(true);
+      const vol = (frontPod.volumes as Obj[]).find((v) => v.name === m!.name)!;
+      expect(vol.secret.defaultMode).toBe(256);
+      const secret = allSecrets.find((s) => s.metadata.name === vol.secret.secretName);
+      expect(secret, `Secret ${vol.secret.secretName}`).toBeTruthy();
+      expect(Object.keys(secret!.stringData)).toContain(basename(path));
+    }
+    // nginx runs what was rendered: its prefix is --dir, on the same volume.
+    const dirFlag = flag('dir')!;
+    expect(nginxC.args[nginxC.args.indexOf('-p') + 1]).toBe(dirFlag);
+    expect(nginxC.args[nginxC.args.indexOf('-c') + 1]).toBe(`${dirFlag}/nginx.conf`);
+    const confOf = (c: Obj) => (c.volumeMounts as Obj[]).find((vm) => vm.mountPath === dirFlag)?.name;
+    expect(confOf(render)).toBeDefined();
+    expect(confOf(nginxC)).toBe(confOf(render));
+    expect((frontPod.volumes as Obj[]).find((v) => v.name === confOf(render))!.emptyDir.medium, 'config, key copy and decision cache in memory').toBe('Memory');
+    // Listening where the Service sends agents.
+    const listenPort = Number(flag('listen')!.split(':').at(-1));
+    expect(containerPort(nginxC, frontService.spec.ports[0].targetPort)).toBe(listenPort);
+    expect(frontService.spec.type).toBe('LoadBalancer');
+    expect(nginxC.readinessProbe.httpGet.path).toBe(`${prefix}/readyz`);
+  });
+
+  it('hardens the front tier as the gates: non-root, read-only root, no capabilities, no API token', () => {
+    expect(frontPod.securityContext).toMatchObject({ runAsNonRoot: true, seccompProfile: { type: 'RuntimeDefault' } });
+    expect(frontPod.automountServiceAccountToken).toBe(false);
+    expect(frontPod.enableServiceLinks).toBe(false);
+    for (const c of [...frontPod.initContainers, ...frontPod.containers] as Obj[]) {
+      expect(c.securityContext, c.name).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
+      expect(c.resources?.limits?.memory, c.name).toBeDefined();
+    }
+    expect(frontDeployment.spec.replicas).toBeGreaterThanOrEqual(2);
+    expect(matches(frontDeployment.spec.selector.matchLabels, frontDeployment.spec.template.metadata.labels)).toBe(true);
+    expect(matches(frontService.spec.selector, frontDeployment.spec.template.metadata.labels)).toBe(true);
+    // The gates' NetworkPolicy admits the front tier's pods: the base's pod selector, this namespace.
+    const rule = netpol.spec.ingress[0].from[0];
+    expect(matches(rule.podSelector.matchLabels, frontDeployment.spec.template.metadata.labels)).toBe(true);
+    const op = (kust.patches as Obj[]).find((p) => p.target?.kind === 'NetworkPolicy')!;
+    expect(op.patch).toContain('/spec/ingress/0/from/0/namespaceSelector/matchLabels/kubernetes.io~1metadata.name');
+    expect(op.patch).toContain(`value: ${kustomization.namespace}`);
+  });
+
+  it("the render script runs: the real CLI renders nginx.conf from the script's own flags", async () => {
+    const { makeFixtures } = await import('../helpers/fixtures.js');
+    const fx = await makeFixtures();
+    const tmp = mkdtempSync(join(work, 'authz-render-'));
+    const mapped = script
+      .replaceAll('/etc/agent-gate/nginx-tls/tls.crt', fx.serverCertFile)
+      .replaceAll('/etc/agent-gate/nginx-tls/tls.key', fx.serverKeyFile)
+      .replace(/\/etc\/agent-gate\/[a-z-]+\/ca\.crt/g, fx.caFile)
+      .replaceAll('/tmp/hmac.key', join(tmp, 'hmac.key'))
+      .replaceAll('/run/nginx', join(tmp, 'out'))
+      .replace('exec agent-gate', `exec ${process.execPath} --import tsx ${join(root, 'src/cli/main.ts')}`);
+    const env: Record<string, string> = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? tmp, FWD_HMAC_KEYS: `k9:${randomBytes(32).toString('base64')},k1:${randomBytes(32).toString('base64')}` };
+    for (const e of render.env as Obj[]) if (e.value !== undefined) env[e.name] = String(e.value);
+    const r = spawnSync('sh', ['-c', mapped], { encoding: 'utf8', env, cwd: root, timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const conf = readFileSync(join(tmp, 'out', 'nginx.conf'), 'utf8');
+    expect(conf).toContain('auth_request /./agent-gate-authorize;');
+    expect(conf).toMatch(/upstream agent_gate \{\s*server agent-gate\.agent-gate\.svc:8443;/);
+    expect(conf).toMatch(/upstream agent_gate_upstream \{\s*server protected-api\.protected-api\.svc\.cluster\.local:8443;/);
+    expect(conf).toContain('proxy_ssl_verify on;');
+    // The first key entry signs.
+    expect(readFileSync(join(tmp, 'out', 'gate_fwd_key.json'), 'utf8')).toContain('k9');
+    expect(statSync(join(tmp, 'out', 'gate_fwd_key.json')).mode & 0o077).toBe(0);
+  }, 90_000);
+
+  it.skipIf(!kubectl)(`kubectl kustomize builds the overlay: authorizer ConfigMap without an upstream, the front tier, the NetworkPolicy admitting it${kubectl ? '' : ' (skipped: kubectl not on PATH)'}`, () => {
+    const r = spawnSync(kubectl, ['kustomize', authzDir], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const built = parseAllDocuments(r.stdout).map((d) => d.toJS() as Obj);
+    const cm = built.find((o) => o.kind === 'ConfigMap')!;
+    expect(cm.data.GATE_MODE).toBe('authorizer');
+    expect(cm.data.GATE_UPSTREAM_URL).toBeUndefined();
+    const env = overlayGateEnv();
+    expect(Object.fromEntries(Object.entries(cm.data as Record<string, string>))).toEqual(Object.fromEntries(Object.entries(env).filter(([k]) => k in cm.data)));
+    expect(Object.keys(built.find((o) => o.kind === 'ConfigMap')!.data).sort()).toEqual(Object.keys(env).filter((k) => !['GATE_FWD_HMAC_KEYS', 'GATE_REDIS_URL', 'NODE_OPTIONS'].includes(k)).sort());
+    expect(built.filter((o) => o.kind === 'Deployment').map((o) => o.metadata.name).sort()).toEqual(['agent-gate', 'agent-gate-nginx']);
+    const np = built.find((o) => o.kind === 'NetworkPolicy')!;
+    expect(np.spec.ingress[0].from[0].namespaceSelector.matchLabels['kubernetes.io/metadata.name']).toBe(kustomization.namespace);
+  });
+});
