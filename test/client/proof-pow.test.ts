@@ -3,7 +3,7 @@ import { decodeProtectedHeader, jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GateClient, proofAlgFor, solvePow, type Challenge } from '../../src/client/index.js';
 import { checkPow, solvePowAsync } from '../../src/client/pow.js';
-import { makeCert, type CertPair, type KeyKind } from './fixtures.js';
+import { makeCert, type CertPair, type KeyKind } from '../helpers/openssl-certs.js';
 
 function leadingZeroBits(buf: Buffer): number {
   let n = 0;
