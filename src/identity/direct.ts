@@ -21,6 +21,8 @@ export interface DirectResolverStats {
   chainChecks: number;
   /** Chains whose link signatures the gate verified itself (embedding with a broader `ca`). */
   linkVerifications: number;
+  /** Connections whose chain the gate read and parsed (a returning agent's leaf needs none). */
+  chainReads: number;
 }
 
 /**
@@ -41,7 +43,7 @@ export class DirectIdentityResolver {
   private readonly verified = new Map<string, { identity: AgentIdentity; verifiedAt: number }>();
   /** Chains are checked again after this long, so an intermediate's expiry is noticed. */
   private static readonly REVERIFY_MS = 10 * 60_000;
-  readonly stats: DirectResolverStats = { chainChecks: 0, linkVerifications: 0 };
+  readonly stats: DirectResolverStats = { chainChecks: 0, linkVerifications: 0, chainReads: 0 };
 
   constructor(private readonly trust: TrustBundle, private readonly now: () => number = Date.now) {}
 
@@ -71,13 +73,18 @@ export class DirectIdentityResolver {
     }
     // Presence counts even here: a TLS 1.3 session resumed from one without a certificate
     // reads as authorized in Node, with no peer certificate.
+    // A returning agent (a verified leaf) costs only the leaf's DER and a hash: the chain view
+    // (getPeerCertificate(true)) and an X509Certificate parse cost ~20x more per connection.
+    const der = (socket.getPeerCertificate(false) as PeerCert | undefined)?.raw;
+    if (!der) return new GateError('client_cert_required', { detail: 'no client certificate presented' });
+    if (der.length > CERT_LIMITS.maxDerBytes) return new GateError('client_cert_invalid', { detail: `certificate is ${der.length} bytes, over ${CERT_LIMITS.maxDerBytes}` });
+    const leafPrint = thumbprintOf(der);
+    const known = this.verified.get(leafPrint);
+    if (known && known.verifiedAt + DirectIdentityResolver.REVERIFY_MS > this.now()) return known.identity;
+    this.stats.chainReads++;
     const peer = socket.getPeerCertificate(true) as PeerCert | undefined;
     if (!peer?.raw) return new GateError('client_cert_required', { detail: 'no client certificate presented' });
     const leaf = new X509Certificate(peer.raw);
-    if (leaf.raw.length > CERT_LIMITS.maxDerBytes) return new GateError('client_cert_invalid', { detail: `certificate is ${leaf.raw.length} bytes, over ${CERT_LIMITS.maxDerBytes}` });
-    const leafPrint = thumbprintOf(leaf.raw);
-    const known = this.verified.get(leafPrint);
-    if (known && known.verifiedAt + DirectIdentityResolver.REVERIFY_MS > this.now()) return known.identity;
     const resumed = typeof socket.isSessionReused === 'function' && socket.isSessionReused();
     let above = peerChain(peer);
     if (above === undefined) return new GateError('client_cert_invalid', { detail: `chain longer than ${CERT_LIMITS.maxDepth}` });
