@@ -10,7 +10,7 @@
  * machine's load average. Short by design: the machine is shared.
  * @module
  */
-import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Job } from './jobs.js';
@@ -75,18 +75,26 @@ async function main(): Promise<void> {
     durationMs: dur,
     ...(token ? { tokenPrefix: PREFIX } : {}),
   });
+  // --flow: full flows over new mTLS connections (challenge -> proof -> token, 16 in flight)
+  // instead, gates only: the per-connection identity work shows there.
+  const flowMode = args.includes('--flow');
+  const flow = (port: number): Job => ({ kind: 'flow', mode: 'gate', origin: `https://127.0.0.1:${port}`, prefix: PREFIX, concurrency: 16, warmupMs: 700, durationMs: dur });
   const all: Record<string, RunRecord[]> = {};
   const loads: number[] = [];
-  const names = [...dists.map((d) => d.name), 'nginx'];
+  const names = [...dists.map((d) => d.name), ...(flowMode ? [] : ['nginx'])];
   // One discarded round each first: a cold gate spends its first seconds in the JIT.
-  for (const n of names) await lg.run({ ...ka(n === 'nginx' ? nginx.port : gates[n]!.port, n !== 'nginx'), durationMs: 1500 }, {});
+  for (const n of names) await lg.run(flowMode ? { ...flow(gates[n]!.port), durationMs: 1500 } : { ...ka(n === 'nginx' ? nginx.port : gates[n]!.port, n !== 'nginx'), durationMs: 1500 }, {});
   for (let i = 0; i < runs; i++) {
     const order = names.map((_, j) => names[(i + j) % names.length]!);
     for (const n of order) {
       loads.push(loadavg()[0]!);
-      const r = n === 'nginx' ? await lg.run(ka(nginx.port, false), { nginx: nginx.pids, ...base }) : await lg.run(ka(gates[n]!.port, true), { gate: gates[n]!.pids, redis: redis.pids, ...base });
+      const r = n === 'nginx' ? await lg.run(ka(nginx.port, false), { nginx: nginx.pids, ...base }) : await lg.run(flowMode ? flow(gates[n]!.port) : ka(gates[n]!.port, true), { gate: gates[n]!.pids, redis: redis.pids, ...base });
       (all[`${n}#${i}`] ??= []).push(r);
       const res = r.result;
+      if (res.kind === 'flow') {
+        process.stdout.write(`round ${i} ${n.padEnd(8)} ${fmt(res.rate, 1)} flows/s, ${fmt(((r.cpuSeconds.gate ?? 0) / res.completed) * 1e6)} µs gate CPU/flow, token p99 ${res.token.p99} ms, errors ${res.errors}, load ${loadavg()[0]!.toFixed(1)}\n`);
+        continue;
+      }
       if (res.kind !== 'keepalive') continue;
       const own = (r.cpuSeconds[n === 'nginx' ? 'nginx' : 'gate'] ?? 0) / res.completed;
       process.stdout.write(`round ${i} ${n.padEnd(8)} ${fmt(res.rps)} rps p99 ${res.latency.p99} ms, ${fmt(own * 1e6)} µs CPU/req, errors ${res.errors}, load ${loadavg()[0]!.toFixed(1)}\n`);
@@ -99,6 +107,16 @@ async function main(): Promise<void> {
     return { rps: m.rps!, p99: m.p99!, cpuUs: ((r.cpuSeconds[n === 'nginx' ? 'nginx' : 'gate'] ?? 0) / res.completed) * 1e6, errors: m.errors! };
   };
   const rounds = [...Array(runs).keys()];
+  if (flowMode) {
+    process.stdout.write(`\nload average during the run: median ${median(loads).toFixed(1)}; ${runs} rounds of ${dur} ms\n| build | flows/s | gate CPU µs/flow | errors |\n|---|---:|---:|---:|\n`);
+    for (const n of names) {
+      const xs = rounds.map((i) => all[`${n}#${i}`]![0]!);
+      const rate = xs.map((r) => (r.result.kind === 'flow' ? r.result.rate : NaN));
+      const cpu = xs.map((r) => (r.result.kind === 'flow' ? ((r.cpuSeconds.gate ?? 0) / r.result.completed) * 1e6 : NaN));
+      const errors = xs.reduce((a, r) => a + (r.result.kind === 'flow' ? r.result.errors : 0), 0);
+      process.stdout.write(`| ${n} | ${fmt(median(rate), 1)} | ${fmt(median(cpu))} | ${errors} |\n`);
+    }
+  } else {
   process.stdout.write(`\nload average during the run: median ${median(loads).toFixed(1)} (min ${Math.min(...loads).toFixed(1)}, max ${Math.max(...loads).toFixed(1)}); ${runs} rounds of ${dur} ms\n`);
   process.stdout.write('| build | req/s | p99 ms | CPU µs/req (own process) | req/s ÷ nginx (per round) | p99 ÷ nginx (per round) | errors |\n|---|---:|---:|---:|---:|---:|---:|\n');
   for (const n of names) {
@@ -114,6 +132,7 @@ async function main(): Promise<void> {
     ];
     process.stdout.write(`| ${n} | ${row.join(' | ')} |\n`);
   }
+  }
   await lg.stop();
   for (const p of [nginx, ...Object.values(gates), upstream, redis]) await p.stop();
   if (prof) {
@@ -122,6 +141,7 @@ async function main(): Promise<void> {
       const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
       if (!file) continue;
       const summary = analyzeProfile(JSON.parse(readFileSync(join(dir, file), 'utf8')) as CpuProfile, 40);
+      if (process.env.PROXY_AB_FOLDED) writeFileSync(join(process.env.PROXY_AB_FOLDED, `${d.name}.folded`), summary.folded.join('\n') + '\n');
       process.stdout.write(`\n== ${d.name}: busy ${fmt(summary.busyMs)} of ${fmt(summary.totalMs)} ms\n`);
       for (const row of summary.topSelf.slice(0, 40)) process.stdout.write(`${fmt(row.pct, 1).padStart(5)}%  ${row.name}\n`);
       for (const row of summary.inclusive) process.stdout.write(`incl ${fmt(row.pct, 1).padStart(5)}%  ${row.name}\n`);
