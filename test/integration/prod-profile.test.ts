@@ -7,7 +7,7 @@
  * configuration, exits 2 with a `config violation: <VAR>: ...` line naming the variable, and
  * (for `serve`) never binds a port.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
@@ -20,6 +20,7 @@ import { GateClient } from '../../src/client/index.js';
 import { devPkiPaths, initDevPki, issueAgentCert } from '../../src/pki/index.js';
 import { generateSigningJwk } from '../../src/tokens/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
+import { runCli } from '../helpers/cli.js';
 import { call, tlsAgent } from '../helpers/http.js';
 import { startOpensslOcsp, type OpensslOcsp } from '../helpers/openssl-ocsp.js';
 import { freePort, waitFor } from '../helpers/ports.js';
@@ -90,13 +91,13 @@ function prodEnv(ports: { port: number; adminPort: number } = { port: 0, adminPo
 
 type Run = { code: number; stdout: string; stderr: string };
 
-function configCheck(env: Record<string, string | undefined>): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'config', 'check'], { cwd: ROOT, env: { ...BASE_ENV, ...env }, timeout: 45_000 }, (err, stdout, stderr) => {
-      if (err && typeof err.code !== 'number') return reject(err);
-      resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout, stderr });
-    });
-  });
+/**
+ * `agent-gate config check` in-process (the real command tree, exit status and output): a tsx
+ * process per case took most of this file's time and timed out on a loaded machine.
+ */
+async function configCheck(env: Record<string, string | undefined>): Promise<Run> {
+  const r = await runCli(['config', 'check'], Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v ?? null])));
+  return { code: r.exitCode, stdout: r.stdout, stderr: r.stderr };
 }
 
 /** A running `agent-gate serve` child with its output collected. */
@@ -176,7 +177,7 @@ describe('a correct prod configuration', () => {
     const g = serve(prodEnv(ports));
     const base = `https://127.0.0.1:${ports.port}`;
     // Stops waiting early when the process dies; the assertion below then shows why.
-    await waitFor(async () => !g.alive() || (await fetch(`http://127.0.0.1:${ports.adminPort}/readyz`)).status === 200, 30_000, 'the prod gate ready on its admin port', 100).catch(
+    await waitFor(async () => !g.alive() || (await fetch(`http://127.0.0.1:${ports.adminPort}/readyz`)).status === 200, 90_000, 'the prod gate ready on its admin port', 100).catch(
       (err: unknown) => {
         throw new Error(`${(err as Error).message}\nstderr: ${g.stderr()}\nstdout: ${g.stdout().slice(0, 4000)}`);
       },
