@@ -2,7 +2,7 @@
  * The gate's wire contract (docs/protocol.md sections 2-5 and 9) written once, as tables, and
  * run against every deployment mode: `describeGateContract(name, startGate)` registers the
  * same flow and refusal cases for a gate the mode's file starts (direct, nginx-fronted,
- * embedded; authorizer mode once it lands: see MODES below). What a mode adds on top stays in
+ * embedded, authorizer: see MODES below). What a mode adds on top stays in
  * its own file, next to its call of describeGateContract.
  */
 import { createHmac, randomBytes, X509Certificate } from 'node:crypto';
@@ -21,11 +21,10 @@ import { waitFor } from '../helpers/ports.js';
 export const P = '/.agent-gate';
 
 /**
- * The deployment modes the contract runs against, one file each. Authorizer mode
- * (GATE_MODE=authorizer, being built) joins with one line here and a file
- * test/conformance/authorizer.test.ts calling describeGateContract('authorizer', ...).
+ * The deployment modes the contract runs against, one file each (authorizer:
+ * test/conformance/authorizer.test.ts, nginx in authorizer mode with the decision cache off).
  */
-export const MODES = ['direct', 'nginx', 'embedded' /* , 'authorizer' */] as const;
+export const MODES = ['direct', 'nginx', 'embedded', 'authorizer'] as const;
 export type Mode = (typeof MODES)[number];
 
 /** The admin token of contract gates (GATE_ADMIN_TOKEN_FILE). */
