@@ -12,13 +12,18 @@
  *    connections/s;
  * 3. `/v1/token` p50/p99 and on-time share with flows arriving at 50%, 70% and 80% of the
  *    measured max flow rate (open loop);
- * 4. the gate's peak RSS.
+ * 4. the gate's peak RSS;
+ * 5. authorizer mode (PROTOCOL.md section 13): nginx in authorizer mode (1 worker) with the
+ *    decision cache warm and off, gated keep-alive requests vs the same nginx proxy_pass
+ *    baseline in the same rounds, and full flows/s through it.
  *
  * Writes `load/results/<date>.json` and the generated section of `load/RESULTS.md`.
  *
  * Flags: `--quick` (short windows, 1 run: a smoke test, written as `<date>-quick.json`),
  * `--runs=N`, `--profile` (CPU-profile the gate under keep-alive and flow load instead; see
- * load/bench/profile-run.ts), `--render=load/results/<date>.json` (rewrite that run's
+ * load/bench/profile-run.ts), `--authorizer` (only the authorizer rows, short, plus variants that
+ * price the njs header screen and the warm-path tuning in nginx CPU per request; see
+ * load/bench/authz-run.ts), `--render=load/results/<date>.json` (rewrite that run's
  * RESULTS.md section from its JSON, without measuring).
  * @module
  */
@@ -35,10 +40,12 @@ import { MACHINE, QUIET_CORES, QUIET_TOTAL_MS, killAll, quietWaitedMs, statusKb,
 import { fmt, markdownSection, medianMetrics, metricsOf, targetTable, upsertBlock, detailTable, type BenchData, type RunRecord, type TargetRow } from './bench/report.js';
 import { median } from './bench/stats.js';
 import {
+  AUTHORIZER_EDITS,
   FORWARDED_EDITS,
   ROOT,
   gateEnv,
   makePki,
+  startAuthorizer,
   startBaselineNginx,
   startForwarded,
   startGate,
@@ -48,6 +55,7 @@ import {
   type BenchPki,
   type CpuGroups,
   type Started,
+  type StartedGate,
 } from './bench/setup.js';
 
 const args = process.argv.slice(2);
@@ -175,6 +183,14 @@ async function main(): Promise<void> {
     notes.push(`forwarded setup not measured: ${(err as Error).message.split('\n')[0]}`);
     log(`forwarded setup failed, not measured: ${(err as Error).message}`);
   }
+  let authz: { warm: { gate: StartedGate; nginx: Started }; off: { gate: StartedGate; nginx: Started } } | undefined;
+  try {
+    const warm = await startAuthorizer(work, 'nginx-authz-cache', pki, redisUrl, upstreamUrl, 2);
+    authz = { warm, off: await startAuthorizer(work, 'nginx-authz-nocache', pki, redisUrl, upstreamUrl, 0, warm.gate) };
+  } catch (err) {
+    notes.push(`authorizer setup not measured: ${(err as Error).message.split('\n')[0]}`);
+    log(`authorizer setup failed, not measured: ${(err as Error).message}`);
+  }
   const lg = await startLoadgen(pki.clientTls);
   log(`started: redis ${redis.port}, upstream ${upstream.port}, tls-baseline ${tlsBase.port}, gate ${gate.port}, gate-info ${gateInfo.port}, nginx ${nginx1.port}/${nginxAuto.port}${fwd ? `, forwarded nginx ${fwd.nginx.port} → gate ${fwd.gate.port}` : ''}`);
 
@@ -194,9 +210,11 @@ async function main(): Promise<void> {
     nginxAuto: { nginx: nginxAuto.pids, ...base },
     fwd: fwd ? { nginx: fwd.nginx.pids, gate: fwd.gate.pids, redis: redis.pids, ...base } : {},
     tlsBase: { server: tlsBase.pids, loadgen: [lg.pid] },
+    authzWarm: authz ? { nginx: authz.warm.nginx.pids, gate: authz.warm.gate.pids, redis: redis.pids, ...base } : {},
+    authzOff: authz ? { nginx: authz.off.nginx.pids, gate: authz.warm.gate.pids, redis: redis.pids, ...base } : {},
   };
 
-  const ourPids = () => [process.pid, lg.pid, redis.pid, upstream.pid, tlsBase.pid, gate.pid, gateInfo.pid, ...nginx1.pids, ...nginxAuto.pids, ...(fwd ? [fwd.gate.pid, ...fwd.nginx.pids] : [])];
+  const ourPids = () => [process.pid, lg.pid, redis.pid, upstream.pid, tlsBase.pid, gate.pid, gateInfo.pid, ...nginx1.pids, ...nginxAuto.pids, ...(fwd ? [fwd.gate.pid, ...fwd.nginx.pids] : []), ...(authz ? [authz.warm.gate.pid, ...authz.warm.nginx.pids, ...authz.off.nginx.pids] : [])];
   const foreignBefore: Record<string, number[]> = {};
   const runs: Record<string, RunRecord[]> = {};
   const record = async (key: string, job: Job, groups: CpuGroups) => {
@@ -232,6 +250,10 @@ async function main(): Promise<void> {
     if (fwd) await record('ka.fwd', ka(origin(fwd.nginx), PREFIX), cpu.fwd!);
     await record('ka.gate-info', ka(origin(gateInfo), PREFIX), cpu.gateInfo!);
     await record('ka.nginx-auto', ka(origin(nginxAuto)), cpu.nginxAuto!);
+    if (authz) {
+      await record('ka.authz', ka(origin(authz.warm.nginx), PREFIX), cpu.authzWarm!);
+      await record('ka.authz-off', ka(origin(authz.off.nginx), PREFIX), cpu.authzOff!);
+    }
   }
   // 1b. Keep-alive, open loop at the same offered load for both (half the gate's max).
   const kaRate = Math.max(100, Math.round((medianMetrics(runs['ka.gate'] ?? []).rps ?? 0) * 0.5));
@@ -245,6 +267,7 @@ async function main(): Promise<void> {
     await record('flow.gate', flow(origin(gate), 'gate'), cpu.gate!);
     await record('flow.tls', flow(origin(tlsBase), 'tls'), cpu.tlsBase!);
     if (fwd) await record('flow.fwd', flow(origin(fwd.nginx), 'gate'), cpu.fwd!);
+    if (authz) await record('flow.authz', flow(origin(authz.warm.nginx), 'gate'), cpu.authzWarm!);
   }
   // 3. Open-loop flows at fractions of the max flow rate.
   const maxFlow = medianMetrics(runs['flow.gate'] ?? []).rate ?? 0;
@@ -302,6 +325,22 @@ async function main(): Promise<void> {
     targets.push({ id: '1g', measurement: 'server-side CPU per gated request (gate + upstream + redis vs nginx + upstream)', gate: `${fmt(g.serverCpuUsPerOp)} µs`, baseline: `${fmt(n.serverCpuUsPerOp)} µs`, ratio: both(cpuR, paired('ka.gate', 'ka.nginx', 'serverCpuUsPerOp')), target: '–', pass: null });
     const gi = M('ka.gate-info');
     targets.push({ id: '1h', measurement: 'gate with GATE_LOG_LEVEL=info (access log per request) vs warn', gate: `${fmt(gi.rps)} (info)`, baseline: `${fmt(g.rps)} (warn)`, ratio: both(ratio(gi.rps, g.rps), paired('ka.gate-info', 'ka.gate', 'rps')), target: '–', pass: null });
+    if (authz) {
+      // Authorizer mode (section 13) against the same nginx baseline, same rounds.
+      const rows: [string, string, string, string, number, number][] = [
+        ['1i', 'authorizer mode, decision cache warm: gated keep-alive requests/s', 'ka.authz', 'rps', 0.9, 1],
+        ['1j', 'authorizer mode, decision cache warm: p99', 'ka.authz', 'p99', 1.5, -1],
+        ['1k', 'authorizer mode, cache off (the gate decides every request): requests/s', 'ka.authz-off', 'rps', 0.6, 1],
+        ['1l', 'authorizer mode, cache off: p99', 'ka.authz-off', 'p99', 2, -1],
+      ];
+      for (const [id, measurement, key, field, goal, dir] of rows) {
+        const a = M(key)[field];
+        const b = n[field];
+        const r = ratio(a, b);
+        const ms = field === 'p99' ? ' ms' : '';
+        targets.push({ id, measurement, gate: `${fmt(a, ms ? 2 : 0)}${ms}`, baseline: `${fmt(b, ms ? 2 : 0)}${ms} (nginx)`, ratio: both(r, paired(key, 'ka.nginx', field)), target: `${dir > 0 ? '≥' : '≤'} ${goal}`, pass: dir > 0 ? r >= goal : r <= goal, values: { gate: a ?? NaN, baseline: b ?? NaN, ratio: r, pairedRatio: paired(key, 'ka.nginx', field) } });
+      }
+    }
   }
   {
     const g = M('flow.gate');
@@ -312,6 +351,7 @@ async function main(): Promise<void> {
       const f = M('flow.fwd');
       targets.push({ id: '2b', measurement: 'full flows/s through nginx + forwarded gate', gate: fmt(f.rate, 1), baseline: `${fmt(b.rate, 1)} (Node https)`, ratio: both(ratio(f.rate, b.rate), paired('flow.fwd', 'flow.tls', 'rate')), target: '–', pass: null });
     }
+    if (authz) targets.push({ id: '2d', measurement: 'full flows/s through nginx in authorizer mode', gate: fmt(M('flow.authz').rate, 1), baseline: `${fmt(b.rate, 1)} (Node https)`, ratio: both(ratio(M('flow.authz').rate, b.rate), paired('flow.authz', 'flow.tls', 'rate')), target: '–', pass: null });
     const cpuRatio = ratio(g.serverCpuUsPerOp, b.serverCpuUsPerOp);
     const implied = Math.round((1 / cpuRatio) * 100) / 100;
     targets.push({
@@ -367,6 +407,7 @@ async function main(): Promise<void> {
   notes.push(
     'nginx baseline: `worker_processes 1` because the gate is one Node process; `worker_processes auto` is row 1e. Both: access_log off, keepalive 64 to the upstream, keepalive_requests raised so neither side reconnects mid-run.',
     `forwarded setup: config from renderNginxConfig, ${FORWARDED_EDITS}; otherwise as rendered (worker_processes auto, JSON access log on, njs signing per request). Gate on plain HTTP loopback, GATE_FWD_TRUSTED_PROXIES=127.0.0.1/32.`,
+    ...(authz ? [`authorizer setup (rows 1i-1l, 2d): config from renderNginxConfig --mode authorizer, ${AUTHORIZER_EDITS}; otherwise as rendered (JSON access log on, buffered; njs header screen per gated request, njs signing per decision). Decision cache 2 s (warm after the first request) or off; gate in authorizer mode on plain HTTP loopback.`] : []),
     'gates: GATE_ENV=dev, GATE_STORE=redis (own redis-server), GATE_RATE_LIMITS=off, GATE_MAX_INFLIGHT=100000, GATE_LOG_LEVEL=warn (one gate at info for row 1h), logs to a file; ephemeral Ed25519 signing key; revocation off (dev default).',
     `machine sharing: before each run the bench waits (up to 5 s, ${QUIET_TOTAL_MS / 1000} s in all; waited ${Math.round(quietWaitedMs() / 1000)} s) until other processes use < ${QUIET_CORES} cores; the "other" CPU column shows what they used during each window anyway.`,
     'CPU figures are /proc utime+stime of each process over the measurement window; "server CPU/op" excludes the load generator. Load generator, servers and redis share the same cores, so absolute rates are noisy; compare ratios and CPU per op.',
@@ -418,7 +459,7 @@ async function main(): Promise<void> {
   process.stdout.write(`\nwrote ${jsonFile}${QUICK ? '' : ' and load/RESULTS.md'} (${data.durationS} s)\n`);
 
   await lg.stop();
-  for (const p of [fwd?.nginx, fwd?.gate, nginxAuto, nginx1, gateInfo, gate, tlsBase, upstream, redis]) await p?.stop();
+  for (const p of [authz?.off.nginx, authz?.warm.nginx, authz?.warm.gate, fwd?.nginx, fwd?.gate, nginxAuto, nginx1, gateInfo, gate, tlsBase, upstream, redis]) await p?.stop();
   rmSync(work, { recursive: true, force: true });
 }
 

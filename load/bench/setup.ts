@@ -411,6 +411,22 @@ export const AUTHORIZER_EDITS =
   'worker_processes 1 (as the baseline); the per-address limit_req/limit_conn lines removed (all load comes from one address); --rate-proxy-identity 1000000/1 (the per-certificate limit_req stays, at a rate the run cannot reach)';
 
 /**
+ * What `--authorizer` compares with the rendered config, to price its parts per request:
+ * `no-screen` without the njs header screen ($agent_gate_bad_headers); `unbuffered` also
+ * without the warm-path tuning (access log written per request, no open_file_cache), i.e. the
+ * config as first built.
+ */
+export type AuthorizerVariant = 'rendered' | 'no-screen' | 'unbuffered';
+
+function variantOf(conf: string, variant: AuthorizerVariant): string {
+  if (variant === 'rendered') return conf;
+  let out = conf.replace(/\n\s*if \(\$agent_gate_bad_headers\) \{\n\s*return 400;\n\s*\}/, '');
+  if (variant === 'unbuffered') out = out.replace(' buffer=64k flush=1s;', ';').replace(/^\s*open_file_cache(_valid|_errors)?\s.*\n/gm, '');
+  if (out === conf || (variant === 'unbuffered' && /^\s*open_file_cache|buffer=64k/m.test(out))) throw new Error(`bench variant ${variant}: the rendered config no longer has what it removes`);
+  return out;
+}
+
+/**
  * nginx (1 worker, from `renderNginxConfig --mode authorizer`) proxying straight to the
  * upstream, asking a gate in authorizer mode (plain HTTP loopback) for decisions; the decision
  * cache on (`cacheS` > 0, warm after the first request) or off (every request decided).
@@ -423,6 +439,7 @@ export async function startAuthorizer(
   upstreamUrl: string,
   cacheS: number,
   gate?: StartedGate,
+  variant: AuthorizerVariant = 'rendered',
 ): Promise<{ gate: StartedGate; nginx: Started }> {
   const dir = join(root, name);
   mkdirSync(dir, { recursive: true });
@@ -463,7 +480,7 @@ export async function startAuthorizer(
     .split('\n')
     .filter((l) => !/^\s*limit_conn\s/.test(l) && !/^\s*limit_req zone=agent_gate_(req|v1)\s/.test(l))
     .join('\n');
-  writeFileSync(rendered.confPath, edited);
+  writeFileSync(rendered.confPath, variantOf(edited, variant));
   const nginx = await startNginx(name, dir, rendered.confPath, port, 1);
   return { gate: g, nginx };
 }
