@@ -5,8 +5,8 @@
 #
 #   1. dev/staging CA (`agent-gate pki init`), with the OCSP responder URL (AIA) that every
 #      agent certificate issued from then on carries;
-#   2. server certificates for the compose names: gate.{crt,key} (gate, gate1, gate2) for the
-#      gates, nginx.{crt,key} (nginx, localhost, 127.0.0.1, ::1) for nginx;
+#   2. server certificates for the compose names: gate.{crt,key} (gate, gate1, gate2, gate-authz) for the
+#      gates, nginx.{crt,key} (nginx, nginx-authz, localhost, 127.0.0.1, ::1) for nginx;
 #   3. agent certificates (P-256, PKCS#8 keys, as k6 needs): demo and load-1 by default;
 #   4. a fresh CRL (ca.crl, the gates' GATE_CRL_FILES fallback when OCSP cannot answer);
 #   5. the token-signing key both gates share (`agent-gate keygen --out`, 0600);
@@ -34,7 +34,7 @@ OCSP_URL=${OCSP_URL:-http://ocsp:8080}
 NGINX_GATE_URL=${NGINX_GATE_URL:-https://gate:8443}
 NGINX_GATE_TLS_NAME=${NGINX_GATE_TLS_NAME:-gate}
 CERT_NAMES_GATE=${CERT_NAMES_GATE:-gate,gate1,gate2,localhost,127.0.0.1}
-CERT_NAMES_NGINX=${CERT_NAMES_NGINX:-nginx,localhost,127.0.0.1,::1}
+CERT_NAMES_NGINX=${CERT_NAMES_NGINX:-nginx,nginx-authz,localhost,127.0.0.1,::1}
 NGINX_LISTEN=${NGINX_LISTEN:-0.0.0.0:8443}
 NGINX_AUTHZ_DIR=${NGINX_AUTHZ_DIR:-$NGINX_DIR/authorizer}
 NGINX_AUTHZ_LISTEN=${NGINX_AUTHZ_LISTEN:-$NGINX_LISTEN}

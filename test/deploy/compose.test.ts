@@ -758,6 +758,8 @@ describe('docker-compose.yml: the authorizer profile (PROTOCOL.md section 13)', 
     expect(init['NGINX_AUTHZ_GATE_URL']).toMatch(/^https:/);
     expect(gateUrl.host).toBe('gate-authz');
     expect(init['CERT_NAMES_GATE']!.split(',')).toContain('gate-authz');
+    // k6 (edge network) reaches it by its service name, which nginx's certificate carries.
+    expect(init['CERT_NAMES_NGINX']!.split(',')).toContain('nginx-authz');
     expect(env['GATE_LISTEN']).toBe(`0.0.0.0:${gateUrl.port}`);
     expect(env['GATE_TLS_CERT']).toBe('/var/lib/agent-gate/pki/gate.crt');
     const up = hostPortOf(init['NGINX_AUTHZ_UPSTREAM_URL']!);
