@@ -222,7 +222,9 @@ export async function authorizerValues(opts: AuthorizerNginxOptions | undefined,
             // A hit reads its entry through a kept descriptor instead of open/fstat/close. nginx
             // reopens when the entry's inode changes (a newer decision replaced it), and every
             // entry is judged by its own stored expiry, so a kept descriptor never extends one.
-            '            open_file_cache max=10000 inactive=20s;',
+            // At most 256 descriptors per worker (the busiest agents, LRU), so that the cache
+            // cannot eat into the file limit client and upstream connections need.
+            '            open_file_cache max=256 inactive=10s;',
             '            open_file_cache_valid 10s;',
           ].join('\n'),
   });
