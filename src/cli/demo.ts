@@ -6,25 +6,14 @@
  * @module
  */
 import { isIP } from 'node:net';
-import { Command, type ErrorOptions } from 'commander';
+import type { Command } from 'commander';
+import { EXIT_ERROR, OneLineCommand, untilSignal } from './command.js';
 import { startDemoUpstream } from './demo-upstream.js';
 import { oneLine } from './output.js';
 
-const EXIT_ERROR = 2;
 const DEFAULT_LISTEN = '127.0.0.1:8080';
 /** After SIGTERM, connections still open after this long are closed. */
 const CLOSE_GRACE_MS = 5000;
-
-/** A command whose every error, commander's usage errors included, is one line and exit 2. */
-class DemoCommand extends Command {
-  override createCommand(name?: string): Command {
-    return new DemoCommand(name);
-  }
-
-  override error(message: string, errorOptions?: ErrorOptions): never {
-    return super.error(message.replace(/\s*\n\s*/g, ' ').trim(), { ...errorOptions, exitCode: EXIT_ERROR });
-  }
-}
 
 /** `HOST:PORT` (IPv6 in brackets) as host and port; port 0 asks for any free port. */
 export function parseListen(value: string): { host: string; port: number } {
@@ -37,22 +26,9 @@ export function parseListen(value: string): { host: string; port: number } {
   return { host, port };
 }
 
-/** Resolves on the first SIGTERM or SIGINT, then stops listening for them. */
-function untilSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const stop = (signal: NodeJS.Signals): void => {
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
-      resolve(signal);
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
-}
-
 /** Adds `demo-upstream` to `program`. */
 export function registerDemoCommands(program: Command): void {
-  const cmd = new DemoCommand('demo-upstream')
+  const cmd = new OneLineCommand('demo-upstream')
     .copyInheritedSettings(program)
     .showHelpAfterError(false)
     .description('run the demo upstream (echoes the identity headers the gate adds) until SIGTERM or SIGINT')

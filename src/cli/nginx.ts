@@ -6,22 +6,10 @@
  * @module
  */
 import { dirname } from 'node:path';
-import { Command, type ErrorOptions } from 'commander';
+import type { Command } from 'commander';
 import { DEFAULT_PATH_PREFIX, renderNginxConfig, type NginxConfigOptions } from '../nginx/index.js';
+import { EXIT_ERROR, OneLineCommand } from './command.js';
 import { writeOut, writeErr, oneLine } from './output.js';
-
-const EXIT_ERROR = 2;
-
-/** A command whose every error, commander's usage errors included, is one line and exit 2. */
-class NginxCommand extends Command {
-  override createCommand(name?: string): Command {
-    return new NginxCommand(name);
-  }
-
-  override error(message: string, errorOptions?: ErrorOptions): never {
-    return super.error(message.replace(/\s*\n\s*/g, ' ').trim(), { ...errorOptions, exitCode: EXIT_ERROR });
-  }
-}
 
 interface NginxFlags {
   listen: string;
@@ -56,7 +44,7 @@ function shellQuote(s: string): string {
 
 /** Adds `nginx-config` to `program`. */
 export function registerNginxCommands(program: Command): void {
-  const cmd = new NginxCommand('nginx-config')
+  const cmd = new OneLineCommand('nginx-config')
     .copyInheritedSettings(program)
     // One line on errors: no help text after them.
     .showHelpAfterError(false)

@@ -22,6 +22,7 @@ import {
   type KeyAlg,
   type RevocationReason,
 } from '../pki/index.js';
+import { untilSignal } from './command.js';
 import { writeOut, writeErr, oneLine } from './output.js';
 
 const DEFAULT_DIR = 'pki/dev';
@@ -137,19 +138,6 @@ interface ResponderCliOptions {
   dir: string;
   host: string;
   port: string;
-}
-
-/** Resolves on the first SIGTERM or SIGINT, then stops listening for them. */
-function untilSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const stop = (signal: NodeJS.Signals): void => {
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
-      resolve(signal);
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
 }
 
 interface IssueOptions {
