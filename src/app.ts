@@ -23,7 +23,7 @@ import { createServices, type GateServices, type ServiceDeps } from './services.
 import type { GateStore } from './store/index.js';
 import type { TokenService } from './tokens/index.js';
 
-export { StartupError, loadMaterials, DEV_CA_MARKER } from './services.js';
+export { StartupError, loadMaterials, openAuditTrail, DEV_CA_MARKER } from './services.js';
 
 /** Things a caller may supply instead of the defaults derived from config (tests, embedding). */
 export interface GateDeps extends ServiceDeps {

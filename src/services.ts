@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import type { ServerOptions as HttpsServerOptions } from 'node:https';
 import type { FastifyBaseLogger } from 'fastify';
+import type { BaseLogger } from 'pino';
 import { AttestationRegistry } from './attestation/index.js';
 import { AuditLog, AuditSetupError } from './audit/index.js';
 import type { ConfigViolation, GateConfig } from './config/index.js';
@@ -30,6 +31,26 @@ export class StartupError extends Error {
   constructor(readonly violations: ConfigViolation[]) {
     super(violations.map((v) => `config violation: ${v.variable}: ${v.why}`).join('\n'));
     this.name = 'StartupError';
+  }
+}
+
+/**
+ * Opens the audit trail of GATE_AUDIT_FILE (none without it), logging checkpoints and trail
+ * errors to `log()`; a bad trail or key file is a {@link StartupError}.
+ */
+export async function openAuditTrail(audit: GateConfig['audit'], log: () => Pick<BaseLogger, 'info' | 'error'> | undefined): Promise<AuditLog | undefined> {
+  if (!audit.file) return undefined;
+  try {
+    return await AuditLog.open({
+      file: audit.file,
+      keyFile: audit.keyFile!,
+      // Checkpoints also go to the log, so truncating both trail files together is still seen.
+      onCheckpoint: (cp) => log()?.info({ event: 'audit_checkpoint', ...cp }, 'audit checkpoint'),
+      onError: (err) => log()?.error({ event: 'audit_error', err }, 'audit trail error'),
+    });
+  } catch (err) {
+    if (err instanceof AuditSetupError) throw new StartupError([{ variable: err.variable, why: err.why }]);
+    throw err;
   }
 }
 
@@ -169,21 +190,7 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
   } catch (err) {
     throw new StartupError([{ variable: 'GATE_ATTESTATION_REGISTRY', why: (err as Error).message }]);
   }
-  let audit: AuditLog | undefined;
-  if (config.audit.file) {
-    try {
-      audit = await AuditLog.open({
-        file: config.audit.file,
-        keyFile: config.audit.keyFile!,
-        // Checkpoints also go to the log, so truncating both trail files together is still seen.
-        onCheckpoint: (cp) => log.current?.info({ event: 'audit_checkpoint', ...cp }, 'audit checkpoint'),
-        onError: (err) => log.current?.error({ event: 'audit_error', err }, 'audit trail error'),
-      });
-    } catch (err) {
-      if (err instanceof AuditSetupError) throw new StartupError([{ variable: err.variable, why: err.why }]);
-      throw err;
-    }
-  }
+  const audit = await openAuditTrail(config.audit, () => log.current);
   const denyList = new DenyList({ store, now, log: (event) => log.current?.warn(event, String(event.event)) });
   const cooldowns = new CooldownRegistry(store, now);
   const refusals = new RefusalRecords({ store, now, perIdentity: config.refusalRecords.perIdentity, max: config.refusalRecords.max });

@@ -14,8 +14,8 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { pino, type Logger } from 'pino';
-import { loadMaterials, StartupError } from '../app.js';
-import { AuditLog, AuditSetupError, recordForwarded } from '../audit/index.js';
+import { loadMaterials, openAuditTrail, StartupError } from '../app.js';
+import { recordForwarded, type AuditLog } from '../audit/index.js';
 import { formatViolation, type GateConfig } from '../config/index.js';
 import { aggregateMetrics, createMetrics, metricsSnapshot, type GateMetrics } from '../metrics/index.js';
 import { ANSWER_TIMEOUT_MS, isGateMessage, type PrimaryMessage, type PrimaryQuestion, type ReadinessProblem, type WorkerMessage } from './messages.js';
@@ -45,27 +45,14 @@ interface Slot {
 export async function runPrimary(config: GateConfig, opts: PrimaryOptions = {}): Promise<void> {
   const log = opts.log ?? pino({ level: config.logLevel, base: { pid: process.pid, role: 'primary' } });
   // Files and keys are checked once here, so a bad one is one violation line, not one per worker.
+  let audit: AuditLog | undefined;
   try {
     await loadMaterials(config, () => {});
+    audit = await openAuditTrail(config.audit, () => log);
   } catch (err) {
     if (!(err instanceof StartupError)) throw err;
     for (const v of err.violations) process.stderr.write(formatViolation(v) + '\n');
     process.exit(EXIT_CONFIG);
-  }
-  let audit: AuditLog | undefined;
-  if (config.audit.file) {
-    try {
-      audit = await AuditLog.open({
-        file: config.audit.file,
-        keyFile: config.audit.keyFile!,
-        onCheckpoint: (cp) => log.info({ event: 'audit_checkpoint', ...cp }, 'audit checkpoint'),
-        onError: (err) => log.error({ event: 'audit_error', err }, 'audit trail error'),
-      });
-    } catch (err) {
-      if (!(err instanceof AuditSetupError)) throw err;
-      process.stderr.write(formatViolation({ variable: err.variable, why: err.why }) + '\n');
-      process.exit(EXIT_CONFIG);
-    }
   }
 
   const metrics: GateMetrics = createMetrics();
