@@ -25,7 +25,7 @@ describe('README.md', () => {
   it('has the flow as a Mermaid sequence diagram and the deployment modes as a Mermaid diagram', () => {
     expect(readme).toMatch(/```mermaid\nsequenceDiagram\n/);
     expect(readme).toMatch(/```mermaid\nflowchart /);
-    for (const mode of ['**Direct**', '**Behind nginx**', '**Embedded**', '**Authorizer (planned, not built yet)**']) expect(readme).toContain(mode);
+    for (const mode of ['**Direct**', '**Behind nginx**', '**Embedded**', '**Authorizer**']) expect(readme).toContain(mode);
   });
 
   it('links into every part of docs/', () => {
