@@ -15,7 +15,8 @@ import { dirname, resolve } from 'node:path';
 import { DEFAULT_MAX_CONNECTIONS_PER_ADDRESS } from '../http/connections.js';
 import { parseHmacKeys } from '../identity/forwarded-canonical.js';
 import { authorizerValues, parseMode, type AuthorizerNginxOptions, type NginxMode } from './authorizer.js';
-import { prepareOutputDir, writePrivateFile } from './write.js';
+import { writeFileAtomic } from '../pki/files.js';
+import { prepareOutputDir } from './write.js';
 
 export type { AuthorizerNginxOptions, NginxMode } from './authorizer.js';
 
@@ -310,8 +311,8 @@ export async function renderNginxConfig(opts: NginxConfigOptions): Promise<Rende
   });
 
   // The key first, so a config never points at a missing or stale key; 0600 even if it existed.
-  await writePrivateFile(keyPath, JSON.stringify(key) + '\n', 0o600);
-  await writePrivateFile(jsPath, signer, 0o644);
-  await writePrivateFile(confPath, conf, 0o644);
+  await writeFileAtomic(keyPath, JSON.stringify(key) + '\n', 0o600);
+  await writeFileAtomic(jsPath, signer, 0o644);
+  await writeFileAtomic(confPath, conf, 0o644);
   return { confPath, jsPath, keyPath, warnings };
 }

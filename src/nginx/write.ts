@@ -3,16 +3,14 @@
  * the HMAC secret, so it must be the caller's own and closed to other users, and no file is
  * written by following a name someone else could have planted there.
  *
- * Files are written as a private temporary file (O_CREAT|O_EXCL|O_NOFOLLOW, mode set before any
- * byte lands) renamed over the target. rename(2) replaces the directory entry itself, so a
- * symlink planted at the target is replaced, never followed; and unlike O_EXCL on the final
- * name, it also re-renders over the previous output (key rotation) with nginx never reading a
- * half-written file.
+ * Files are written by the dev PKI's `writeFileAtomic` (src/pki/files.ts): a private temporary
+ * file (O_CREAT|O_EXCL|O_NOFOLLOW, mode set before any byte lands) renamed over the target.
+ * rename(2) replaces the directory entry itself, so a symlink planted at the target is replaced,
+ * never followed; and unlike O_EXCL on the final name, it also re-renders over the previous
+ * output (key rotation) with nginx never reading a half-written file.
  * @module
  */
-import { constants } from 'node:fs';
-import { randomBytes } from 'node:crypto';
-import { chmod, lstat, mkdir, open, rename, rm } from 'node:fs/promises';
+import { chmod, lstat, mkdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
 /** Mode of a missing DIR when created; search for others is added afterwards (see {@link prepareOutputDir}). */
@@ -62,29 +60,4 @@ export async function prepareOutputDir(dir: string): Promise<void> {
   }
   await checkOwnDir(temp, '--dir');
   await chmod(temp, 0o755);
-}
-
-/**
- * Writes `data` to `path` with exactly `mode`, through a temporary file in the same directory
- * renamed over `path` (see the module comment for why not O_EXCL on `path` itself).
- */
-export async function writePrivateFile(path: string, data: string, mode: number): Promise<void> {
-  const tmp = join(dirname(path), `.${randomBytes(8).toString('hex')}.tmp`);
-  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
-  const fh = await open(tmp, flags, 0o600);
-  try {
-    try {
-      // open's mode is subject to the umask; set the exact one before the content lands.
-      await fh.chmod(mode);
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    // Only the file this call created: never a name it failed to create.
-    await rm(tmp, { force: true });
-    throw err;
-  }
 }

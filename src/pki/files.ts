@@ -3,7 +3,9 @@
  * @module
  */
 import { X509Certificate as NodeX509, randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { KeyAndCert } from './issue.js';
 
 /** Mode of private key and PKCS#12 files. */
@@ -14,14 +16,16 @@ export const PUBLIC_FILE_MODE = 0o644;
 export const PRIVATE_DIR_MODE = 0o700;
 
 /**
- * Writes through a temporary file in the same directory, then renames: readers never see a
- * half-written key, and the mode is set before any byte lands (open's mode alone is subject
- * to the umask and ignored when the file already exists).
+ * Writes `data` to `path` with exactly `mode` through a private temporary file in the same
+ * directory (O_CREAT|O_EXCL|O_NOFOLLOW, never a name someone planted), then renames it over
+ * `path`: readers never see a half-written file, a symlink planted at `path` is replaced rather
+ * than followed, and the mode is set before any byte lands (open's mode alone is subject to the
+ * umask and ignored when the file already exists).
  */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode: number): Promise<void> {
-  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  const tmp = join(dirname(path), `.${randomBytes(8).toString('hex')}.tmp`);
+  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
-    const fh = await open(tmp, 'wx', mode);
     try {
       await fh.chmod(mode);
       await fh.writeFile(data);
@@ -31,6 +35,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     }
     await rename(tmp, path);
   } catch (err) {
+    // Only the file this call created: never a name it failed to create.
     await rm(tmp, { force: true });
     throw err;
   }
