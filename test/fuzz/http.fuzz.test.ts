@@ -28,6 +28,7 @@ import { generateSigningJwk } from '../../src/tokens/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { rawRequest, tlsAgent } from '../helpers/http.js';
+import { applyCharEdits, charEdits, decodeEquivalent } from '../helpers/jws-edits.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 import { derTlv, readTlv } from '../helpers/der.js';
 
@@ -195,38 +196,7 @@ function rawJws(headerBytes: Buffer, payloadBytes: Buffer, signAlg: string, key:
   return `${input}.${b64(sig)}`;
 }
 
-/** Whether two compact JWS strings decode (the way jose decodes) to the same three byte strings. */
-function decodeEquivalent(a: string, b: string): boolean {
-  const sa = a.split('.');
-  const sb = b.split('.');
-  if (sa.length !== 3 || sb.length !== 3) return false;
-  const dec = (s: string) => {
-    if (/[+/]/.test(s)) throw new Error('not base64url');
-    return Buffer.from(atob(s.replace(/-/g, '+').replace(/_/g, '/')), 'latin1');
-  };
-  try {
-    return sa.every((s, i) => dec(s).equals(dec(sb[i]!)));
-  } catch {
-    return false;
-  }
-}
-
-const charEdit = fc.record({
-  at: fc.double({ min: 0, max: 1, noNaN: true, maxExcluded: true }),
-  op: fc.constantFrom('replace', 'insert', 'delete'),
-  ch: fc.oneof(fc.constantFrom('A', 'a', 'Z', '_', '-', '.', '=', '+', '/', ' ', '"', '\\', '0', '\u00e9'), fc.string({ unit: 'binary', minLength: 1, maxLength: 1 })),
-});
-
-function applyCharEdits(s: string, edits: { at: number; op: string; ch: string }[]): string {
-  let out = s;
-  for (const e of edits) {
-    const i = Math.floor(e.at * out.length);
-    if (e.op === 'replace') out = out.slice(0, i) + e.ch + out.slice(i + 1);
-    else if (e.op === 'insert') out = out.slice(0, i) + e.ch + out.slice(i);
-    else out = out.slice(0, i) + out.slice(i + 1);
-  }
-  return out;
-}
+const charEdit = charEdits(['A', 'a', 'Z', '_', '-', '.', '=', '+', '/', ' ', '"', '\\', '0', '\u00e9']);
 
 /** JSON values of every type, for fields that should hold something else. */
 const weird = fc.oneof(

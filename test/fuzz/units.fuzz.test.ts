@@ -21,6 +21,7 @@ import { parseCrl } from '../../src/revocation/crl.js';
 import { generateSigningJwk, loadSigningKeys, TokenService } from '../../src/tokens/index.js';
 import { x509 } from '../../src/lib/x509.js';
 import { children, derTlv, readTlv, type Tlv } from '../helpers/der.js';
+import { applyCharEdits, charEdits, decodeEquivalent } from '../helpers/jws-edits.js';
 
 const SEED = Number(process.env.AG_FUZZ_SEED ?? 20_250_611);
 // One line per worker so a failing run names the seed to rerun with.
@@ -661,34 +662,7 @@ describe('TokenService.verify on mutated tokens', () => {
     good = (await (await svc()).issue('urn:agent:fuzz', 'tp-fuzz')).token;
   });
 
-  /** Whether `a` and `b` are the same JWS once each segment is decoded the way jose decodes it. */
-  function decodeEquivalent(a: string, b: string): boolean {
-    const sa = a.split('.');
-    const sb = b.split('.');
-    if (sa.length !== 3 || sb.length !== 3) return false;
-    try {
-      return sa.every((s, i) => Buffer.from(atob(s.replace(/-/g, '+').replace(/_/g, '/')), 'latin1').equals(Buffer.from(atob(sb[i]!.replace(/-/g, '+').replace(/_/g, '/')), 'latin1')) && !/[+/]/.test(s));
-    } catch {
-      return false;
-    }
-  }
-
-  const charEdit = fc.record({
-    at: fc.double({ min: 0, max: 1, noNaN: true, maxExcluded: true }),
-    op: fc.constantFrom('replace', 'insert', 'delete'),
-    ch: fc.oneof(fc.constantFrom('A', 'B', 'a', '_', '-', '.', '=', '+', '/', ' ', '\t', '\n', '\u00e9', '"', '0'), fc.string({ unit: 'binary', minLength: 1, maxLength: 1 })),
-  });
-
-  function applyCharEdits(s: string, edits: { at: number; op: string; ch: string }[]): string {
-    let out = s;
-    for (const e of edits) {
-      const i = Math.floor(e.at * out.length);
-      if (e.op === 'replace') out = out.slice(0, i) + e.ch + out.slice(i + 1);
-      else if (e.op === 'insert') out = out.slice(0, i) + e.ch + out.slice(i);
-      else out = out.slice(0, i) + out.slice(i + 1);
-    }
-    return out;
-  }
+  const charEdit = charEdits(['A', 'B', 'a', '_', '-', '.', '=', '+', '/', ' ', '\t', '\n', '\u00e9', '"', '0']);
 
   it('character edits that change what the token decodes to: token_invalid only', async () => {
     const s = await svc();
