@@ -9,10 +9,12 @@
  * 1. gated keep-alive requests/s and p50/p99, gate vs nginx proxy_pass (closed loop, 32
  *    connections; also open loop at equal offered load for a latency comparison);
  * 2. full flows/s (new mTLS connection + challenge + proof + token) vs Node mTLS new
- *    connections/s;
+ *    connections/s; and complete flows on kept-alive mTLS connections (one per agent) against
+ *    a gate with rate limits on (ceilings out of reach) and the same gate config with
+ *    GATE_RATE_LIMITS=off: gate CPU per flow and the limiter's share of it;
  * 3. `/v1/token` p50/p99 and on-time share with flows arriving at 50%, 70% and 80% of the
  *    measured max flow rate (open loop);
- * 4. the gate's peak RSS;
+ * 4. the gate's peak RSS (one worker process);
  * 5. authorizer mode (PROTOCOL.md section 13): nginx in authorizer mode (1 worker) with the
  *    decision cache warm and off, gated keep-alive requests vs the same nginx proxy_pass
  *    baseline in the same rounds, and full flows/s through it.
@@ -42,6 +44,7 @@ import { median } from './bench/stats.js';
 import {
   AUTHORIZER_EDITS,
   FORWARDED_EDITS,
+  OUT_OF_REACH_RATE,
   ROOT,
   gateEnv,
   makePki,
@@ -173,6 +176,8 @@ async function main(): Promise<void> {
   const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
   const gate = await startGate('gate-direct', work, gateEnv(pki, redisUrl, upstreamUrl));
   const gateInfo = await startGate('gate-direct-info', work, gateEnv(pki, redisUrl, upstreamUrl, { GATE_LOG_LEVEL: 'info' }));
+  // The direct gate's config with rate limits on (every ceiling out of reach, see gateEnv): the limiter's cost per flow.
+  const gateLimits = await startGate('gate-direct-limits', work, gateEnv(pki, redisUrl, upstreamUrl, { GATE_RATE_LIMITS: 'on' }));
   const nginx1 = await startBaselineNginx('nginx-baseline-1', work, pki, upstream.port, '1', cores);
   const nginxAuto = await startBaselineNginx('nginx-baseline-auto', work, pki, upstream.port, 'auto', cores);
   let fwd: { gate: Started; nginx: Started; workers: number } | undefined;
@@ -192,7 +197,7 @@ async function main(): Promise<void> {
     log(`authorizer setup failed, not measured: ${(err as Error).message}`);
   }
   const lg = await startLoadgen(pki.clientTls);
-  log(`started: redis ${redis.port}, upstream ${upstream.port}, tls-baseline ${tlsBase.port}, gate ${gate.port}, gate-info ${gateInfo.port}, nginx ${nginx1.port}/${nginxAuto.port}${fwd ? `, forwarded nginx ${fwd.nginx.port} → gate ${fwd.gate.port}` : ''}`);
+  log(`started: redis ${redis.port}, upstream ${upstream.port}, tls-baseline ${tlsBase.port}, gate ${gate.port}, gate-info ${gateInfo.port}, gate-limits ${gateLimits.port}, nginx ${nginx1.port}/${nginxAuto.port}${fwd ? `, forwarded nginx ${fwd.nginx.port} → gate ${fwd.gate.port}` : ''}`);
 
   const tls: Record<string, string> = {
     gate: await probeTls(gate.port, pki),
@@ -206,6 +211,7 @@ async function main(): Promise<void> {
   const cpu: Record<string, CpuGroups> = {
     gate: { gate: gate.pids, redis: redis.pids, ...base },
     gateInfo: { gate: gateInfo.pids, redis: redis.pids, ...base },
+    gateLimits: { gate: gateLimits.pids, redis: redis.pids, ...base },
     nginx1: { nginx: nginx1.pids, ...base },
     nginxAuto: { nginx: nginxAuto.pids, ...base },
     fwd: fwd ? { nginx: fwd.nginx.pids, gate: fwd.gate.pids, redis: redis.pids, ...base } : {},
@@ -214,7 +220,7 @@ async function main(): Promise<void> {
     authzOff: authz ? { nginx: authz.off.nginx.pids, gate: authz.warm.gate.pids, redis: redis.pids, ...base } : {},
   };
 
-  const ourPids = () => [process.pid, lg.pid, redis.pid, upstream.pid, tlsBase.pid, gate.pid, gateInfo.pid, ...nginx1.pids, ...nginxAuto.pids, ...(fwd ? [fwd.gate.pid, ...fwd.nginx.pids] : []), ...(authz ? [authz.warm.gate.pid, ...authz.warm.nginx.pids, ...authz.off.nginx.pids] : [])];
+  const ourPids = () => [process.pid, lg.pid, redis.pid, upstream.pid, tlsBase.pid, gate.pid, gateInfo.pid, gateLimits.pid, ...nginx1.pids, ...nginxAuto.pids, ...(fwd ? [fwd.gate.pid, ...fwd.nginx.pids] : []), ...(authz ? [authz.warm.gate.pid, ...authz.warm.nginx.pids, ...authz.off.nginx.pids] : [])];
   const foreignBefore: Record<string, number[]> = {};
   const runs: Record<string, RunRecord[]> = {};
   const record = async (key: string, job: Job, groups: CpuGroups) => {
@@ -269,6 +275,13 @@ async function main(): Promise<void> {
     if (fwd) await record('flow.fwd', flow(origin(fwd.nginx), 'gate'), cpu.fwd!);
     if (authz) await record('flow.authz', flow(origin(authz.warm.nginx), 'gate'), cpu.authzWarm!);
   }
+  // 2b. Complete flows on kept-alive connections (one per agent, FLOW_CONCURRENCY agents), rate
+  // limits on vs off in the same rounds: the flow's own CPU without a handshake per flow.
+  const flowKa = (o: string): Job => ({ kind: 'flow', mode: 'gate', origin: o, prefix: PREFIX, concurrency: FLOW_CONCURRENCY, warmupMs: S.flowWarm, durationMs: S.flowDur, keepAlive: true });
+  for (let i = 0; i < RUNS; i++) {
+    await record('flowka.limits', flowKa(origin(gateLimits)), cpu.gateLimits!);
+    await record('flowka.nolimits', flowKa(origin(gate)), cpu.gate!);
+  }
   // 3. Open-loop flows at fractions of the max flow rate.
   const maxFlow = medianMetrics(runs['flow.gate'] ?? []).rate ?? 0;
   const maxFlowFwd = fwd ? (medianMetrics(runs['flow.fwd'] ?? []).rate ?? 0) : 0;
@@ -301,6 +314,12 @@ async function main(): Promise<void> {
     const rs = ra.map((v, i) => ratio(v, rb[i])).filter((v) => !Number.isNaN(v));
     return Math.round(median(rs) * 100) / 100;
   };
+  /** {@link paired} across two fields (the gate's own CPU against nginx's). */
+  const paired2 = (a: string, fa: string, b: string, fb: string) => {
+    const ra = (runs[a] ?? []).map((r) => metricsOf(r)[fa]);
+    const rb = (runs[b] ?? []).map((r) => metricsOf(r)[fb]);
+    return Math.round(median(ra.map((v, i) => ratio(v, rb[i])).filter((v) => !Number.isNaN(v))) * 100) / 100;
+  };
   const both = (r: number, p: number) => `${fmt(r, 2)} (per round: ${fmt(p, 2)})`;
 
   const targets: TargetRow[] = [];
@@ -323,6 +342,17 @@ async function main(): Promise<void> {
     }
     const cpuR = ratio(g.serverCpuUsPerOp, n.serverCpuUsPerOp);
     targets.push({ id: '1g', measurement: 'server-side CPU per gated request (gate + upstream + redis vs nginx + upstream)', gate: `${fmt(g.serverCpuUsPerOp)} µs`, baseline: `${fmt(n.serverCpuUsPerOp)} µs`, ratio: both(cpuR, paired('ka.gate', 'ka.nginx', 'serverCpuUsPerOp')), target: '–', pass: null });
+    const gCpu = g.gateCpuUsPerOp;
+    targets.push({
+      id: '1m',
+      measurement: 'gate CPU per gated request (the gate process alone, same closed loop; baseline: the nginx worker alone)',
+      gate: `${fmt(gCpu)} µs`,
+      baseline: `${fmt(n.nginxCpuUsPerOp)} µs (nginx)`,
+      ratio: both(ratio(gCpu, n.nginxCpuUsPerOp), paired2('ka.gate', 'gateCpuUsPerOp', 'ka.nginx', 'nginxCpuUsPerOp')),
+      target: '≤ 100 µs',
+      pass: gCpu !== undefined && !Number.isNaN(gCpu) ? gCpu <= 100 : false,
+      values: { gateCpuUsPerOp: gCpu ?? NaN, nginxCpuUsPerOp: n.nginxCpuUsPerOp ?? NaN, serverCpuUsPerOp: g.serverCpuUsPerOp ?? NaN },
+    });
     const gi = M('ka.gate-info');
     targets.push({ id: '1h', measurement: 'gate with GATE_LOG_LEVEL=info (access log per request) vs warn', gate: `${fmt(gi.rps)} (info)`, baseline: `${fmt(g.rps)} (warn)`, ratio: both(ratio(gi.rps, g.rps), paired('ka.gate-info', 'ka.gate', 'rps')), target: '–', pass: null });
     if (authz) {
@@ -346,7 +376,7 @@ async function main(): Promise<void> {
     const g = M('flow.gate');
     const b = M('flow.tls');
     const r = ratio(g.rate, b.rate);
-    targets.push({ id: '2', measurement: `full flows/s (new mTLS conn + challenge + proof + token, ${FLOW_CONCURRENCY} in flight)`, gate: fmt(g.rate, 1), baseline: `${fmt(b.rate, 1)} (Node https new conns/s)`, ratio: both(r, paired('flow.gate', 'flow.tls', 'rate')), target: '≥ 0.7', pass: r >= 0.7, values: { gate: g.rate ?? NaN, baseline: b.rate ?? NaN, ratio: r, pairedRatio: paired('flow.gate', 'flow.tls', 'rate') } });
+    targets.push({ id: '2', measurement: `full flows/s (new mTLS conn + challenge + proof + token, ${FLOW_CONCURRENCY} in flight)`, gate: fmt(g.rate, 1), baseline: `${fmt(b.rate, 1)} (Node https new conns/s)`, ratio: both(r, paired('flow.gate', 'flow.tls', 'rate')), target: '≥ 0.8', pass: r >= 0.8, values: { gate: g.rate ?? NaN, baseline: b.rate ?? NaN, ratio: r, pairedRatio: paired('flow.gate', 'flow.tls', 'rate') } });
     if (fwd) {
       const f = M('flow.fwd');
       targets.push({ id: '2b', measurement: 'full flows/s through nginx + forwarded gate', gate: fmt(f.rate, 1), baseline: `${fmt(b.rate, 1)} (Node https)`, ratio: both(ratio(f.rate, b.rate), paired('flow.fwd', 'flow.tls', 'rate')), target: '–', pass: null });
@@ -360,9 +390,44 @@ async function main(): Promise<void> {
       gate: `${fmt(g.serverCpuUsPerOp)} µs`,
       baseline: `${fmt(b.serverCpuUsPerOp)} µs`,
       ratio: `${both(cpuRatio, paired('flow.gate', 'flow.tls', 'serverCpuUsPerOp'))} → ${fmt(implied, 2)}`,
-      target: '(≥ 0.7)',
+      target: '(≥ 0.8)',
       pass: null,
       values: { gate: g.serverCpuUsPerOp ?? NaN, baseline: b.serverCpuUsPerOp ?? NaN, ratio: cpuRatio, impliedFlowRatio: implied },
+    });
+  }
+  {
+    // Complete flows on kept-alive connections, rate limits on (ceilings out of reach) vs off.
+    const on = M('flowka.limits');
+    const off = M('flowka.nolimits');
+    const gOn = on.gateCpuUsPerOp;
+    targets.push({
+      id: '2e',
+      measurement: `gate CPU per complete flow (challenge + proof + token) on kept-alive mTLS connections, one per agent, ${FLOW_CONCURRENCY} agents in flight; ES256, Redis store, rate limits on (ceilings out of reach)`,
+      gate: `${fmt(gOn)} µs (gate + redis ${fmt(on.serverCpuUsPerOp)} µs; ${fmt(on.rate, 1)} flows/s, errors ${fmt(on.errors)})`,
+      baseline: '–',
+      ratio: '–',
+      target: '≤ 350 µs',
+      pass: gOn !== undefined && !Number.isNaN(gOn) && (on.errors ?? 0) === 0 ? gOn <= 350 : false,
+      values: { gateCpuUsPerOp: gOn ?? NaN, serverCpuUsPerOp: on.serverCpuUsPerOp ?? NaN, rate: on.rate ?? NaN, errors: on.errors ?? NaN },
+    });
+    /** Per-round differences on − off of `field`: adjacent runs share the machine's state. */
+    const pairedDiff = (field: string) => {
+      const a = (runs['flowka.limits'] ?? []).map((r) => metricsOf(r)[field]);
+      const b = (runs['flowka.nolimits'] ?? []).map((r) => metricsOf(r)[field]);
+      const d = a.map((v, i) => (v !== undefined && b[i] !== undefined ? v - b[i] : Number.NaN)).filter((v) => !Number.isNaN(v));
+      return Math.round(median(d));
+    };
+    const cost = (gOn ?? NaN) - (off.gateCpuUsPerOp ?? NaN);
+    const costServer = (on.serverCpuUsPerOp ?? NaN) - (off.serverCpuUsPerOp ?? NaN);
+    targets.push({
+      id: '2f',
+      measurement: "the rate limiter's cost per kept-alive flow: row 2e minus the same flows with GATE_RATE_LIMITS=off (dev-only), same rounds",
+      gate: `${fmt(cost)} µs gate (per round: ${fmt(pairedDiff('gateCpuUsPerOp'))}); gate + redis ${fmt(costServer)} µs (per round: ${fmt(pairedDiff('serverCpuUsPerOp'))})`,
+      baseline: `${fmt(off.gateCpuUsPerOp)} µs gate, ${fmt(off.serverCpuUsPerOp)} µs gate + redis, limits off (${fmt(off.rate, 1)} flows/s)`,
+      ratio: both(ratio(gOn, off.gateCpuUsPerOp), paired('flowka.limits', 'flowka.nolimits', 'gateCpuUsPerOp')),
+      target: '–',
+      pass: null,
+      values: { gateCostUs: cost, serverCostUs: costServer, gateCostUsPaired: pairedDiff('gateCpuUsPerOp'), serverCostUsPaired: pairedDiff('serverCpuUsPerOp'), offGateCpuUsPerOp: off.gateCpuUsPerOp ?? NaN, offServerCpuUsPerOp: off.serverCpuUsPerOp ?? NaN },
     });
   }
   for (const pct of pcts) {
@@ -402,13 +467,14 @@ async function main(): Promise<void> {
     });
   }
   const hwm = memory['gate direct VmHWM (peak RSS)'] ?? NaN;
-  targets.push({ id: '4', measurement: 'gate peak RSS (VmHWM, direct gate, after all runs)', gate: `${fmt(hwm, 1)} MB`, baseline: '–', ratio: '–', target: '< 200 MB', pass: hwm < 200, values: { mb: hwm } });
+  targets.push({ id: '4', measurement: 'gate peak RSS per worker (VmHWM of the direct gate, one worker process, after all runs)', gate: `${fmt(hwm, 1)} MB`, baseline: '–', ratio: '–', target: '< 200 MB', pass: hwm < 200, values: { mb: hwm } });
 
   notes.push(
     'nginx baseline: `worker_processes 1` because the gate is one Node process; `worker_processes auto` is row 1e. Both: access_log off, keepalive 64 to the upstream, keepalive_requests raised so neither side reconnects mid-run.',
     `forwarded setup: config from renderNginxConfig, ${FORWARDED_EDITS}; otherwise as rendered (worker_processes auto, JSON access log on, njs signing per request). Gate on plain HTTP loopback, GATE_FWD_TRUSTED_PROXIES=127.0.0.1/32.`,
     ...(authz ? [`authorizer setup (rows 1i-1l, 2d): config from renderNginxConfig --mode authorizer, ${AUTHORIZER_EDITS}; otherwise as rendered (JSON access log on, buffered; njs header screen per gated request, njs signing per decision). Decision cache 2 s (warm after the first request) or off; gate in authorizer mode on plain HTTP loopback.`] : []),
-    'gates: GATE_ENV=dev, GATE_STORE=redis (own redis-server), GATE_RATE_LIMITS=off, GATE_MAX_INFLIGHT=100000, GATE_LOG_LEVEL=warn (one gate at info for row 1h), logs to a file; ephemeral Ed25519 signing key; revocation off (dev default).',
+    `gates: GATE_ENV=dev, GATE_WORKERS=1 (dev default: one process), GATE_STORE=redis (own redis-server), GATE_RATE_LIMITS=off (dev-only) except the gate of row 2e (on), every GATE_RATE_* ceiling at ${OUT_OF_REACH_RATE} (out of reach, GATE_RATE_REFUSAL_IDENTITY included), GATE_MAX_INFLIGHT=100000, GATE_MAX_CONNECTIONS=100000 and GATE_MAX_CONNECTIONS_PER_ADDRESS=100000 (all load comes from 127.0.0.1; the default 128 per address would reset open-loop connections), GATE_LOG_LEVEL=warn (one gate at info for row 1h), logs to a file; ephemeral Ed25519 signing key; revocation off (dev default).`,
+    'gate CPU (rows 1m, 2e, 2f) is the gate process alone; server CPU adds redis and the upstream. Rows 2e/2f use one agent certificate on every connection (each connection is one agent).',
     `machine sharing: before each run the bench waits (up to 5 s, ${QUIET_TOTAL_MS / 1000} s in all; waited ${Math.round(quietWaitedMs() / 1000)} s) until other processes use < ${QUIET_CORES} cores; the "other" CPU column shows what they used during each window anyway.`,
     'CPU figures are /proc utime+stime of each process over the measurement window; "server CPU/op" excludes the load generator. Load generator, servers and redis share the same cores, so absolute rates are noisy; compare ratios and CPU per op.',
   );
@@ -430,6 +496,7 @@ async function main(): Promise<void> {
       'keep-alive warm-up / window (ms)': `${S.kaWarm} / ${S.kaDur}`,
       'gated request': `GET ${GATED_PATH} with Bearer token (upstream answers ~60 B JSON)`,
       'flow concurrency (closed loop)': FLOW_CONCURRENCY,
+      'kept-alive flows (rows 2e, 2f)': `${FLOW_CONCURRENCY} agents, one kept-alive connection each, flows back to back`,
       'flow warm-up / window (ms)': `${S.flowWarm} / ${S.flowDur}`,
       'open-loop warm-up / window (ms)': `${S.openWarm} / ${S.openDur}`,
       'max flow rate (median closed-loop gate flows/s)': maxFlow,
@@ -459,7 +526,7 @@ async function main(): Promise<void> {
   process.stdout.write(`\nwrote ${jsonFile}${QUICK ? '' : ' and load/RESULTS.md'} (${data.durationS} s)\n`);
 
   await lg.stop();
-  for (const p of [authz?.off.nginx, authz?.warm.nginx, authz?.warm.gate, fwd?.nginx, fwd?.gate, nginxAuto, nginx1, gateInfo, gate, tlsBase, upstream, redis]) await p?.stop();
+  for (const p of [authz?.off.nginx, authz?.warm.nginx, authz?.warm.gate, fwd?.nginx, fwd?.gate, nginxAuto, nginx1, gateLimits, gateInfo, gate, tlsBase, upstream, redis]) await p?.stop();
   rmSync(work, { recursive: true, force: true });
 }
 

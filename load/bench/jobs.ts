@@ -30,6 +30,8 @@ export interface KeepAliveJob {
 /**
  * New mTLS connection per iteration, closed loop with `concurrency` in flight:
  * `gate` = challenge → ES256 proof → token; `tls` = one GET to a server that answers at once.
+ * With `keepAlive`, each of the `concurrency` agents opens one connection and runs every one of
+ * its flows on it (the flow's own cost, without a handshake per flow).
  */
 export interface FlowJob {
   kind: 'flow';
@@ -39,6 +41,8 @@ export interface FlowJob {
   concurrency: number;
   warmupMs: number;
   durationMs: number;
+  /** One kept-alive connection per agent, reused for all its flows. */
+  keepAlive?: boolean;
 }
 
 /** Open loop: full flows started at a constant rate; each counted on time or late/failed. */

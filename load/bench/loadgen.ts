@@ -7,7 +7,8 @@
  *   cannot hide its queue: no coordinated omission);
  * - flow: every iteration a NEW undici `Client` (new TCP + full TLS handshake, no session
  *   cache) that does challenge → ES256 proof (node:crypto, ieee-p1363) → token and closes;
- *   or, for the baseline, one GET to a Node mTLS server that answers at once;
+ *   or, for the baseline, one GET to a Node mTLS server that answers at once; or (keepAlive)
+ *   each agent's flows one after another on its own kept-alive connection;
  * - open flow: full flows started at a constant rate, each judged against a deadline.
  *
  * Every run has a warm-up and a measurement window; requests completing in the window are
@@ -131,18 +132,33 @@ interface FlowOutcome {
   example?: string;
 }
 
+/** A one-connection client; `noSessionCache` makes every connection a full handshake. */
+function flowClient(origin: string, noSessionCache: boolean): Client {
+  return new Client(origin, {
+    connect: connectOptions(noSessionCache),
+    pipelining: 1,
+    connectTimeout: 10_000,
+    headersTimeout: 15_000,
+    bodyTimeout: 15_000,
+    ...(noSessionCache ? {} : { keepAliveTimeout: 60_000 }),
+  });
+}
+
 /**
  * One flow on a new connection. `gate`: challenge → proof → token. `tls`: one GET.
  * Resolves (never rejects) when the connection is closed.
  */
 async function flowOnce(origin: string, prefix: string, mode: 'gate' | 'tls'): Promise<FlowOutcome> {
-  const client = new Client(origin, {
-    connect: connectOptions(true),
-    pipelining: 1,
-    connectTimeout: 10_000,
-    headersTimeout: 15_000,
-    bodyTimeout: 15_000,
-  });
+  const client = flowClient(origin, true);
+  try {
+    return await flowOn(client, prefix, mode);
+  } finally {
+    await client.close().catch(() => client.destroy().catch(() => {}));
+  }
+}
+
+/** One flow on `client` (a new or a kept-alive connection); resolves, never rejects. */
+async function flowOn(client: Client, prefix: string, mode: 'gate' | 'tls'): Promise<FlowOutcome> {
   const out: FlowOutcome = { result: 'ok', firstMs: 0, tokenMs: 0 };
   try {
     const s = performance.now();
@@ -178,8 +194,6 @@ async function flowOnce(origin: string, prefix: string, mode: 'gate' | 'tls'): P
     out.result = errKey(err);
     out.example = `${out.result}: ${(err as Error).message}`;
     return out;
-  } finally {
-    await client.close().catch(() => client.destroy().catch(() => {}));
   }
 }
 
@@ -281,12 +295,15 @@ async function flowClosed(id: number, job: FlowJob): Promise<FlowResult> {
   const t0 = start + job.warmupMs;
   const t1 = t0 + job.durationMs;
   const finishMarks = scheduleMarks(id, t0, t1);
+  // keepAlive: one connection per agent for the whole run (undici reconnects it if the server closes it).
+  const clients = job.keepAlive ? Array.from({ length: job.concurrency }, () => flowClient(job.origin, false)) : [];
   try {
     await Promise.all(
-      Array.from({ length: job.concurrency }, async () => {
+      Array.from({ length: job.concurrency }, async (_, agent) => {
+        const client = clients[agent];
         while (performance.now() < t1) {
           const s = performance.now();
-          const r = await flowOnce(job.origin, job.prefix, job.mode);
+          const r = client ? await flowOn(client, job.prefix, job.mode) : await flowOnce(job.origin, job.prefix, job.mode);
           const e = performance.now();
           if (e < t0 || e >= t1) continue;
           if (r.result === 'ok') {
@@ -303,6 +320,7 @@ async function flowClosed(id: number, job: FlowJob): Promise<FlowResult> {
     );
   } finally {
     finishMarks();
+    await Promise.all(clients.map((c) => c.destroy().catch(() => {})));
   }
   return {
     kind: 'flow',

@@ -46,6 +46,12 @@ export function metricsOf(r: RunRecord): Metrics {
   const groupCpu: Metrics = {};
   for (const [k, v] of Object.entries(r.cpuSeconds)) if (k !== MACHINE) groupCpu[`cpu_${k}_cores`] = util(v);
   if (r.cpuSeconds[MACHINE] !== undefined) groupCpu.cpu_other_cores = util(otherCpu(r));
+  // The gate's (or nginx's) own processes alone, for targets on "gate CPU" (upstream and redis excluded).
+  const own = (ops: number): Metrics => ({
+    ...(r.cpuSeconds.gate !== undefined ? { gateCpuUsPerOp: perOp(ops, r.cpuSeconds.gate) } : {}),
+    ...(r.cpuSeconds.nginx !== undefined ? { nginxCpuUsPerOp: perOp(ops, r.cpuSeconds.nginx) } : {}),
+    ...(r.cpuSeconds.redis !== undefined ? { redisCpuUsPerOp: perOp(ops, r.cpuSeconds.redis) } : {}),
+  });
   switch (res.kind) {
     case 'keepalive':
       return {
@@ -57,6 +63,7 @@ export function metricsOf(r: RunRecord): Metrics {
         ...(res.offered !== undefined ? { offered: res.offered, schedLagP99: res.schedLagMs?.p99 ?? 0 } : {}),
         serverCpuUsPerOp: perOp(res.completed, server),
         loadgenCpuUsPerOp: perOp(res.completed, lg),
+        ...own(res.completed),
         ...groupCpu,
       };
     case 'flow':
@@ -70,6 +77,7 @@ export function metricsOf(r: RunRecord): Metrics {
         errors: res.errors,
         serverCpuUsPerOp: perOp(res.completed, server),
         loadgenCpuUsPerOp: perOp(res.completed, lg),
+        ...own(res.completed),
         ...groupCpu,
       };
     case 'flow-open':
@@ -87,6 +95,7 @@ export function metricsOf(r: RunRecord): Metrics {
         flowP99: res.flow.p99,
         schedLagP99: res.schedLagMs.p99,
         serverCpuUsPerOp: perOp(res.ok, server),
+        ...own(res.ok),
         ...groupCpu,
       };
   }
@@ -165,17 +174,25 @@ const SETUP_LABELS: Record<string, string> = {
   'flow.tls': 'new conn + GET, Node https requestCert',
   'flow.fwd': 'new conn + challenge + token, nginx + gate forwarded',
   'flow.authz': 'new conn + challenge + token, nginx authorizer mode',
+  'flowka.limits': 'kept-alive conn per agent: challenge + token, gate direct, rate limits on (ceilings out of reach)',
+  'flowka.nolimits': 'kept-alive conn per agent: challenge + token, gate direct, GATE_RATE_LIMITS=off',
   'open.50': 'open-loop flows at 50% of max, gate direct',
   'open.70': 'open-loop flows at 70% of max, gate direct',
   'open.80': 'open-loop flows at 80% of max, gate direct',
   'openfwd.70': 'open-loop flows at 70% of forwarded max, nginx + gate',
 };
 
+/** The gate's own CPU per op, else nginx's (authorizer and forwarded setups show both). */
+function ownCpu(m: Metrics): string {
+  const parts = [m.gateCpuUsPerOp === undefined ? '' : `gate ${fmt(m.gateCpuUsPerOp)}`, m.nginxCpuUsPerOp === undefined ? '' : `nginx ${fmt(m.nginxCpuUsPerOp)}`].filter(Boolean);
+  return parts.length ? parts.join(', ') : '–';
+}
+
 /** Per-setup medians with CPU, for the details table. */
 export function detailTable(data: BenchData): string {
   const lines = [
-    '| setup | runs | rate (/s) | latency of | p50 ms | p99 ms | failed | server CPU µs/op | load gen CPU µs/op | CPU cores used in the window (other = processes outside the benchmark) |',
-    '|---|---:|---:|---|---:|---:|---:|---:|---:|---|',
+    '| setup | runs | rate (/s) | latency of | p50 ms | p99 ms | failed | server CPU µs/op | gate (or nginx) CPU µs/op | load gen CPU µs/op | CPU cores used in the window (other = processes outside the benchmark) |',
+    '|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|',
   ];
   for (const [key, runs] of Object.entries(data.runs)) {
     const m = data.medians[key] ?? {};
@@ -191,7 +208,7 @@ export function detailTable(data: BenchData): string {
       .map(([k, v]) => `${k.slice(4, -6)} ${fmt(v, 2)}`)
       .join(', ');
     lines.push(
-      `| ${SETUP_LABELS[key] ?? key} | ${runs.length} | ${fmt(rate)} | ${what} | ${fmt(p50, 2)} | ${fmt(p99, 2)} | ${fmt(failed)} | ${fmt(m.serverCpuUsPerOp)} | ${m.loadgenCpuUsPerOp === undefined ? '–' : fmt(m.loadgenCpuUsPerOp)} | ${cores} |`,
+      `| ${SETUP_LABELS[key] ?? key} | ${runs.length} | ${fmt(rate)} | ${what} | ${fmt(p50, 2)} | ${fmt(p99, 2)} | ${fmt(failed)} | ${fmt(m.serverCpuUsPerOp)} | ${ownCpu(m)} | ${m.loadgenCpuUsPerOp === undefined ? '–' : fmt(m.loadgenCpuUsPerOp)} | ${cores} |`,
     );
   }
   return lines.join('\n');

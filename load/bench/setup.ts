@@ -142,7 +142,29 @@ export async function startGate(name: string, dir: string, env: Record<string, s
   };
 }
 
-/** The common GATE_* environment of every benchmark gate (dev profile, Redis store, limits off). */
+/** A rate no benchmark window reaches (one agent certificate and one address carry all the load). */
+export const OUT_OF_REACH_RATE = '1000000000/1';
+
+/**
+ * Every rate ceiling out of reach: with GATE_RATE_LIMITS=on the limiters run (their Redis round
+ * trips and insurance limiters cost what they cost) but never answer 429.
+ */
+export const RATE_CEILINGS_OUT_OF_REACH: Record<string, string> = {
+  GATE_RATE_CHALLENGE_IP: OUT_OF_REACH_RATE,
+  GATE_RATE_CHALLENGE_IDENTITY: OUT_OF_REACH_RATE,
+  GATE_RATE_TOKEN_IDENTITY: OUT_OF_REACH_RATE,
+  GATE_RATE_PROXY_IDENTITY: OUT_OF_REACH_RATE,
+  GATE_RATE_FAILED_PROOFS: OUT_OF_REACH_RATE,
+  GATE_RATE_REFUSAL_IDENTITY: OUT_OF_REACH_RATE,
+};
+
+/**
+ * The common GATE_* environment of every benchmark gate: dev profile (GATE_RATE_LIMITS=off is
+ * dev-only), Redis store, limits off with every ceiling out of reach should a gate turn them on,
+ * and the connection caps above anything the load generator opens from 127.0.0.1 (the open-loop
+ * window keeps thousands of flows in flight; the default 128 per address would reset them), so
+ * the bench measures the gate and not its caps.
+ */
 export function gateEnv(pki: BenchPki, redisUrl: string, upstreamUrl: string, extra: Record<string, string> = {}): Record<string, string> {
   return {
     GATE_ENV: 'dev',
@@ -154,8 +176,11 @@ export function gateEnv(pki: BenchPki, redisUrl: string, upstreamUrl: string, ex
     GATE_REDIS_URL: redisUrl,
     GATE_UPSTREAM_URL: upstreamUrl,
     GATE_RATE_LIMITS: 'off',
+    ...RATE_CEILINGS_OUT_OF_REACH,
     GATE_LOG_LEVEL: 'warn',
     GATE_MAX_INFLIGHT: '100000',
+    GATE_MAX_CONNECTIONS: '100000',
+    GATE_MAX_CONNECTIONS_PER_ADDRESS: '100000',
     ...extra,
   };
 }
