@@ -22,7 +22,6 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from 'node:tls';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -33,6 +32,7 @@ import { x509 } from '../../src/lib/x509.js';
 import { derTlv } from '../helpers/der.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
+import { codeIn, RAW_CHALLENGE, tlsExchange } from '../helpers/http.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
 const execFileP = promisify(execFile);
@@ -267,20 +267,9 @@ describe('forwarded mode: ForwardedPathValidator against openssl verify', () => 
 });
 
 /** POST P/v1/challenge over a fresh mTLS connection presenting the leaf and intermediates (nearest first). */
-function challenge(leaf: Node, above: Node[], keyPem: string): Promise<{ status: number; code?: string }> {
-  const u = new URL(gate.url);
-  return new Promise((resolve, reject) => {
-    const s = connect({ host: u.hostname, port: Number(u.port), ca: fx.ca.certPem, cert: leaf.pem + above.map((a) => a.pem).join(''), key: keyPem, servername: 'localhost' });
-    const chunks: Buffer[] = [];
-    s.setTimeout(10_000, () => s.destroy(new Error('timed out')));
-    s.on('secureConnect', () => s.write('POST /.agent-gate/v1/challenge HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n'));
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('error', reject);
-    s.on('close', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      resolve({ status: Number(text.split(' ')[1]), code: /"code":"([a-z_]+)"/.exec(text)?.[1] });
-    });
-  });
+async function challenge(leaf: Node, above: Node[], keyPem: string): Promise<{ status: number; code?: string }> {
+  const r = await tlsExchange(gate.url, { ca: fx.ca.certPem, cert: leaf.pem + above.map((a) => a.pem).join(''), key: keyPem }, RAW_CHALLENGE);
+  return { status: r.status, code: codeIn(r.body) };
 }
 
 describe('direct mode: real TLS against a real gate, openssl verify as the oracle', () => {

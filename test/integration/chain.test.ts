@@ -5,7 +5,6 @@
  * where the server does not see the client's certificate chain again.
  */
 import { readFileSync } from 'node:fs';
-import { connect, type TLSSocket } from 'node:tls';
 import type { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GateClient, GateClientError } from '../../src/client/index.js';
@@ -13,7 +12,7 @@ import { TrustBundle, thumbprintOf } from '../../src/identity/index.js';
 import { createIntermediateCa, issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
-import { call, problemOf, tlsAgent } from '../helpers/http.js';
+import { call, problemOf, tlsAgent, tlsExchange, type TlsExchange } from '../helpers/http.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
 const P = '/.agent-gate';
@@ -93,43 +92,9 @@ describe('agent certificate issued by an intermediate, gate trusting only the ro
   });
 });
 
-interface RawExchange {
-  status: number;
-  head: string;
-  body: string;
-  reused: boolean;
-  protocol: string | null;
-  /** The first session ticket the server sent on this connection. */
-  session: Buffer | undefined;
-}
-
 /** One HTTP/1.1 request on a fresh mTLS connection presenting `cert` (PEM chain), resuming `session` when given. */
-function exchange(cert: string, key: string, request: string, session?: Buffer): Promise<RawExchange> {
-  const u = new URL(gw.url);
-  return new Promise((resolve, reject) => {
-    const s: TLSSocket = connect({ host: u.hostname, port: Number(u.port), ca: fx.ca.certPem, cert, key, servername: 'localhost', ...(session ? { session } : {}) });
-    const chunks: Buffer[] = [];
-    let ticket: Buffer | undefined;
-    let reused = false;
-    let protocol: string | null = null;
-    s.setTimeout(10_000, () => s.destroy(new Error('raw request timed out')));
-    s.on('session', (t: Buffer) => {
-      ticket ??= t;
-    });
-    s.on('secureConnect', () => {
-      reused = s.isSessionReused();
-      protocol = s.getProtocol();
-      s.write(request);
-    });
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('error', reject);
-    s.on('close', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      const i = text.indexOf('\r\n\r\n');
-      const head = i === -1 ? text : text.slice(0, i);
-      resolve({ status: Number(head.split(' ')[1]), head, body: i === -1 ? '' : text.slice(i + 4), reused, protocol, session: ticket });
-    });
-  });
+function exchange(cert: string, key: string, request: string, session?: Buffer): Promise<TlsExchange> {
+  return tlsExchange(gw.url, { ca: fx.ca.certPem, cert, key, session }, request);
 }
 
 const gatedRequest = (path: string, token: string) =>

@@ -5,11 +5,11 @@
  * already refused it in the handshake). A huge-exponent CA that does chain to GATE_CLIENT_CA
  * is refused by the key caps.
  */
-import { connect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
+import { codeIn, RAW_CHALLENGE, tlsExchange } from '../helpers/http.js';
 import { caExt, hugeExponentRsaKey, leafExt, OpensslPki } from '../helpers/openssl-pki.js';
 
 let fx: Fixtures;
@@ -39,20 +39,9 @@ afterAll(async () => {
   await gw?.close();
 });
 
-function challenge(chain: KeyAndCert[]): Promise<{ status: number; code?: string }> {
-  const u = new URL(gw.url);
-  return new Promise((resolve, reject) => {
-    const s = connect({ host: u.hostname, port: Number(u.port), ca: fx.ca.certPem, cert: chain.map((c) => c.certPem).join(''), key: chain[0]!.keyPem, servername: 'localhost' });
-    const chunks: Buffer[] = [];
-    s.setTimeout(20_000, () => s.destroy(new Error('timed out')));
-    s.on('secureConnect', () => s.write('POST /.agent-gate/v1/challenge HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n'));
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('error', reject);
-    s.on('close', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      resolve({ status: Number(text.split(' ')[1]), code: /"code":"([a-z_]+)"/.exec(text)?.[1] });
-    });
-  });
+async function challenge(chain: KeyAndCert[]): Promise<{ status: number; code?: string }> {
+  const r = await tlsExchange(gw.url, { ca: fx.ca.certPem, cert: chain.map((c) => c.certPem).join(''), key: chain[0]!.keyPem, timeoutMs: 20_000 }, RAW_CHALLENGE);
+  return { status: r.status, code: codeIn(r.body) };
 }
 
 describe('handshake amplification (class 4)', () => {

@@ -11,7 +11,6 @@
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect as tlsConnect } from 'node:tls';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { GateClient, GateClientError, type RawResponse } from '../../src/client/index.js';
@@ -23,7 +22,7 @@ import { generateSigningJwk } from '../../src/tokens/keys.js';
 import { nginxEscapeUriComponent } from '../../scripts/make-forwarded-vectors.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { forwardedTestEnv, startGate, type RunningGate } from '../helpers/gate.js';
-import { tlsAgent } from '../helpers/http.js';
+import { tlsAgent, tlsExchange, type TlsExchange } from '../helpers/http.js';
 import { startOpensslOcsp, type OpensslOcsp } from '../helpers/openssl-ocsp.js';
 import { freePort, waitFor } from '../helpers/ports.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
@@ -269,26 +268,8 @@ async function expectRefused(req: CapturedRequest, e: Edit, result: string, stat
 }
 
 /** One request on a fresh TLS connection to nginx presenting `who`, resuming `session` if given. */
-function tlsExchange(port: number, who: KeyAndCert, raw: string, session?: Buffer): Promise<{ status: number; body: string; reused: boolean; session: Buffer | undefined }> {
-  return new Promise((resolve, reject) => {
-    const s = tlsConnect({ host: '127.0.0.1', port, ca: fx.ca.certPem, cert: who.certPem, key: who.keyPem, servername: 'localhost', ...(session ? { session } : {}) });
-    const chunks: Buffer[] = [];
-    let ticket: Buffer | undefined;
-    let reused = false;
-    s.setTimeout(10_000, () => s.destroy(new Error('exchange timed out')));
-    s.on('session', (t: Buffer) => (ticket ??= t));
-    s.on('secureConnect', () => {
-      reused = s.isSessionReused();
-      s.write(raw);
-    });
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('error', reject);
-    s.on('close', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      const i = text.indexOf('\r\n\r\n');
-      resolve({ status: Number(text.split(' ')[1]), body: i === -1 ? '' : text.slice(i + 4), reused, session: ticket });
-    });
-  });
+function nginxExchange(port: number, who: KeyAndCert, raw: string, session?: Buffer): Promise<TlsExchange> {
+  return tlsExchange({ host: '127.0.0.1', port }, { ca: fx.ca.certPem, cert: who.certPem, key: who.keyPem, session }, raw);
 }
 
 const thumb = (who: KeyAndCert) => thumbprintOf(new X509Certificate(who.certPem).raw);
@@ -413,10 +394,10 @@ describe('through nginx (the contract itself: test/conformance/nginx.test.ts)', 
   it('identity survives TLS session resumption at nginx', async () => {
     const who = fx.agents.p256;
     const token = await tokenOf(who);
-    const first = await tlsExchange(nginx.port, who, `GET /api/resumed?n=1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`);
+    const first = await nginxExchange(nginx.port, who, `GET /api/resumed?n=1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`);
     expect([first.status, first.reused]).toEqual([200, false]);
     expect(first.session).toBeDefined();
-    const second = await tlsExchange(nginx.port, who, `GET /api/resumed?n=2 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`, first.session);
+    const second = await nginxExchange(nginx.port, who, `GET /api/resumed?n=2 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`, first.session);
     expect([second.status, second.reused], second.body).toEqual([200, true]);
     expect(up.seen.at(-1)!.headers['x-agent-id']).toBe('urn:agent:p256');
     const sent = relay.captured.at(-1)!;

@@ -8,13 +8,13 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect } from 'node:tls';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { canonicalString, signCanonical, thumbprintOf } from '../../src/identity/index.js';
 import type { KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
+import { codeIn, RAW_CHALLENGE, tlsExchange } from '../helpers/http.js';
 import { caExt, leafExt, OpensslPki } from '../helpers/openssl-pki.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
@@ -99,36 +99,10 @@ interface Answer {
 }
 
 /** POST P/v1/challenge over a fresh mTLS connection presenting leaf + `above`, resuming `session`. */
-function directChallenge(c: { leaf: KeyAndCert; above: KeyAndCert[] }, session?: Buffer): Promise<Answer> {
-  const u = new URL(direct.url);
-  return new Promise((resolve, reject) => {
-    const s = connect({
-      host: u.hostname,
-      port: Number(u.port),
-      ca: fx.ca.certPem,
-      cert: c.leaf.certPem + c.above.map((a) => a.certPem).join(''),
-      key: c.leaf.keyPem,
-      servername: 'localhost',
-      ...(session ? { session } : {}),
-    });
-    const chunks: Buffer[] = [];
-    let ticket: Buffer | undefined;
-    let reused = false;
-    s.setTimeout(10_000, () => s.destroy(new Error('timed out')));
-    s.on('session', (t: Buffer) => (ticket ??= t));
-    s.on('secureConnect', () => {
-      reused = s.isSessionReused();
-      s.write('POST /.agent-gate/v1/challenge HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
-    });
-    s.on('data', (d: Buffer) => chunks.push(d));
-    s.on('error', reject);
-    s.on('close', () => {
-      const text = Buffer.concat(chunks).toString('utf8');
-      const body = text.slice(text.indexOf('\r\n\r\n') + 4);
-      const code = /"code":"([a-z_]+)"/.exec(body)?.[1];
-      resolve({ status: Number(text.split(' ')[1]), code, reused, session: ticket });
-    });
-  });
+async function directChallenge(c: { leaf: KeyAndCert; above: KeyAndCert[] }, session?: Buffer): Promise<Answer> {
+  const cert = c.leaf.certPem + c.above.map((a) => a.certPem).join('');
+  const r = await tlsExchange(direct.url, { ca: fx.ca.certPem, cert, key: c.leaf.keyPem, session }, RAW_CHALLENGE);
+  return { status: r.status, code: codeIn(r.body), reused: r.reused, session: r.session };
 }
 
 /** The same challenge through signed forwarded headers carrying `c.leaf` (verify SUCCESS). */
