@@ -176,6 +176,16 @@ export async function holdTheOnlySlot(fx: ContractFixtures, h: ClientGate): Prom
   return { release, done };
 }
 
+/** What `p` rejects with; a resolution fails the test. */
+export function caught(p: Promise<unknown>): Promise<unknown> {
+  return p.then(
+    () => {
+      throw new Error('expected a rejection');
+    },
+    (e: unknown) => e,
+  );
+}
+
 /** A GateClient of `who` (default the P-256 agent) for `h`, trusting the fixture CA. */
 export function clientOf(fx: ContractFixtures, url: string, extra: Partial<GateClientOptions> = {}, who: KeyAndCert = fx.agents.p256): GateClient {
   return new GateClient({ baseUrl: url, cert: who.certPem, key: who.keyPem, ca: fx.ca.certPem, ...extra });

@@ -13,7 +13,7 @@ import { spkiFromCertificateDer } from '../../src/client/pin.js';
 import { createCa, createIntermediateCa, issueServerCert, type KeyAndCert } from '../../src/pki/index.js';
 import type { ContractFixtures } from '../conformance/contract.js';
 import { makeCert, makeDecoyChain } from '../helpers/openssl-certs.js';
-import { clientOf, makeContractFixtures, startClientGate, type ClientGate } from './harness.js';
+import { caught, clientOf, makeContractFixtures, startClientGate, type ClientGate } from './harness.js';
 
 let fx: ContractFixtures;
 let serverCert: string;
@@ -45,15 +45,6 @@ function client(g: ClientGate, extra: Partial<GateClientOptions> = {}): GateClie
   const c = clientOf(fx, g.url, extra);
   clients.push(c);
   return c;
-}
-
-function caught(p: Promise<unknown>): Promise<unknown> {
-  return p.then(
-    () => {
-      throw new Error('expected a rejection');
-    },
-    (e: unknown) => e,
-  );
 }
 
 /** The HPKP recipe with openssl, independent of the code under test. */

@@ -11,7 +11,7 @@ import { backoffDelayMs, isConnectionError, refusalDelayMs, retryAfterDelayMs } 
 import { rmSync } from 'node:fs';
 import type { ContractFixtures } from '../conformance/contract.js';
 import type { UpstreamReply } from '../helpers/upstream.js';
-import { clientOf, denyViaAdmin, holdTheOnlySlot, makeContractFixtures, startClientGate, startEmbeddedGate, type ClientGate } from './harness.js';
+import { caught, clientOf, denyViaAdmin, holdTheOnlySlot, makeContractFixtures, startClientGate, startEmbeddedGate, type ClientGate } from './harness.js';
 
 let fx: ContractFixtures;
 /** The shared gate, behind the TCP fault proxy (memory store, limits off). */
@@ -44,15 +44,6 @@ async function gateWith(opts: Parameters<typeof startClientGate>[1]): Promise<Cl
   const h = await startClientGate(fx, opts);
   extra.push(h);
   return h;
-}
-
-function caught(p: Promise<unknown>): Promise<unknown> {
-  return p.then(
-    () => {
-      throw new Error('expected a rejection');
-    },
-    (e: unknown) => e,
-  );
 }
 
 describe('retry delays', () => {
