@@ -30,7 +30,7 @@ import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { rawRequest, tlsAgent } from '../helpers/http.js';
 import { applyCharEdits, charEdits, decodeEquivalent } from '../helpers/jws-edits.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
-import { derTlv, readTlv } from '../helpers/der.js';
+import { derOid, derTlv, readTlv } from '../helpers/der.js';
 
 const SEED = Number(process.env.AG_FUZZ_SEED ?? 20_250_611);
 console.info(`[http.fuzz] fast-check seed ${SEED} (rerun with AG_FUZZ_SEED=${SEED})`);
@@ -287,17 +287,6 @@ async function sendFwd(method: string, path: string, list: string[], extra: Reco
 
 // ---------------------------------------------------------------------------------------------
 // Raw DER helpers (certificates with hostile extensions, signed by the fixture CA)
-
-function derOid(oid: string): Buffer {
-  const [a, b, ...rest] = oid.split('.').map(Number) as [number, number, ...number[]];
-  const body: number[] = [a * 40 + b];
-  for (const n of rest) {
-    const chunk: number[] = [n & 0x7f];
-    for (let v = Math.floor(n / 128); v > 0; v = Math.floor(v / 128)) chunk.unshift((v & 0x7f) | 0x80);
-    body.push(...chunk);
-  }
-  return derTlv(0x06, Buffer.from(body));
-}
 
 /** `cert` with one more extension (`oid`, `value`), re-signed by `issuer` (an EC P-256 CA). */
 function withExtension(cert: KeyAndCert, issuer: KeyAndCert, oid: string, value: Uint8Array, critical: boolean): string {

@@ -20,7 +20,7 @@ import { parseIssuer, signCertificate } from '../../src/pki/issue.js';
 import { parseCrl } from '../../src/revocation/crl.js';
 import { generateSigningJwk, loadSigningKeys, TokenService } from '../../src/tokens/index.js';
 import { x509 } from '../../src/lib/x509.js';
-import { children, derTlv, readTlv, type Tlv } from '../helpers/der.js';
+import { children, derOid, derTlv, readTlv, type Tlv } from '../helpers/der.js';
 import { applyCharEdits, charEdits, decodeEquivalent } from '../helpers/jws-edits.js';
 
 const SEED = Number(process.env.AG_FUZZ_SEED ?? 20_250_611);
@@ -149,18 +149,6 @@ function applyTlvEdits(buf: Buffer, edits: TlvEdit[], from: number, to: number):
     }
   }
   return out;
-}
-
-/** DER of an OBJECT IDENTIFIER. */
-function derOid(oid: string): Buffer {
-  const [a, b, ...rest] = oid.split('.').map(Number) as [number, number, ...number[]];
-  const body: number[] = [a * 40 + b];
-  for (const n of rest) {
-    const chunk: number[] = [n & 0x7f];
-    for (let v = Math.floor(n / 128); v > 0; v = Math.floor(v / 128)) chunk.unshift((v & 0x7f) | 0x80);
-    body.push(...chunk);
-  }
-  return derTlv(0x06, Buffer.from(body));
 }
 
 /** Extension OIDs the X.509 libraries decode themselves (so a garbage value reaches their parsers). */

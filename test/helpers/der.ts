@@ -49,3 +49,15 @@ export function derLength(n: number): Buffer {
 export function derTlv(tag: number, content: Uint8Array): Buffer {
   return Buffer.concat([Buffer.from([tag]), derLength(content.length), content]);
 }
+
+/** DER of an OBJECT IDENTIFIER. */
+export function derOid(oid: string): Buffer {
+  const [a, b, ...rest] = oid.split('.').map(Number) as [number, number, ...number[]];
+  const body: number[] = [a * 40 + b];
+  for (const n of rest) {
+    const chunk: number[] = [n & 0x7f];
+    for (let v = Math.floor(n / 128); v > 0; v = Math.floor(v / 128)) chunk.unshift((v & 0x7f) | 0x80);
+    body.push(...chunk);
+  }
+  return derTlv(0x06, Buffer.from(body));
+}
