@@ -16,6 +16,7 @@ import { createCrl, issueAgentCert, type KeyAndCert } from '../../src/pki/index.
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { call, rawRequest, tlsAgent, type Res } from '../helpers/http.js';
 import { waitFor } from '../helpers/ports.js';
+import type { RecordingUpstream } from '../helpers/upstream.js';
 
 /** The gate path prefix. */
 export const P = '/.agent-gate';
@@ -69,6 +70,18 @@ export async function denyViaAdmin(adminUrl: string, agentId: string): Promise<v
     body: JSON.stringify({ agent_id: agentId, reason: 'conformance suite', ttl_s: 600 }),
   });
   expect(r.status).toBe(201);
+}
+
+/** The contract's view of a recording upstream behind the gate: its gated path, the identity headers it last saw, its hit count. */
+export function upstreamSide(up: RecordingUpstream): Pick<ContractGate, 'gatedPath' | 'seen' | 'protectedHits'> {
+  return {
+    gatedPath: '/api/things',
+    seen: () => {
+      const h = up.seen.at(-1)!.headers;
+      return { agentId: h['x-agent-id'], thumbprint: h['x-agent-thumbprint'], tokenId: h['x-agent-token-id'], authorization: h.authorization };
+    },
+    protectedHits: () => up.seen.length,
+  };
 }
 
 /** A gate in one mode, started for the contract. */

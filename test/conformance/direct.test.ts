@@ -8,7 +8,7 @@ import { GateClient } from '../../src/client/index.js';
 import { startGate, testEnv } from '../helpers/gate.js';
 import { rawRequest } from '../helpers/http.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
-import { contractEnv, denyViaAdmin, describeGateContract } from './contract.js';
+import { contractEnv, denyViaAdmin, describeGateContract, upstreamSide } from './contract.js';
 
 let up: RecordingUpstream;
 let clockOffsetMs = 0;
@@ -20,12 +20,7 @@ const contract = describeGateContract('direct', async (fx) => {
   });
   return {
     url: gw.url,
-    gatedPath: '/api/things',
-    seen: () => {
-      const h = up.seen.at(-1)!.headers;
-      return { agentId: h['x-agent-id'], thumbprint: h['x-agent-thumbprint'], tokenId: h['x-agent-token-id'], authorization: h.authorization };
-    },
-    protectedHits: () => up.seen.length,
+    ...upstreamSide(up),
     setClock: (ms) => (clockOffsetMs = ms),
     tokenTtlS: 300,
     deny: (id) => denyViaAdmin(gw.adminUrl, id),

@@ -11,9 +11,22 @@ import { createServer as createHttpsServer } from 'node:https';
 import { connect, createServer as createNetServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NJS_MODULE_PATH } from '../../src/nginx/index.js';
+import { NJS_MODULE_PATH, renderNginxConfig, type NginxConfigOptions, type RenderedNginxConfig } from '../../src/nginx/index.js';
+import type { Fixtures } from '../helpers/fixtures.js';
 import { waitFor } from '../helpers/ports.js';
 import { ensureSystemPackages } from '../setup/system.js';
+
+/**
+ * Renders `agent-gate nginx-config` with the test PKI of `fx` (server certificate and key, client
+ * CA unless `o.clientCa` names another), listening on 127.0.0.1:`port`.
+ */
+export async function renderTestConfig(
+  fx: Pick<Fixtures, 'serverCertFile' | 'serverKeyFile' | 'caFile'>,
+  port: number,
+  o: Omit<NginxConfigOptions, 'listen' | 'tlsCert' | 'tlsKey' | 'clientCa'> & { clientCa?: string },
+): Promise<RenderedNginxConfig> {
+  return renderNginxConfig({ ...o, listen: `127.0.0.1:${port}`, tlsCert: fx.serverCertFile, tlsKey: fx.serverKeyFile, clientCa: o.clientCa ?? fx.caFile });
+}
 
 /** Ensures nginx and the njs module are installed (or installs them as root); throws one clear line otherwise. */
 export function ensureNginx(): void {
