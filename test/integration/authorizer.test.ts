@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { GateClient } from '../../src/client/index.js';
-import { renderNginxConfig, type AuthorizerNginxOptions } from '../../src/nginx/index.js';
+import type { AuthorizerNginxOptions } from '../../src/nginx/index.js';
 import { createCrl, issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { loadSigningKeys } from '../../src/tokens/keys.js';
 import { generateSigningJwk } from '../../src/tokens/keys.js';
@@ -30,6 +30,7 @@ import {
   ensureNginx,
   rawExchange,
   removeTempDirs,
+  renderTestConfig,
   sendRaw,
   serializeRequest,
   startCaptureRelay,
@@ -127,13 +128,9 @@ async function writeCrlFile(revoked: KeyAndCert[]): Promise<void> {
 }
 
 async function renderAuthz(dir: string, port: number, gateUrl: string, authorizer: Partial<AuthorizerNginxOptions> = {}): Promise<void> {
-  const out = await renderNginxConfig({
+  const out = await renderTestConfig(fx, port, {
     mode: 'authorizer',
-    listen: `127.0.0.1:${port}`,
     gateUrl,
-    tlsCert: fx.serverCertFile,
-    tlsKey: fx.serverKeyFile,
-    clientCa: fx.caFile,
     hmacKeyFile: key.file,
     kid: 'k1',
     dir,

@@ -16,7 +16,6 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { GateClient, GateClientError, type RawResponse } from '../../src/client/index.js';
 import { canonicalString, certFromHeader, FWD_HEADERS, signCanonical } from '../../src/identity/forwarded-canonical.js';
 import { thumbprintOf } from '../../src/identity/certificate.js';
-import { renderNginxConfig } from '../../src/nginx/index.js';
 import { createCa, createIntermediateCa, issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { generateSigningJwk } from '../../src/tokens/keys.js';
 import { nginxEscapeUriComponent } from '../../scripts/make-forwarded-vectors.js';
@@ -31,6 +30,7 @@ import {
   ensureNginx,
   relaxEdgeLimits,
   removeTempDirs,
+  renderTestConfig,
   sendRaw,
   serializeRequest,
   startCaptureRelay,
@@ -94,16 +94,7 @@ const keysSpec = (...keys: [string, KeyFile][]) => keys.map(([kid, k]) => `${kid
  * with `key` as `kid`); `patch` edits the rendered nginx.conf.
  */
 async function render(dir: string, port: number, gateUrl: string, key: KeyFile, kid: string, extra: { clientCa?: string; patch?: (conf: string) => string } = {}): Promise<void> {
-  const out = await renderNginxConfig({
-    listen: `127.0.0.1:${port}`,
-    gateUrl,
-    tlsCert: fx.serverCertFile,
-    tlsKey: fx.serverKeyFile,
-    clientCa: extra.clientCa ?? fx.caFile,
-    hmacKeyFile: key.file,
-    kid,
-    dir,
-  });
+  const out = await renderTestConfig(fx, port, { gateUrl, clientCa: extra.clientCa, hmacKeyFile: key.file, kid, dir });
   expect(out.warnings).toEqual([]);
   if (extra.patch) writeFileSync(out.confPath, extra.patch(readFileSync(out.confPath, 'utf8')));
 }
