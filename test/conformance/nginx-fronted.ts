@@ -5,13 +5,11 @@
  * gate for a decision, with the decision cache off so every case is decided by the gate).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { inject } from 'vitest';
 import type { NginxMode } from '../../src/nginx/index.js';
 import { forwardedTestEnv, startGate } from '../helpers/gate.js';
-import { freePort } from '../helpers/ports.js';
 import { startUpstream } from '../helpers/upstream.js';
-import { ensureNginx, relaxEdgeLimits, removeTempDirs, renderTestConfig, startNginx, tempDir, writeKeyFile } from '../nginx/harness.js';
+import { ensureNginx, launchNginx, relaxEdgeLimits, removeTempDirs, renderTestConfig, tempDir, writeKeyFile } from '../nginx/harness.js';
 import { contractEnv, denyViaAdmin, upstreamSide, type ContractFixtures, type ContractGate } from './contract.js';
 
 /** Short enough that an expired token is within the signed headers' skew window (below). */
@@ -34,18 +32,17 @@ export async function startNginxFrontedGate(fx: ContractFixtures, mode: NginxMod
   // In authorizer mode nginx proxies to the upstream itself; the gate has none.
   if (mode === 'authorizer') delete env.GATE_UPSTREAM_URL;
   const gw = await startGate(env, { now: () => Date.now() + clockOffsetMs });
-  const dir = join(tempDir(label), 'out');
-  const port = await freePort();
-  const out = await renderTestConfig(fx, port, {
-    gateUrl: gw.url.replace('https://', 'http://'),
-    hmacKeyFile: key.file,
-    kid: 'k1',
-    dir,
-    ...(mode === 'authorizer' ? { mode, authorizer: { upstreamUrl: up.url, cacheS: 0 } } : {}),
+  const nginx = await launchNginx(label, async (dir, port) => {
+    const out = await renderTestConfig(fx, port, {
+      gateUrl: gw.url.replace('https://', 'http://'),
+      hmacKeyFile: key.file,
+      kid: 'k1',
+      dir,
+      ...(mode === 'authorizer' ? { mode, authorizer: { upstreamUrl: up.url, cacheS: 0 } } : {}),
+    });
+    if (out.warnings.length > 0) throw new Error(out.warnings.join('\n'));
+    writeFileSync(out.confPath, relaxEdgeLimits(readFileSync(out.confPath, 'utf8')));
   });
-  if (out.warnings.length > 0) throw new Error(out.warnings.join('\n'));
-  writeFileSync(out.confPath, relaxEdgeLimits(readFileSync(out.confPath, 'utf8')));
-  const nginx = await startNginx(dir, port);
   return {
     url: nginx.url,
     ...upstreamSide(up),

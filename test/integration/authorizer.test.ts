@@ -22,19 +22,19 @@ import { AUTHZ_VERSION, canonicalString, certFromHeader, signCanonical } from '.
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { tlsAgent } from '../helpers/http.js';
-import { freePort, waitFor } from '../helpers/ports.js';
+import { waitFor } from '../helpers/ports.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 import {
   capturedValues,
   ensureNginx,
+  launchNginx,
   rawExchange,
   removeTempDirs,
   renderTestConfig,
   sendRaw,
   serializeRequest,
   startCaptureRelay,
-  startNginx,
   tempDir,
   writeKeyFile,
   type CaptureRelay,
@@ -140,10 +140,7 @@ async function renderAuthz(dir: string, port: number, gateUrl: string, authorize
 }
 
 async function launch(gateUrl: string, authorizer: Partial<AuthorizerNginxOptions> = {}): Promise<RunningNginx> {
-  const dir = join(tempDir('authz'), 'out');
-  const port = await freePort();
-  await renderAuthz(dir, port, gateUrl, authorizer);
-  const n = await startNginx(dir, port);
+  const n = await launchNginx('authz', (dir, port) => renderAuthz(dir, port, gateUrl, authorizer));
   closers.push(() => n.stop());
   return n;
 }

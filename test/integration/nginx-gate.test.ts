@@ -28,6 +28,7 @@ import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 import {
   capturedValues,
   ensureNginx,
+  launchNginx,
   relaxEdgeLimits,
   removeTempDirs,
   renderTestConfig,
@@ -100,10 +101,7 @@ async function render(dir: string, port: number, gateUrl: string, key: KeyFile, 
 }
 
 async function launch(gateUrl: string, key: KeyFile, kid: string, extra: { clientCa?: string; patch?: (conf: string) => string } = {}): Promise<RunningNginx> {
-  const dir = join(tempDir('gate'), 'out');
-  const port = await freePort();
-  await render(dir, port, gateUrl, key, kid, extra);
-  const n = await startNginx(dir, port);
+  const n = await launchNginx('gate', (dir, port) => render(dir, port, gateUrl, key, kid, extra));
   nginxes.push(n);
   return n;
 }

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NJS_MODULE_PATH, renderNginxConfig, type NginxConfigOptions, type RenderedNginxConfig } from '../../src/nginx/index.js';
 import type { Fixtures } from '../helpers/fixtures.js';
-import { waitFor } from '../helpers/ports.js';
+import { freePort, waitFor } from '../helpers/ports.js';
 import { ensureSystemPackages } from '../setup/system.js';
 
 /**
@@ -26,6 +26,14 @@ export async function renderTestConfig(
   o: Omit<NginxConfigOptions, 'listen' | 'tlsCert' | 'tlsKey' | 'clientCa'> & { clientCa?: string },
 ): Promise<RenderedNginxConfig> {
   return renderNginxConfig({ ...o, listen: `127.0.0.1:${port}`, tlsCert: fx.serverCertFile, tlsKey: fx.serverKeyFile, clientCa: o.clientCa ?? fx.caFile });
+}
+
+/** Starts nginx on a free loopback port with the configuration `render(dir, port)` writes into a fresh directory (named after `label`). */
+export async function launchNginx(label: string, render: (dir: string, port: number) => Promise<void>): Promise<RunningNginx> {
+  const dir = join(tempDir(label), 'out');
+  const port = await freePort();
+  await render(dir, port);
+  return startNginx(dir, port);
 }
 
 /** Ensures nginx and the njs module are installed (or installs them as root); throws one clear line otherwise. */
