@@ -59,6 +59,15 @@ async function flow(a: Agent, url: string, signer: GateClient, tokenUrl = url): 
   return { challenge, token, cid: ch.challenge_id, body };
 }
 
+/** The token of one whole flow of fx.agents.p256 over `a` against `url`, which must succeed. */
+async function p256Token(a: Agent, url: string): Promise<string> {
+  const signer = signerFor(fx.agents.p256);
+  const f = await flow(a, url, signer);
+  await signer.close();
+  expect(f.token?.status).toBe(200);
+  return f.token!.json().access_token as string;
+}
+
 /** Polls whole flows until one yields a token; returns how long that took. */
 async function recovery(a: Agent, url: string, signer: GateClient, withinMs: number, what: string): Promise<number> {
   const t0 = Date.now();
@@ -423,11 +432,7 @@ describe('the upstream down, slow or resetting', () => {
       }),
     );
     a = tlsAgent(fx, fx.agents.p256);
-    const signer = signerFor(fx.agents.p256);
-    const f = await flow(a, gw.url, signer);
-    await signer.close();
-    expect(f.token?.status).toBe(200);
-    token = f.token!.json().access_token as string;
+    token = await p256Token(a, gw.url);
   });
 
   afterEach(async () => {
@@ -545,11 +550,7 @@ describe('SIGTERM on a real serve process', () => {
     const a = tlsAgent(fx, fx.agents.p256);
     const b = tlsAgent(fx, fx.agents.ed25519);
     try {
-      const signer = signerFor(fx.agents.p256);
-      const f = await flow(a, gate.url, signer);
-      await signer.close();
-      expect(f.token?.status).toBe(200);
-      const token = f.token!.json().access_token as string;
+      const token = await p256Token(a, gate.url);
 
       // Background traffic on b's kept-alive connection: challenges, in a loop.
       expect((await call(b, `${gate.url}${P}/v1/challenge`, { method: 'POST' })).status).toBe(201);
@@ -615,11 +616,7 @@ describe('SIGTERM on a real serve process', () => {
     const gate = await spawnServe(serveEnv(DRAIN));
     const a = tlsAgent(fx, fx.agents.p256);
     try {
-      const signer = signerFor(fx.agents.p256);
-      const f = await flow(a, gate.url, signer);
-      await signer.close();
-      expect(f.token?.status).toBe(200);
-      const token = f.token!.json().access_token as string;
+      const token = await p256Token(a, gate.url);
 
       up.delayMs = 20_000;
       const seenBefore = up.seen.length;
