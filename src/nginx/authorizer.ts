@@ -10,6 +10,7 @@ import { authorizeRoute } from '../authorizer/paths.js';
 import { CARRIER } from '../authorizer/carriers.js';
 import { AUTHZ_TARGET_HEADERS, FWD_HEADERS } from '../identity/forwarded-canonical.js';
 import { HOP_BY_HOP, passHeaderProblem, STRIPPED_HEADERS } from '../proxy/headers.js';
+import { parseOrigin, type Origin } from './origin.js';
 import { pemFile } from './render.js';
 
 /** The deployment nginx is rendered for. */
@@ -79,30 +80,6 @@ function size(flag: string, value: unknown, fallback: string): string {
   return value;
 }
 
-interface Origin {
-  scheme: 'http' | 'https';
-  server: string;
-  host: string;
-  url: string;
-}
-
-function parseUpstreamUrl(value: unknown): Origin {
-  if (typeof value !== 'string' || value.length === 0) throw new TypeError('--upstream-url is required in authorizer mode');
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new TypeError(`--upstream-url is not a URL: ${JSON.stringify(value)}`);
-  }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new TypeError(`--upstream-url must be http:// or https://, got ${url.protocol}`);
-  if (url.username || url.password) throw new TypeError('--upstream-url must not carry credentials');
-  if ((url.pathname !== '/' && url.pathname !== '') || url.search || url.hash) throw new TypeError('--upstream-url must be an origin (scheme://host:port): nginx forwards the request URI unchanged');
-  const scheme = url.protocol === 'https:' ? 'https' : 'http';
-  const port = url.port || (scheme === 'https' ? '443' : '80');
-  const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
-  return { scheme, server: `${url.hostname}:${port}`, host, url: `${scheme}://${url.hostname}:${port}` };
-}
-
 /** `N/S` → nginx `rate=` (r/s when whole, else r/m rounded up) and the burst of one window. */
 export function identityRate(spec: unknown): { points: number; durationS: number; rate: string; burst: number } {
   const text = spec ?? AUTHZ_DEFAULTS.rateProxyIdentity;
@@ -156,7 +133,7 @@ export function upstreamHeaderLines(xff: 'replace' | 'append', pass: readonly st
  */
 export async function authorizerValues(opts: AuthorizerNginxOptions | undefined, pathPrefix: string, warnings: string[]): Promise<(dir: string) => Record<string, string>> {
   if (typeof opts !== 'object' || opts === null) throw new TypeError('--upstream-url is required in authorizer mode');
-  const upstream = parseUpstreamUrl(opts.upstreamUrl);
+  const upstream = parseOrigin('--upstream-url', opts.upstreamUrl, { required: 'required in authorizer mode', schemes: 'http:// or https://', originOnly: ': nginx forwards the request URI unchanged' });
   let upstreamCa: string | undefined;
   if (opts.upstreamCa !== undefined) {
     if (upstream.scheme !== 'https') throw new TypeError('--upstream-ca needs an https --upstream-url');

@@ -16,6 +16,7 @@ import { DEFAULT_MAX_CONNECTIONS_PER_ADDRESS } from '../http/connections.js';
 import { parseHmacKeys } from '../identity/forwarded-canonical.js';
 import { authorizerValues, parseMode, type AuthorizerNginxOptions, type NginxMode } from './authorizer.js';
 import { writeFileAtomic } from '../pki/files.js';
+import { parseOrigin, type Origin } from './origin.js';
 import { prepareOutputDir } from './write.js';
 
 export type { AuthorizerNginxOptions, NginxMode } from './authorizer.js';
@@ -122,31 +123,6 @@ function parseListen(value: unknown): string {
   return value;
 }
 
-interface GateTarget {
-  scheme: 'http' | 'https';
-  /** host:port for the upstream block, IPv6 in brackets. */
-  server: string;
-  /** host without brackets. */
-  host: string;
-}
-
-function parseGateUrl(value: unknown): GateTarget {
-  if (typeof value !== 'string' || value.length === 0) throw new TypeError('--gate-url is required');
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new TypeError(`--gate-url is not a URL: ${JSON.stringify(value)}`);
-  }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new TypeError(`--gate-url must be https:// (or http:// in dev), got ${url.protocol}`);
-  if (url.username || url.password) throw new TypeError('--gate-url must not carry credentials');
-  if ((url.pathname !== '/' && url.pathname !== '') || url.search || url.hash) throw new TypeError('--gate-url must be an origin (scheme://host:port), without path, query or fragment');
-  const scheme = url.protocol === 'https:' ? 'https' : 'http';
-  const port = url.port || (scheme === 'https' ? '443' : '80');
-  const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
-  return { scheme, server: `${url.hostname}:${port}`, host };
-}
-
 function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127\./.test(host);
 }
@@ -188,7 +164,7 @@ function sslProtocols(value: unknown): string {
 }
 
 /** The proxy_ssl_* lines for an https gate. */
-function gateTlsBlock(gate: GateTarget, gateCa: string | undefined, tlsName: string | undefined): string {
+function gateTlsBlock(gate: Origin, gateCa: string | undefined, tlsName: string | undefined): string {
   if (gate.scheme === 'http') return '        # The gate is reached over plain HTTP (dev only: use an https --gate-url elsewhere).';
   const name = tlsName ?? gate.host;
   const lines = [
@@ -251,7 +227,7 @@ export async function renderNginxConfig(opts: NginxConfigOptions): Promise<Rende
   if (typeof opts !== 'object' || opts === null) throw new TypeError('options are required');
   const warnings: string[] = [];
   const listen = parseListen(opts.listen);
-  const gate = parseGateUrl(opts.gateUrl);
+  const gate = parseOrigin('--gate-url', opts.gateUrl, { required: 'required', schemes: 'https:// (or http:// in dev)', originOnly: ', without path, query or fragment' });
   const dir = safePath('--dir', opts.dir);
   const tlsCert = await pemFile('--tls-cert', opts.tlsCert, 'CERTIFICATE');
   const tlsKey = await pemFile('--tls-key', opts.tlsKey, 'PRIVATE KEY');
