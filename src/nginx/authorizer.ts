@@ -5,13 +5,11 @@
  * so the two modes cannot drift apart.
  * @module
  */
-import { isIP } from 'node:net';
 import { authorizeRoute } from '../authorizer/paths.js';
 import { CARRIER } from '../authorizer/carriers.js';
 import { AUTHZ_TARGET_HEADERS, FWD_HEADERS } from '../identity/forwarded-canonical.js';
 import { HOP_BY_HOP, passHeaderProblem, STRIPPED_HEADERS } from '../proxy/headers.js';
-import { parseOrigin, type Origin } from './origin.js';
-import { pemFile } from './render.js';
+import { originTls, parseOrigin, type Origin } from './origin.js';
 
 /** The deployment nginx is rendered for. */
 export type NginxMode = 'forwarded' | 'authorizer';
@@ -58,7 +56,6 @@ export const X_FORWARDED_NAMES: readonly string[] = [
 const NGINX_HANDLED = new Set(['host', 'connection', 'transfer-encoding', 'te', 'keep-alive', 'upgrade', 'expect']);
 
 const SIZE_RE = /^[1-9][0-9]{0,6}[km]$/;
-const DNS_NAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
 /** `--mode`: forwarded (default) or authorizer. */
 export function parseMode(value: unknown): NginxMode {
@@ -134,19 +131,7 @@ export function upstreamHeaderLines(xff: 'replace' | 'append', pass: readonly st
 export async function authorizerValues(opts: AuthorizerNginxOptions | undefined, pathPrefix: string, warnings: string[]): Promise<(dir: string) => Record<string, string>> {
   if (typeof opts !== 'object' || opts === null) throw new TypeError('--upstream-url is required in authorizer mode');
   const upstream = parseOrigin('--upstream-url', opts.upstreamUrl, { required: 'required in authorizer mode', schemes: 'http:// or https://', originOnly: ': nginx forwards the request URI unchanged' });
-  let upstreamCa: string | undefined;
-  if (opts.upstreamCa !== undefined) {
-    if (upstream.scheme !== 'https') throw new TypeError('--upstream-ca needs an https --upstream-url');
-    upstreamCa = await pemFile('--upstream-ca', opts.upstreamCa, 'CERTIFICATE');
-  }
-  let tlsName: string | undefined;
-  if (opts.upstreamTlsName !== undefined) {
-    if (upstream.scheme !== 'https') throw new TypeError('--upstream-tls-name needs an https --upstream-url');
-    if (typeof opts.upstreamTlsName !== 'string' || !DNS_NAME_RE.test(opts.upstreamTlsName) || isIP(opts.upstreamTlsName) !== 0) {
-      throw new TypeError(`--upstream-tls-name must be a DNS name, got ${JSON.stringify(opts.upstreamTlsName)}`);
-    }
-    tlsName = opts.upstreamTlsName.toLowerCase();
-  }
+  const { ca: upstreamCa, tlsName } = await originTls(upstream, { url: '--upstream-url', ca: '--upstream-ca', tlsName: '--upstream-tls-name', dnsOnly: '' }, opts.upstreamCa, opts.upstreamTlsName);
   if (upstream.scheme === 'https' && !upstreamCa) warnings.push("the upstream's TLS certificate is not verified: give --upstream-ca outside dev");
   const cacheS = opts.cacheS === undefined ? AUTHZ_DEFAULTS.cacheS : wholeNumber('--authz-cache-s', opts.cacheS, 0, 300);
   const cacheZone = size('--authz-cache-zone', opts.cacheZone, AUTHZ_DEFAULTS.cacheZone);

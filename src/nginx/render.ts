@@ -16,7 +16,7 @@ import { DEFAULT_MAX_CONNECTIONS_PER_ADDRESS } from '../http/connections.js';
 import { parseHmacKeys } from '../identity/forwarded-canonical.js';
 import { authorizerValues, parseMode, type AuthorizerNginxOptions, type NginxMode } from './authorizer.js';
 import { writeFileAtomic } from '../pki/files.js';
-import { parseOrigin, type Origin } from './origin.js';
+import { originTls, parseOrigin, type Origin } from './origin.js';
 import { prepareOutputDir } from './write.js';
 
 export type { AuthorizerNginxOptions, NginxMode } from './authorizer.js';
@@ -77,7 +77,6 @@ export interface RenderedNginxConfig {
 }
 
 const LISTEN_RE = /^(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?):([0-9]{1,5})$/;
-const DNS_NAME_RE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const PATH_PREFIX_RE = /^\/[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/;
 // Characters that would end or change a quoted nginx argument ($ starts a variable in ssl_certificate).
 const UNSAFE_PATH_RE = /["'\\${};]/;
@@ -236,19 +235,7 @@ export async function renderNginxConfig(opts: NginxConfigOptions): Promise<Rende
   const pathPrefix = parsePathPrefix(opts.pathPrefix);
   const protocols = sslProtocols(opts.tlsMinVersion);
 
-  let gateCa: string | undefined;
-  if (opts.gateCa !== undefined) {
-    if (gate.scheme !== 'https') throw new TypeError('--gate-ca needs an https --gate-url');
-    gateCa = await pemFile('--gate-ca', opts.gateCa, 'CERTIFICATE');
-  }
-  let tlsName: string | undefined;
-  if (opts.gateTlsName !== undefined) {
-    if (gate.scheme !== 'https') throw new TypeError('--gate-tls-name needs an https --gate-url');
-    if (typeof opts.gateTlsName !== 'string' || !DNS_NAME_RE.test(opts.gateTlsName) || isIP(opts.gateTlsName) !== 0) {
-      throw new TypeError(`--gate-tls-name must be a DNS name (nginx verifies DNS names only), got ${JSON.stringify(opts.gateTlsName)}`);
-    }
-    tlsName = opts.gateTlsName.toLowerCase();
-  }
+  const { ca: gateCa, tlsName } = await originTls(gate, { url: '--gate-url', ca: '--gate-ca', tlsName: '--gate-tls-name', dnsOnly: ' (nginx verifies DNS names only)' }, opts.gateCa, opts.gateTlsName);
   if (gate.scheme === 'https' && gateCa && !tlsName && isIP(gate.host) !== 0) {
     throw new TypeError(`--gate-url names the IP address ${gate.host} and nginx verifies DNS names only: give --gate-tls-name with a DNS name of the gate's certificate`);
   }
