@@ -16,6 +16,7 @@ import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent } from '../helpers/http.js';
 import { waitFor } from '../helpers/ports.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
+import type { DenyEntry } from '../../src/operator/index.js';
 
 const SECRET = 'admin-secret-for-denylist-tests-0123';
 let fx: Fixtures;
@@ -44,14 +45,8 @@ afterAll(async () => {
   await up?.close();
 });
 
-interface Entry {
-  id: string;
-  thumbprint?: string;
-  agent_id?: string;
-  reason: string;
-  created_at: number;
-  expires_at?: number;
-}
+/** An entry as the admin API returns it: the operator capability's own type. */
+type Entry = DenyEntry;
 
 async function admin(g: RunningGate, path: string, init: { method?: string; body?: unknown } = {}): Promise<Response> {
   return fetch(`${g.adminUrl}${path}`, {
