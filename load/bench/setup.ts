@@ -325,16 +325,7 @@ export async function startForwarded(
     gateNodeArgs,
   );
   const port = await freePort();
-  const rendered = await renderNginxConfig({
-    listen: `127.0.0.1:${port}`,
-    gateUrl: `http://127.0.0.1:${gate.port}`,
-    tlsCert: pki.serverCertFile,
-    tlsKey: pki.serverKeyFile,
-    clientCa: pki.caFile,
-    hmacKeyFile: keyFile,
-    kid: 'k1',
-    dir,
-  });
+  const rendered = await renderNginxConfig(benchNginxOptions(pki, port, gate.port, keyFile, dir));
   const conf = readFileSync(rendered.confPath, 'utf8');
   const edited = conf
     .split('\n')
@@ -489,15 +480,8 @@ export async function startAuthorizer(
     ));
   const port = await freePort();
   const rendered = await renderNginxConfig({
+    ...benchNginxOptions(pki, port, g.port, keyFile, dir),
     mode: 'authorizer',
-    listen: `127.0.0.1:${port}`,
-    gateUrl: `http://127.0.0.1:${g.port}`,
-    tlsCert: pki.serverCertFile,
-    tlsKey: pki.serverKeyFile,
-    clientCa: pki.caFile,
-    hmacKeyFile: keyFile,
-    kid: 'k1',
-    dir,
     authorizer: { upstreamUrl, cacheS, rateProxyIdentity: '1000000/1' },
   });
   const edited = readFileSync(rendered.confPath, 'utf8')
@@ -508,4 +492,9 @@ export async function startAuthorizer(
   writeFileSync(rendered.confPath, variantOf(edited, variant));
   const nginx = await startNginx(name, dir, rendered.confPath, port, 1);
   return { gate: g, nginx };
+}
+
+/** The nginx-config options every bench nginx in front of a gate shares: the bench PKI, key id k1, plain HTTP to the gate. */
+function benchNginxOptions(pki: { serverCertFile: string; serverKeyFile: string; caFile: string }, port: number, gatePort: number, hmacKeyFile: string, dir: string) {
+  return { listen: `127.0.0.1:${port}`, gateUrl: `http://127.0.0.1:${gatePort}`, tlsCert: pki.serverCertFile, tlsKey: pki.serverKeyFile, clientCa: pki.caFile, hmacKeyFile, kid: 'k1', dir };
 }
