@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import type { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { buildProgram, COMMAND_EXAMPLES, walkCommands } from '../../src/cli/program.js';
+import { cliArgv } from '../helpers/serve.js';
 
 const root = resolve(__dirname, '../..');
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
@@ -58,13 +59,13 @@ describe('agent-gate --version and --help', () => {
 
   it('`agent-gate --version` and `-V` print the package.json version (as a process)', async () => {
     for (const flag of ['--version', '-V']) {
-      const { stdout } = await run(process.execPath, ['--import', 'tsx', join('src', 'cli', 'main.ts'), flag], { cwd: root, timeout: 30_000 });
+      const { stdout } = await run(process.execPath, [...cliArgv(), flag], { cwd: root, timeout: 30_000 });
       expect(stdout.trim()).toBe(pkg.version);
     }
   });
 
   it('`agent-gate agent call --help` shows its example (as a process)', async () => {
-    const { stdout } = await run(process.execPath, ['--import', 'tsx', join('src', 'cli', 'main.ts'), 'agent', 'call', '--help'], { cwd: root, timeout: 30_000 });
+    const { stdout } = await run(process.execPath, [...cliArgv(), 'agent', 'call', '--help'], { cwd: root, timeout: 30_000 });
     expect(stdout).toContain('Example:\n  $ agent-gate agent call --cert pki/dev/agents/demo.crt');
   });
 });

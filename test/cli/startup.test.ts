@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSigningJwk } from '../../src/tokens/index.js';
-import { runCli } from '../helpers/cli.js';
+import { runCliGateEnv } from '../helpers/cli.js';
+import { cliArgv } from '../helpers/serve.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -62,15 +63,14 @@ function devEnv(): Record<string, string> {
  * GATE_* environment: the runner's own GATE_* variables are unset for the run.
  */
 async function serveInProcess(env: Record<string, string>): Promise<{ code: number | string; stderr: string }> {
-  const unset = Object.fromEntries(Object.keys(process.env).filter((k) => k.startsWith('GATE_')).map((k) => [k, null]));
-  const r = await runCli(['serve'], { ...unset, ...env, GATE_LOG_LEVEL: 'silent' });
+  const r = await runCliGateEnv(['serve'], { ...env, GATE_LOG_LEVEL: 'silent' });
   return { code: r.exitCode, stderr: r.stderr };
 }
 
 /** Runs `agent-gate serve`; a gate that starts (both listeners up) is killed and reported as exit `started`. */
 function serve(env: Record<string, string>): Promise<{ code: number | string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [...cliArgv(), 'serve'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     let stdout = '';
     let started = false;

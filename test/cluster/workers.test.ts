@@ -15,6 +15,7 @@ import { generateSigningJwk } from '../../src/tokens/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { testEnv } from '../helpers/gate.js';
 import { freePort, waitFor } from '../helpers/ports.js';
+import { cliArgv } from '../helpers/serve.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
 let fx: Fixtures;
@@ -26,7 +27,7 @@ let gate: { child: ChildProcess; port: number; adminPort: number; out: () => str
 const clients: GateClient[] = [];
 
 function serve(extra: Record<string, string>) {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], { env: { ...process.env, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...cliArgv(), 'serve'], { env: { ...process.env, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));

@@ -3,16 +3,15 @@
  * staging/prod that loadConfig implements, invalid values, unknown variables, the features this
  * build refuses (fail closed), and the `agent-gate config check` CLI.
  */
-import { execFile } from 'node:child_process';
 import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadMaterials, StartupError } from '../../src/app.js';
 import { formatViolation, loadConfig, type ConfigViolation, type GateConfig } from '../../src/config/index.js';
 import { createCa } from '../../src/pki/index.js';
 import { generateSigningJwk } from '../../src/tokens/index.js';
+import { runCliGateEnv } from '../helpers/cli.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 
 type Env = Record<string, string | undefined>;
@@ -438,20 +437,10 @@ describe('agent-gate config check (CLI)', () => {
   beforeAll(async () => {
     fx = await makeFixtures();
   });
-  function configCheck(env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
-    // A clean environment: no GATE_* (or npm settings) of the test runner leak in.
-    const base: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
-    return new Promise((resolve, reject) => {
-      execFile(
-        'npx',
-        ['tsx', 'src/cli/main.ts', 'config', 'check'],
-        { cwd: fileURLToPath(new URL('../..', import.meta.url)), env: { ...base, ...env }, timeout: 45_000 },
-        (err, stdout, stderr) => {
-          if (err && typeof err.code !== 'number') return reject(err);
-          resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout, stderr });
-        },
-      );
-    });
+  /** `agent-gate config check` in-process (the real command tree): no GATE_* of the runner leaks in. */
+  async function configCheck(env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+    const r = await runCliGateEnv(['config', 'check'], env);
+    return { code: r.exitCode, stdout: r.stdout, stderr: r.stderr };
   }
 
   it('prod with a memory store: exit 2, one `config violation: GATE_STORE: ...` line', async () => {

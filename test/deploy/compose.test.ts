@@ -12,7 +12,8 @@
  *   GATE_* name checked against `envSchema`;
  * - the gates' environment through the gate's own `loadConfig` (no violation) and
  *   `loadMaterials`, over the files that deploy/compose/pki-init.sh really writes (run here
- *   with tsx instead of the image's `agent-gate`, into temp dirs standing for the volumes);
+ *   with the run's bundle of src/cli/main.ts instead of the image's `agent-gate`, into temp dirs
+ *   standing for the volumes);
  * - the Dockerfile's stages, user, HEALTHCHECK (the probe script is run against live servers),
  *   entry point and what it copies, against .dockerignore;
  * - the stack itself on loopback, when nginx with njs and redis-server are available (as for
@@ -28,7 +29,7 @@ import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join, posix, relative, resolve } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { loadConfig } from '../../src/config/index.js';
 import { envSchema } from '../../src/config/schema.js';
@@ -36,6 +37,7 @@ import { NJS_MODULE_PATH } from '../../src/nginx/index.js';
 import { loadMaterials } from '../../src/services.js';
 import { ensureNginx, nginxTest, startNginx, type RunningNginx } from '../nginx/harness.js';
 import { freePort, waitFor } from '../helpers/ports.js';
+import { cliArgv } from '../helpers/serve.js';
 
 const root = resolve(__dirname, '../..');
 const COMPOSE_FILE = join(root, 'docker-compose.yml');
@@ -44,8 +46,8 @@ const dockerfileText = readFileSync(join(root, 'Dockerfile'), 'utf8');
 const dockerignoreText = readFileSync(join(root, '.dockerignore'), 'utf8');
 const PKI_INIT = join(root, 'deploy/compose/pki-init.sh');
 const HEALTHCHECK = join(root, 'deploy/compose/healthcheck.mjs');
-/** The agent-gate CLI from source, as the other suites run it. */
-const CLI = [process.execPath, '--import', 'tsx', join(root, 'src/cli/main.ts')];
+/** The agent-gate CLI from source (the run's bundle of src/cli/main.ts), as the other suites run it. */
+const CLI = [process.execPath, ...cliArgv()];
 
 const EXPECTED_SERVICES = ['gate-authz', 'gate1', 'gate2', 'k6', 'nginx', 'nginx-authz', 'ocsp', 'pki-init', 'redis', 'upstream'];
 const GATES = ['gate1', 'gate2'] as const;
@@ -353,8 +355,8 @@ async function runPkiInit(overrides: Record<string, string> = {}): Promise<Ran> 
     SECRETS_DIR: hostPath('pki-init', '/var/lib/agent-gate/secrets'),
     NGINX_DIR: hostPath('pki-init', '/var/lib/agent-gate/nginx'),
     AGENT_GATE: CLI.join(' '),
-    NODE: `${process.execPath} --import tsx`,
-    AGENT_GATE_PKI_MODULE: join(root, 'src/pki/index.ts'),
+    NODE: process.execPath,
+    AGENT_GATE_PKI_MODULE: inject('pkiModule'),
     ...overrides,
   });
   return runAsync('sh', [PKI_INIT], { env, timeoutMs: 120_000 });

@@ -25,6 +25,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { loadConfig } from '../../src/config/index.js';
 import { envSchema } from '../../src/config/schema.js';
+import { cliArgv } from '../helpers/serve.js';
 
 const root = resolve(__dirname, '../..');
 const dir = join(root, 'deploy/k8s');
@@ -616,7 +617,7 @@ describe('deploy/k8s-authorizer: the authorizer topology', () => {
       .replace(/\/etc\/agent-gate\/[a-z-]+\/ca\.crt/g, fx.caFile)
       .replaceAll('/tmp/hmac.key', join(tmp, 'hmac.key'))
       .replaceAll('/run/nginx', join(tmp, 'out'))
-      .replace('exec agent-gate', `exec ${process.execPath} --import tsx ${join(root, 'src/cli/main.ts')}`);
+      .replace('exec agent-gate', `exec ${[process.execPath, ...cliArgv()].join(' ')}`);
     const env: Record<string, string> = { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? tmp, FWD_HMAC_KEYS: `k9:${randomBytes(32).toString('base64')},k1:${randomBytes(32).toString('base64')}` };
     for (const e of render.env as Obj[]) if (e.value !== undefined) env[e.name] = String(e.value);
     const r = spawnSync('sh', ['-c', mapped], { encoding: 'utf8', env, cwd: root, timeout: 60_000 });

@@ -38,6 +38,16 @@ export function runCli(args: string[], env: Record<string, string | null> = {}):
   return run;
 }
 
+/**
+ * runCli with `env` as the run's whole GATE_* environment: the runner's own GATE_* variables are
+ * unset for the run, as in a clean child environment.
+ */
+export function runCliGateEnv(args: string[], env: Record<string, string | undefined>): Promise<CliResult> {
+  const unset = Object.fromEntries(Object.keys(process.env).filter((k) => k.startsWith('GATE_')).map((k) => [k, null]));
+  const given = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v ?? null]));
+  return runCli(args, { ...unset, ...given });
+}
+
 async function runNow(args: string[], env: Record<string, string | null>): Promise<CliResult> {
   let stdout = '';
   let stderr = '';

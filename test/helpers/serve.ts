@@ -1,10 +1,17 @@
 /**
- * `agent-gate serve` as a real process (`node --import tsx src/cli/main.ts serve`), for the
- * tests that need one: signals, exit statuses, a second gate process. Everything else starts
- * gates in-process (test/helpers/gate.ts startGate).
+ * `agent-gate` as a real process (`node <bundle> serve`, the run's bundle of src/cli/main.ts:
+ * test/setup/cli-bundle.ts), for the tests that need one: signals, exit statuses, a second gate
+ * process. Everything else starts gates in-process (test/helpers/gate.ts startGate) or runs the
+ * command line in-process (test/helpers/cli.ts runCli).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { inject } from 'vitest';
 import { freePort, waitFor } from './ports.js';
+
+/** The arguments after `node` that make it `agent-gate`: `spawn(process.execPath, [...cliArgv(), 'serve'])`. */
+export function cliArgv(): string[] {
+  return [inject('cliEntry')];
+}
 
 /** A running `serve` child on loopback ports. */
 export interface ServeProcess {
@@ -24,7 +31,7 @@ export interface ServeProcess {
  */
 export async function spawnServe(env: Record<string, string>): Promise<ServeProcess> {
   const [port, adminPort] = [await freePort(), await freePort()];
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], {
+  const child = spawn(process.execPath, [...cliArgv(), 'serve'], {
     env: { ...process.env, ...env, GATE_LISTEN: `127.0.0.1:${port}`, GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}` },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -24,6 +24,7 @@ import { runCli } from '../helpers/cli.js';
 import { call, tlsAgent } from '../helpers/http.js';
 import { startOpensslOcsp, type OpensslOcsp } from '../helpers/openssl-ocsp.js';
 import { freePort, waitFor } from '../helpers/ports.js';
+import { cliArgv } from '../helpers/serve.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 import { FORBIDDEN } from '../setup/log-scan.js';
 
@@ -110,7 +111,7 @@ interface Served {
 }
 
 function serve(env: Record<string, string | undefined>): Served {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], { cwd: ROOT, env: { ...BASE_ENV, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...cliArgv(), 'serve'], { cwd: ROOT, env: { ...BASE_ENV, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));

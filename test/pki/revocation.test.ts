@@ -8,6 +8,7 @@ import * as pkijs from 'pkijs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { x509 } from '../../src/lib/x509.js';
 import { runCli } from '../helpers/cli.js';
+import { cliArgv } from '../helpers/serve.js';
 import {
   buildOcspResponse,
   createCa,
@@ -635,9 +636,9 @@ describe('OCSP responder', () => {
 describe('agent-gate pki revoke, crl and ocsp-responder', () => {
   const cli = (...args: string[]) => runCli(['pki', ...args]);
 
-  /** The real binary under tsx: signals and stdout as an operator sees them. */
+  /** The real command as a process: signals and stdout as an operator sees them. */
   function spawnResponder(dir: string): { url: Promise<string>; stop: () => Promise<{ code: number | null; stderr: string }> } {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(REPO, 'src/cli/main.ts'), 'pki', 'ocsp-responder', '--dir', dir, '--port', '0'], {
+    const child = spawn(process.execPath, [...cliArgv(), 'pki', 'ocsp-responder', '--dir', dir, '--port', '0'], {
       cwd: REPO,
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -1,12 +1,18 @@
 import type { TestProject } from 'vitest/node';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { startRedis } from '../helpers/redis.js';
+import { buildCliBundle } from './cli-bundle.js';
 import { resetLogs, scanLogs } from './log-scan.js';
 import { ensureSystemPackages } from './system.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
     redisUrl: string;
+    /** The bundled `agent-gate` (test/setup/cli-bundle.ts): `node <cliEntry> ...`. */
+    cliEntry: string;
+    /** src/pki/index.ts, bundled beside it. */
+    pkiModule: string;
   }
 }
 
@@ -23,10 +29,15 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const logDir = join(process.cwd(), '.tmp', 'test-logs', `run-${process.pid}`);
   resetLogs(logDir);
   process.env.AG_TEST_LOG_DIR = logDir;
+  // Two levels below the root, like src/cli/ (see cli-bundle.ts); one per run, like the logs.
+  const bundle = await buildCliBundle(process.cwd(), join(process.cwd(), '.tmp', `cli-${process.pid}`));
+  project.provide('cliEntry', bundle.cli);
+  project.provide('pkiModule', bundle.pki);
   const redis = await startRedis();
   project.provide('redisUrl', redis.url);
   return async () => {
     await redis.stop();
+    rmSync(bundle.dir, { recursive: true, force: true });
     const { files, lines, findings } = scanLogs(logDir);
     process.stdout.write(`log scan: ${lines} lines in ${files} files of test gate logs, ${findings.length} secrets found\n`);
     if (findings.length > 0) {

@@ -5,7 +5,7 @@
  * with a JWK or a PKCS#8 PEM, the dev-only ephemeral key), the refusals of bad key material
  * naming the variable, and `agent-gate keygen`.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { generateKeyPairSync, KeyObject } from 'node:crypto';
 import { chmodSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,9 +17,11 @@ import { buildGate, StartupError } from '../../src/app.js';
 import { GateClient } from '../../src/client/index.js';
 import { loadConfig } from '../../src/config/index.js';
 import { generateSigningJwk, KeySourceError, loadSigningKeys, TokenService, type SigningKeySet } from '../../src/tokens/index.js';
+import { runCliGateEnv } from '../helpers/cli.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent } from '../helpers/http.js';
+import { cliArgv } from '../helpers/serve.js';
 import { freePort, waitFor } from '../helpers/ports.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
@@ -349,15 +351,10 @@ describe('bad key material is refused at start, naming the variable', () => {
   });
 });
 
-/** Runs the CLI with a clean environment (no GATE_* of the runner). */
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  const base = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: ROOT, env: { ...base, ...env }, timeout: 45_000 }, (err, stdout, stderr) => {
-      if (err && typeof err.code !== 'number') return reject(err);
-      resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout, stderr });
-    });
-  });
+/** Runs the CLI in-process (the real command tree) with no GATE_* of the runner. */
+async function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const r = await runCliGateEnv(args, env);
+  return { code: r.exitCode, stdout: r.stdout, stderr: r.stderr };
 }
 
 async function expectGoodKeygenJwk(jwk: JWK): Promise<void> {
@@ -421,7 +418,7 @@ describe('ephemeral key in dev (real `agent-gate serve`)', () => {
       GATE_LOG_LEVEL: 'warn',
     });
     const base = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], { cwd: ROOT, env: { ...base, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [...cliArgv(), 'serve'], { cwd: ROOT, env: { ...base, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
