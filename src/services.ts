@@ -197,7 +197,7 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
   const limits = config.rateLimits.enabled
     ? new GateRateLimits({
         ...config.rateLimits,
-        redis: store.redis,
+        store,
         sink: (key, by, ttl) => store.incrementWindow(key, by, ttl),
         metrics,
         onCooldown: (thumbprint, untilMs) => void cooldowns.note(thumbprint, untilMs),

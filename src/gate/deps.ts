@@ -9,11 +9,12 @@ import type { LoadShedder } from '../http/shedding.js';
 import type { DirectIdentityResolver, ForwardedVerifier } from '../identity/index.js';
 import type { GateMetrics } from '../metrics/index.js';
 import type { DenyList } from '../operator/index.js';
-import type { GateRateLimits } from '../ratelimit/index.js';
+import type { GateRateLimits, StepCounter } from '../ratelimit/index.js';
 import type { RevocationChecker } from '../revocation/index.js';
 import type { GateStore } from '../store/index.js';
 import type { TokenService } from '../tokens/index.js';
 import type { Check } from './context.js';
+import type { FastifyRequest } from 'fastify';
 
 /** The parts the checks use. */
 export interface GateDeps {
@@ -34,5 +35,17 @@ export interface GateDeps {
   state: { draining: boolean };
 }
 
+/**
+ * A row of step 4 that names the counter it spends instead of running itself: consecutive limit
+ * rows of a table run as one store step, one round trip, in table order (build.ts).
+ */
+export interface LimitRow {
+  counter(request: FastifyRequest): StepCounter;
+  /** Told the share of the limit now in use, once the step passed. */
+  then?(request: FastifyRequest, share: number): void;
+}
+
 /** Builds one check from the gate's parts; undefined when the configuration turns the row off. */
 export type CheckFactory = (deps: GateDeps) => Check | undefined;
+/** Builds one limit row from the gate's parts; undefined when rate limits are off. */
+export type LimitRowFactory = (deps: GateDeps) => LimitRow | undefined;

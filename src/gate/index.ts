@@ -15,7 +15,7 @@ export { CHECKS, type CheckName } from './checks/index.js';
 export { buildChecks, buildTable, type BuiltTable } from './build.js';
 export { runChecks, runChecksAsync, checksHook, type Refuse } from './runner.js';
 export type { Check, TokenExchange } from './context.js';
-export type { GateDeps, CheckFactory } from './deps.js';
+export type { GateDeps, CheckFactory, LimitRow, LimitRowFactory } from './deps.js';
 export { installEdge, installMinimalEdge } from './edge.js';
 export { challengeRoutes, type ChallengeRoutesOptions } from './routes/endpoints.js';
 export { registerInfoRoutes } from './routes/info.js';

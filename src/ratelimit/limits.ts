@@ -1,14 +1,19 @@
 /**
  * The six limits of PROTOCOL.md section 12, answered as 429 `rate_limited` with Retry-After
- * and the IETF RateLimit-Policy / RateLimit headers. Shared limits live in Redis through
- * rate-limiter-flexible, each with an in-memory insurance limiter so that a Redis outage does
- * not turn into "no limits"; the per-request proxy limit is batched (see batched.ts).
+ * and the IETF RateLimit-Policy / RateLimit headers. The limits of one step (a cooldown, then
+ * the step's limits, in the contract's order) are fixed-window counters spent in one store round
+ * trip (store/windows.ts: a Lua script on Redis), with a per-gate copy of the same counters
+ * that answers while the store is unreachable, so an outage never turns into "no limits". The
+ * per-request proxy limit and the refusal limit are batched (see batched.ts).
+ *
+ * rate-limiter-flexible, used before, spends one store command per limiter (and a MULTI for a
+ * read), with no way to run a step's limits together; on a small machine each command's socket
+ * write cost more CPU than the rest of the limiter.
  * @module
  */
-import type { Cluster, Redis } from 'ioredis';
-import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import { GateError } from '../errors.js';
 import type { GateMetrics, LabelOf } from '../metrics/index.js';
+import { MemoryWindows, type GateStore, type WindowOp } from '../store/index.js';
 import { BatchedLimiter } from './batched.js';
 
 /** N requests per S seconds. */
@@ -26,8 +31,10 @@ export interface RateLimitOptions {
   failedProofs: RateSpec;
   /** Client-caused refusals (4xx) per certificate, before any refusal record is written. */
   refusalIdentity: RateSpec;
-  /** Shared counters; without it every limit is per gate instance (memory store, dev). */
-  redis?: Redis | Cluster;
+  /** The shared counters (Redis, or the memory store in dev). */
+  store: Pick<GateStore, 'countStep' | 'deleteValue'>;
+  /** Most counters the per-gate fallback holds while the store is unreachable. */
+  fallbackKeys?: number;
   /** Shared counter for the batched proxy limit. */
   sink: (key: string, by: number, ttlMs: number) => Promise<number>;
   metrics: GateMetrics;
@@ -52,91 +59,94 @@ export function rateLimited(limiter: Limiter, spec: RateSpec, msBeforeNext: numb
   });
 }
 
+/** A counter of step 4 (section 4): the failed-proof cooldown (read only) or a limit that is spent. */
+export type StepLimit = 'cooldown' | 'challenge_identity' | 'challenge_ip' | 'token_identity';
+
+/** One counter of a step, for one certificate thumbprint or client address. */
+export interface StepCounter {
+  limit: StepLimit;
+  key: string;
+}
+
+const PREFIX: Record<StepLimit, string> = { cooldown: 'fp', challenge_identity: 'cid', challenge_ip: 'cip', token_identity: 'tid' };
+
+/**
+ * The store key of a counter: the hash tag is the thumbprint or address, so every counter of one
+ * certificate shares a Redis Cluster slot and a step keyed by it stays one round trip there.
+ */
+export function counterKey(limit: StepLimit, key: string): string {
+  return `ag:rl:{${key}}:${PREFIX[limit]}`;
+}
+
 /** All limits of one gate. */
 export class GateRateLimits {
-  private readonly challengeIp: RateLimiterAbstract;
-  private readonly challengeIdentityLimiter: RateLimiterAbstract;
-  private readonly tokenIdentityLimiter: RateLimiterAbstract;
-  private readonly failedProofs: RateLimiterAbstract;
+  private readonly fallback: MemoryWindows;
   private readonly proxy: BatchedLimiter;
   private readonly refusals: BatchedLimiter;
 
   constructor(private readonly opts: RateLimitOptions) {
-    const make = (prefix: string, spec: RateSpec, blockS = 0): RateLimiterAbstract => {
-      const base = { keyPrefix: `ag:rl:${prefix}`, points: spec.points, duration: spec.durationS, blockDuration: blockS };
-      const memory = new RateLimiterMemory(base);
-      if (!opts.redis) return memory;
-      return new RateLimiterRedis({ ...base, storeClient: opts.redis, insuranceLimiter: memory, rejectIfRedisNotReady: true });
-    };
-    this.challengeIp = make('cip', opts.challengeIp);
-    this.challengeIdentityLimiter = make('cid', opts.challengeIdentity);
-    this.tokenIdentityLimiter = make('tid', opts.tokenIdentity);
-    // N-1 points: the Nth failure overflows the limiter, which then blocks the certificate
-    // for S seconds counted from that Nth failure (section 12).
-    this.failedProofs = make('fp', { points: opts.failedProofs.points - 1, durationS: opts.failedProofs.durationS }, opts.failedProofs.durationS);
+    this.fallback = new MemoryWindows({ maxKeys: opts.fallbackKeys ?? 100_000 });
     this.proxy = new BatchedLimiter({ ...opts.proxyIdentity, sink: opts.sink });
     // Batched like the proxy limit: a refusal is answered synchronously, and a store outage
     // still limits per gate. Its own key space, so refusals never spend the proxy budget.
     this.refusals = new BatchedLimiter({ ...opts.refusalIdentity, sink: (key, by, ttl) => opts.sink(`rf:${key}`, by, ttl) });
   }
 
-  /** Consumes one point; resolves to the fraction of the limit now used. */
-  private async consume(limiter: Limiter, rl: RateLimiterAbstract, spec: RateSpec, key: string): Promise<number> {
-    try {
-      const res = await rl.consume(key);
-      return res.consumedPoints / spec.points;
-    } catch (res) {
-      if (res instanceof RateLimiterRes) {
-        this.opts.metrics.rateLimited.inc({ limiter });
-        throw rateLimited(limiter, spec, res.msBeforeNext);
-      }
-      // A store error with a broken insurance limiter: fail closed.
-      throw new GateError('store_unavailable', { cause: res, headers: { 'retry-after': '1' } });
+  private spec(limit: StepLimit | 'failed_proof'): RateSpec {
+    switch (limit) {
+      case 'cooldown':
+      case 'failed_proof':
+        return this.opts.failedProofs;
+      case 'challenge_identity':
+        return this.opts.challengeIdentity;
+      case 'challenge_ip':
+        return this.opts.challengeIp;
+      case 'token_identity':
+        return this.opts.tokenIdentity;
     }
   }
 
-  /** 429 while the certificate is cooling down after repeated failed proofs. */
-  async checkCooldown(thumbprint: string): Promise<void> {
-    let res: RateLimiterRes | null;
-    try {
-      res = await this.failedProofs.get(thumbprint);
-    } catch {
-      res = null;
+  /**
+   * Step 4: reads or spends `counters` in order, in one store round trip; rejects with the 429
+   * of the first that refuses (the ones after it are not spent). Resolves to the share of each
+   * counter's limit now in use.
+   */
+  async step(counters: readonly StepCounter[]): Promise<number[]> {
+    const ops: WindowOp[] = counters.map(({ limit, key }) => {
+      const spec = this.spec(limit);
+      return { kind: limit === 'cooldown' ? 'check' : 'count', key: counterKey(limit, key), points: spec.points, windowMs: spec.durationS * 1000 };
+    });
+    const out = await this.run(ops);
+    if (out.refused >= 0) {
+      const limit = counters[out.refused]!.limit;
+      const label: Limiter = limit === 'cooldown' ? 'failed_proof' : limit;
+      this.opts.metrics.rateLimited.inc({ limiter: label });
+      throw rateLimited(label, this.spec(limit), out.msLeft);
     }
-    if (res && res.consumedPoints >= this.opts.failedProofs.points) {
-      this.opts.metrics.rateLimited.inc({ limiter: 'failed_proof' });
-      throw rateLimited('failed_proof', this.opts.failedProofs, res.msBeforeNext);
-    }
+    return out.counts.map((c, i) => c / ops[i]!.points);
   }
 
-  /** Step 4 on `P/v1/challenge`: the certificate's challenge limit (checked before the address's). */
-  async challengeIdentity(thumbprint: string): Promise<void> {
-    await this.consume('challenge_identity', this.challengeIdentityLimiter, this.opts.challengeIdentity, thumbprint);
-  }
-
-  /** Step 4 on `P/v1/challenge`: the address's limit; resolves to the share of it in use. */
-  challengeAddress(address: string): Promise<number> {
-    return this.consume('challenge_ip', this.challengeIp, this.opts.challengeIp, address);
-  }
-
-  /** Step 4 on `P/v1/token` (after {@link checkCooldown}). */
-  async tokenIdentity(thumbprint: string): Promise<void> {
-    await this.consume('token_identity', this.tokenIdentityLimiter, this.opts.tokenIdentity, thumbprint);
-  }
-
-  /** Counts a refusal at steps 9-11 against the certificate. */
+  /** Counts a refusal at steps 9-11 against the certificate; the Nth within S starts its cooldown. */
   async failedProof(thumbprint: string): Promise<void> {
-    try {
-      await this.failedProofs.consume(thumbprint);
-    } catch (res) {
-      // Rejected means this failure was the Nth: the certificate is now blocked.
-      if (res instanceof RateLimiterRes) this.opts.onCooldown?.(thumbprint, Date.now() + res.msBeforeNext);
-    }
+    const spec = this.opts.failedProofs;
+    const out = await this.run([{ kind: 'fail', key: counterKey('cooldown', thumbprint), points: spec.points, windowMs: spec.durationS * 1000 }]);
+    if (out.refused >= 0) this.opts.onCooldown?.(thumbprint, Date.now() + out.msLeft);
   }
 
   /** Clears a certificate's cooldown (admin action). */
   async clearCooldown(thumbprint: string): Promise<void> {
-    await this.failedProofs.delete(thumbprint);
+    const key = counterKey('cooldown', thumbprint);
+    this.fallback.delete(key);
+    await this.opts.store.deleteValue(key);
+  }
+
+  /** The shared counters, or this gate's own while the store is unreachable (fail closed: they still limit). */
+  private async run(ops: WindowOp[]) {
+    try {
+      return await this.opts.store.countStep(ops);
+    } catch {
+      return this.fallback.step(ops);
+    }
   }
 
   /** The gated-request limit: synchronous, no store round trip. */

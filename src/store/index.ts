@@ -6,3 +6,4 @@ export type { GateStore, ChallengeRecord, ConsumeResult } from './types.js';
 export type { RecordOps } from './records.js';
 export { MemoryStore } from './memory.js';
 export { RedisStore, type RedisStoreOptions } from './redis.js';
+export { MemoryWindows, type StepOutcome, type WindowOp } from './windows.js';

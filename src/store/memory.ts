@@ -1,6 +1,7 @@
 import { GateError } from '../errors.js';
 import { MemoryRecords } from './records.js';
 import { keys, type ChallengeRecord, type ConsumeResult, type GateStore } from './types.js';
+import { MemoryWindows, type StepOutcome, type WindowOp } from './windows.js';
 
 interface Entry {
   value: string;
@@ -17,11 +18,18 @@ export class MemoryStore implements GateStore {
   private readonly sweeper: NodeJS.Timeout;
   /** Operator records, shared by every gate built on this store object (as Redis users share Redis). */
   private readonly records: MemoryRecords;
+  /** Rate-limit counters, bounded like the entries (the oldest counter goes first). */
+  private readonly windows: MemoryWindows;
 
   constructor(private readonly maxEntries: number, private readonly now: () => number = Date.now) {
     this.sweeper = setInterval(() => this.sweep(), 1000);
     this.sweeper.unref();
     this.records = new MemoryRecords(now);
+    this.windows = new MemoryWindows({ maxKeys: maxEntries, now });
+  }
+
+  async countStep(ops: readonly WindowOp[]): Promise<StepOutcome> {
+    return this.windows.step(ops);
   }
 
   hashSet(k: string, f: string, v: string) {
@@ -40,6 +48,7 @@ export class MemoryStore implements GateStore {
     return this.records.getValue(k);
   }
   deleteValue(k: string) {
+    this.windows.delete(k);
     return this.records.deleteValue(k);
   }
   pushCapped(k: string, m: string, cap: number, ttlMs: number) {

@@ -1,5 +1,6 @@
 import type { Cluster, Redis } from 'ioredis';
 import type { RecordOps } from './records.js';
+import type { StepOutcome, WindowOp } from './windows.js';
 
 /** What the gate remembers about an issued challenge (PROTOCOL.md section 3). */
 export interface ChallengeRecord {
@@ -40,6 +41,11 @@ export interface GateStore extends RecordOps {
    * total: the shared half of the batched proxy rate limit.
    */
   incrementWindow(key: string, by: number, ttlMs: number): Promise<number>;
+  /**
+   * Runs one step's rate-limit counters in order (see windows.ts), in one round trip (one per
+   * hash tag on a Redis Cluster); the first refusal ends the step.
+   */
+  countStep(ops: readonly WindowOp[]): Promise<StepOutcome>;
   /** The Redis client, when the store is Redis: the rate limiters share its connection. */
   readonly redis?: Redis | Cluster;
   /** Resolves when the store answers. */

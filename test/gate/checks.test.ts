@@ -8,7 +8,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { GateConfig } from '../../src/config/index.js';
 import { GateError } from '../../src/errors.js';
-import { CHECKS, runChecks, type Check, type CheckName, type GateDeps } from '../../src/gate/index.js';
+import { CHECKS, buildChecks, runChecks, type Check, type CheckName, type GateDeps } from '../../src/gate/index.js';
 import { toRefusal } from '../../src/http/errors.js';
 import { createMetrics } from '../../src/metrics/index.js';
 import { DenyList } from '../../src/operator/index.js';
@@ -38,7 +38,7 @@ beforeAll(async () => {
     identity: {},
     revocation: { enabled: false } as GateDeps['revocation'],
     denyList,
-    limits: new GateRateLimits({ challengeIp: spec, challengeIdentity: spec, tokenIdentity: spec, proxyIdentity: spec, failedProofs: spec, refusalIdentity: spec, sink: (_k, by) => Promise.resolve(by), metrics }),
+    limits: new GateRateLimits({ challengeIp: spec, challengeIdentity: spec, tokenIdentity: spec, proxyIdentity: spec, failedProofs: spec, refusalIdentity: spec, store, sink: (_k, by) => Promise.resolve(by), metrics }),
     attestation: undefined,
     shedder: { refusal: () => undefined } as unknown as GateDeps['shedder'],
     state: { draining: false },
@@ -51,7 +51,7 @@ function ctx(fields: Record<string, unknown> = {}): FastifyRequest {
 }
 
 function check(name: CheckName): Check {
-  const c = CHECKS[name](deps);
+  const [c] = buildChecks([name], deps);
   if (!c) throw new Error(`${name} is off in this configuration`);
   return c;
 }

@@ -35,7 +35,7 @@ beforeAll(async () => {
     GATE_UPSTREAM_URL: up.url,
     // One signing key for both gates, so a token from one is good at the other.
     GATE_SIGNING_JWK: JSON.stringify(await generateSigningJwk()),
-    // Limits on, so rate-limiter-flexible runs on the cluster client, but far from tripping.
+    // Limits on, so the step script runs on the cluster (one call per hash tag), but far from tripping.
     GATE_RATE_LIMITS: 'on',
     GATE_RATE_CHALLENGE_IP: '100000/60',
     GATE_RATE_CHALLENGE_IDENTITY: '100000/60',
@@ -126,14 +126,14 @@ it('full flow on the cluster across two gates, with the rate limits kept in the 
   const gated = await call(dispatcher(), `${g0.url}/with-token`, { headers: { authorization: `Bearer ${token}` } });
   expect(gated.status, gated.text).toBe(200);
 
-  // rate-limiter-flexible counted on the cluster, one counter shared by both gates:
+  // The limits counted on the cluster, one counter shared by both gates:
   // p256 asked for 2 challenges (both on g0) and sent 4 token requests (g0 and g1).
   const redis = new Cluster(cluster.nodes.map((n) => ({ host: '127.0.0.1', port: Number(n.split(':')[1]) })), { enableOfflineQueue: true });
   redis.on('error', () => {});
   try {
-    expect(await redis.get(`ag:rl:cid:${c0.thumbprint}`)).toBe('2');
-    expect(await redis.get(`ag:rl:tid:${c0.thumbprint}`)).toBe('4');
-    expect(await redis.get(`ag:rl:tid:${c1.thumbprint}`)).toBe('1');
+    expect(await redis.get(`ag:rl:{${c0.thumbprint}}:cid`)).toBe('2');
+    expect(await redis.get(`ag:rl:{${c0.thumbprint}}:tid`)).toBe('4');
+    expect(await redis.get(`ag:rl:{${c1.thumbprint}}:tid`)).toBe('1');
     // The consumed challenge left its tombstone in the same slot ({challenge_id} hash tag).
     expect(await redis.exists(`ag:{${ch.challenge_id}}:ch`)).toBe(0);
     expect(await redis.exists(`ag:{${ch.challenge_id}}:used`)).toBe(1);

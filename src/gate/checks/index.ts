@@ -2,7 +2,7 @@
  * Every check of the decision path by its row name in the tables of pipeline.ts.
  * @module
  */
-import type { CheckFactory } from '../deps.js';
+import type { CheckFactory, LimitRowFactory } from '../deps.js';
 import { attestation } from './attestation.js';
 import { bearer } from './bearer.js';
 import { bodySize } from './body-size.js';
@@ -56,7 +56,7 @@ export const CHECKS = {
   bearer,
   token_binding: tokenBinding,
   limit_proxy: limitProxy,
-} satisfies Record<string, CheckFactory>;
+} satisfies Record<string, CheckFactory | LimitRowFactory>;
 
 /** The name of a row. */
 export type CheckName = keyof typeof CHECKS;

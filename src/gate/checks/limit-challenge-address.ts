@@ -1,9 +1,10 @@
 /** Step 4 on `P/v1/challenge`: the client address's limit; its load drives adaptive proof-of-work. */
-import type { CheckFactory } from '../deps.js';
+import type { LimitRowFactory } from '../deps.js';
 
-export const limitChallengeAddress: CheckFactory = ({ limits }) =>
-  limits &&
-  ((request) =>
-    limits.challengeAddress(request.clientAddress).then((load) => {
-      request.ipLoad = load;
-    }));
+export const limitChallengeAddress: LimitRowFactory = ({ limits }) =>
+  limits && {
+    counter: (request) => ({ limit: 'challenge_ip', key: request.clientAddress }),
+    then: (request, share) => {
+      request.ipLoad = share;
+    },
+  };
