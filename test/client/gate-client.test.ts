@@ -8,45 +8,16 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeJwt, decodeProtectedHeader } from 'jose';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { registerAgentCommands } from '../../src/cli/agent.js';
-import { GateClient, GateClientError, ResponseTooLargeError, type GateClientOptions } from '../../src/client/index.js';
+import { GateClientError, ResponseTooLargeError } from '../../src/client/index.js';
 import { createCa } from '../../src/pki/index.js';
-import type { ContractFixtures } from '../conformance/contract.js';
-import { clientOf, holdTheOnlySlot, makeContractFixtures, P, startClientGate, startImpostor, type ClientGate } from './harness.js';
+import { clientSuite, holdTheOnlySlot, P, startImpostor, type ClientGate } from './harness.js';
 
-let fx: ContractFixtures;
 /** The shared gate (memory store, limits off); tests needing other settings start their own. */
-let g: ClientGate;
-const clients: GateClient[] = [];
-const extra: { close(): Promise<void> }[] = [];
-
-beforeAll(async () => {
-  fx = await makeContractFixtures();
-  g = await startClientGate(fx);
-});
-afterAll(async () => {
-  await g.close();
-  rmSync(fx.dir, { recursive: true, force: true });
-});
-beforeEach(() => g.reset());
-afterEach(async () => {
-  vi.useRealTimers();
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await Promise.all(extra.splice(0).map((x) => x.close()));
-});
-
-function client(opts: Partial<GateClientOptions> = {}, on: { url: string } = g): GateClient {
-  const c = clientOf(fx, on.url, opts);
-  clients.push(c);
-  return c;
-}
-
-async function gateWith(env: Record<string, string>): Promise<ClientGate> {
-  const h = await startClientGate(fx, { env });
-  extra.push(h);
-  return h;
-}
+const suite = clientSuite();
+const { client } = suite;
+const gateWith = (env: Record<string, string>): Promise<ClientGate> => suite.gateWith({ env });
 
 const jti = (token: string) => decodeJwt(token).jti;
 /** The token lifetime plus GATE_MAX_SKEW_S (default 30) and a second: the gate then answers token_expired. */
@@ -70,7 +41,7 @@ describe('token flow', () => {
     const t2 = await c.getToken();
     expect(t2).toBe(t1);
     expect(decodeJwt(t1).cnf).toEqual({ 'x5t#S256': c.thumbprint });
-    expect(g.calls).toEqual({ challenge: 1, token: 1, gated: 0 });
+    expect(suite.g.calls).toEqual({ challenge: 1, token: 1, gated: 0 });
     expect(decodeProtectedHeader(await sign.mock.results[0]!.value)).toEqual({ alg: 'ES256', typ: 'agent-gate-proof+jwt' });
   });
 
@@ -78,8 +49,8 @@ describe('token flow', () => {
     const c = client();
     const tokens = await Promise.all(Array.from({ length: 20 }, () => c.getToken()));
     expect(new Set(tokens).size).toBe(1);
-    expect(g.calls.challenge).toBe(1);
-    expect(g.calls.token).toBe(1);
+    expect(suite.g.calls.challenge).toBe(1);
+    expect(suite.g.calls.token).toBe(1);
   });
 
   it('refreshes shortly before expiry (10% of a short lifetime), in the background', async () => {
@@ -112,22 +83,22 @@ describe('token flow', () => {
     // The agent's clock runs 10 minutes ahead of the gate's: its proof's iat is outside GATE_MAX_SKEW_S.
     vi.useFakeTimers({ toFake: ['Date'] });
     vi.setSystemTime(Date.now() + 600_000);
-    g.shiftMs = -600_000;
+    suite.g.shiftMs = -600_000;
     const c = client();
     const err = await c.getToken().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(GateClientError);
     expect(err).toMatchObject({ code: 'proof_invalid', status: 403, instance: expect.stringMatching(/^urn:agent-gate:refusal:\S+$/) });
     // A failed flow is not cached: the next call runs a new one.
     vi.useRealTimers();
-    g.shiftMs = 0;
+    suite.g.shiftMs = 0;
     expect(await c.getToken()).toEqual(expect.any(String));
-    expect(g.calls.challenge).toBe(2);
+    expect(suite.g.calls.challenge).toBe(2);
   });
 
   it('reports an off-contract answer as unexpected_response', async () => {
     // Needs something that is not a gate at the gate's address (see startImpostor).
-    const imp = await startImpostor(fx, () => ({ status: 200, headers: { 'content-type': 'text/html' }, body: '<html>' }));
-    extra.push(imp);
+    const imp = await startImpostor(suite.fx, () => ({ status: 200, headers: { 'content-type': 'text/html' }, body: '<html>' }));
+    suite.closeAfter(imp);
     const err = await client({}, imp).getToken().catch((e: unknown) => e);
     expect(err).toMatchObject({ name: 'GateClientError', code: 'unexpected_response', status: 200 });
   });
@@ -135,7 +106,7 @@ describe('token flow', () => {
   it('waits out a short Retry-After on the challenge and retries once', async () => {
     // GATE_MAX_INFLIGHT=1 and one gated request held at the upstream: the next request is 503 overloaded, Retry-After: 1.
     const h = await gateWith({ GATE_MAX_INFLIGHT: '1' });
-    const held = await holdTheOnlySlot(fx, h);
+    const held = await holdTheOnlySlot(suite.fx, h);
     const before = h.calls.challenge;
     // The slot is freed as soon as the gate has refused the first challenge.
     h.onArrival = (kind) => {
@@ -167,8 +138,8 @@ describe('token flow', () => {
   });
 
   it('bounds the body read from a gate endpoint', async () => {
-    const imp = await startImpostor(fx, () => ({ status: 201, headers: { 'content-type': 'application/json' }, body: Buffer.alloc(2 * 1024 * 1024 + 1, 0x20) }));
-    extra.push(imp);
+    const imp = await startImpostor(suite.fx, () => ({ status: 201, headers: { 'content-type': 'application/json' }, body: Buffer.alloc(2 * 1024 * 1024 + 1, 0x20) }));
+    suite.closeAfter(imp);
     await expect(client({}, imp).challenge()).rejects.toBeInstanceOf(ResponseTooLargeError);
   });
 
@@ -176,7 +147,7 @@ describe('token flow', () => {
     const other = await createCa({ commonName: 'some other CA' });
     const c = client({ ca: other.certPem });
     await expect(c.getToken()).rejects.toThrow();
-    expect(g.calls.challenge).toBe(0);
+    expect(suite.g.calls.challenge).toBe(0);
   });
 });
 
@@ -193,14 +164,13 @@ describe('request', () => {
       // The gate accepted the client's token (not the spoofed one) and names it to the upstream.
       expect(res.json()).toEqual({ method: 'POST', path: `/api/thing?i=${i}`, token_id: jti(await c.getToken()), body: `b${i}`, xtest: 'yes' });
     }
-    expect(g.calls).toEqual({ challenge: 1, token: 1, gated: 5 });
-    expect(g.tls.connections).toBe(1);
+    expect(suite.g.calls).toEqual({ challenge: 1, token: 1, gated: 5 });
+    expect(suite.g.tls.connections).toBe(1);
   });
 
   it('resumes the TLS session when a new connection is needed', async () => {
     // The fault proxy in front of the gate resets the connection after the first request.
-    const h = await startClientGate(fx, { proxy: true });
-    extra.push(h);
+    const h = await suite.gateWith({ proxy: true });
     const c = client({}, h);
     expect((await c.request('/bye')).status).toBe(200);
     h.proxy!.mode = 'reset';
@@ -215,41 +185,40 @@ describe('request', () => {
     vi.useFakeTimers({ toFake: ['Date'] });
     const c = client();
     const t1 = await c.getToken();
-    expireTokensOnFirstGatedRequest(g);
+    expireTokensOnFirstGatedRequest(suite.g);
     const res = await c.request('/x');
     expect(res.status).toBe(200);
     const t2 = await c.getToken();
     expect(t2).not.toBe(t1);
     expect(res.json()).toMatchObject({ token_id: jti(t2) });
-    expect(g.calls).toEqual({ challenge: 2, token: 2, gated: 2 });
-    expect(g.up.seen).toHaveLength(1); // the first one was refused by the gate
+    expect(suite.g.calls).toEqual({ challenge: 2, token: 2, gated: 2 });
+    expect(suite.g.up.seen).toHaveLength(1); // the first one was refused by the gate
   });
 
   it('retries a persistent 401 only once', async () => {
     // The upstream refuses every token (its own 401, not the gate's): one refresh, then the 401 is returned.
-    g.up.reply = () => ({ status: 401, headers: { 'www-authenticate': 'Bearer' }, body: 'no' });
+    suite.g.up.reply = () => ({ status: 401, headers: { 'www-authenticate': 'Bearer' }, body: 'no' });
     const res = await client().request('/x');
     expect(res.status).toBe(401);
-    expect(g.calls).toEqual({ challenge: 2, token: 2, gated: 2 });
+    expect(suite.g.calls).toEqual({ challenge: 2, token: 2, gated: 2 });
   });
 
   it('concurrent 401s share one refresh', async () => {
     vi.useFakeTimers({ toFake: ['Date'] });
     const c = client();
     await c.getToken();
-    expireTokensOnFirstGatedRequest(g);
+    expireTokensOnFirstGatedRequest(suite.g);
     const all = await Promise.all(Array.from({ length: 8 }, () => c.request('/x')));
     expect(all.map((r) => r.status)).toEqual(Array(8).fill(200));
-    expect(g.calls.token).toBe(2);
+    expect(suite.g.calls.token).toBe(2);
   });
 
   it('does not refresh on a 401 no token can cure', async () => {
     // The upstream is itself a gate (forwarded mode) that gets no signed identity headers:
     // its refusal is the gate's own 401 forwarded_signature_invalid, which no token cures.
-    const inner = await startClientGate(fx, {
+    const inner = await suite.gateWith({
       env: { GATE_MODE: 'forwarded', GATE_TLS_CERT: '', GATE_TLS_KEY: '', GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32', GATE_FWD_HMAC_KEYS: `k1:${Buffer.alloc(32, 7).toString('base64')}` },
     });
-    extra.push(inner);
     const h = await gateWith({ GATE_UPSTREAM_URL: inner.gate.url.replace('https:', 'http:') }); // plain HTTP in forwarded mode
     const res = await client({}, h).request('/x');
     expect(res.status).toBe(401);
@@ -272,10 +241,10 @@ describe('request', () => {
   });
 
   it('retries a 503 with Retry-After 0 maxRetries times (default 2), and returns the last 503', async () => {
-    g.up.reply = () => ({ status: 503, headers: { 'retry-after': '0' }, body: 'overloaded' });
+    suite.g.up.reply = () => ({ status: 503, headers: { 'retry-after': '0' }, body: 'overloaded' });
     const res = await client().request('/x');
     expect(res.status).toBe(503);
-    expect(g.calls.gated).toBe(3);
+    expect(suite.g.calls.gated).toBe(3);
   });
 
   it('does not wait for a Retry-After above maxRetryAfterS', async () => {
@@ -293,18 +262,18 @@ describe('request', () => {
   });
 
   it('does not follow redirects', async () => {
-    g.up.reply = (seen) => (seen.url === '/from' ? { status: 302, headers: { location: `${g.url}/to` } } : undefined);
+    suite.g.up.reply = (seen) => (seen.url === '/from' ? { status: 302, headers: { location: `${suite.g.url}/to` } } : undefined);
     const res = await client().request('/from');
     expect(res.status).toBe(302);
-    expect(res.headers.location).toBe(`${g.url}/to`);
-    expect(g.up.seen.map((r) => r.url)).toEqual(['/from']);
+    expect(res.headers.location).toBe(`${suite.g.url}/to`);
+    expect(suite.g.up.seen.map((r) => r.url)).toEqual(['/from']);
   });
 
   it('refuses a relative path and a Host header', async () => {
     const c = client();
     await expect(c.request('x')).rejects.toBeInstanceOf(TypeError);
     await expect(c.request('/x', { headers: { Host: 'evil' } })).rejects.toBeInstanceOf(TypeError);
-    expect(g.calls.gated).toBe(0);
+    expect(suite.g.calls.gated).toBe(0);
   });
 
   it('fails after close()', async () => {
@@ -319,8 +288,8 @@ describe('agent CLI', () => {
 
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'agc-cli-'));
-    writeFileSync(join(dir, 'ca.crt'), fx.ca.certPem);
-    for (const [name, who] of [['agent', fx.agents.p256], ['revoked', fx.revoked]] as const) {
+    writeFileSync(join(dir, 'ca.crt'), suite.fx.ca.certPem);
+    for (const [name, who] of [['agent', suite.fx.agents.p256], ['revoked', suite.fx.revoked]] as const) {
       writeFileSync(join(dir, `${name}.crt`), who.certPem);
       writeFileSync(join(dir, `${name}.key`), who.keyPem);
     }
@@ -355,13 +324,13 @@ describe('agent CLI', () => {
   const tls = (who = 'agent') => ['--cert', join(dir, `${who}.crt`), '--key', join(dir, `${who}.key`), '--ca', join(dir, 'ca.crt')];
 
   it('token prints the token response', async () => {
-    const r = await run('token', ...tls(), g.url);
+    const r = await run('token', ...tls(), suite.g.url);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.out)).toEqual({ access_token: expect.any(String), token_type: 'Bearer', expires_in: 300 });
   });
 
   it('call prints the upstream body and exits 0 on 2xx', async () => {
-    const r = await run('call', ...tls(), '-X', 'PUT', '-H', 'X-Test: a', '-d', 'hello', `${g.url}/some/path?q=1`);
+    const r = await run('call', ...tls(), '-X', 'PUT', '-H', 'X-Test: a', '-d', 'hello', `${suite.g.url}/some/path?q=1`);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.out)).toEqual({ method: 'PUT', path: '/some/path?q=1', token_id: expect.any(String), body: 'hello', xtest: 'a' });
   });
@@ -378,15 +347,15 @@ describe('agent CLI', () => {
   });
 
   it('call exits 1 on a non-2xx upstream answer and prints its body', async () => {
-    g.up.reply = () => ({ status: 404, body: 'nope' });
-    const r = await run('call', ...tls(), `${g.url}/x`);
+    suite.g.up.reply = () => ({ status: 404, body: 'nope' });
+    const r = await run('call', ...tls(), `${suite.g.url}/x`);
     expect(r.code).toBe(1);
     expect(r.out).toBe('nope');
   });
 
   it('token reports a refused flow on stderr', async () => {
     // The agent's certificate is on the gate's CRL (GATE_CRL_FILES).
-    const r = await run('token', ...tls('revoked'), g.url);
+    const r = await run('token', ...tls('revoked'), suite.g.url);
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/^error: client_cert_revoked \(403\) instance=urn:agent-gate:refusal:\S+\n$/);
   });
@@ -394,7 +363,7 @@ describe('agent CLI', () => {
 
 describe('redirects are refused', () => {
   it('request() returns a 302 untouched and never follows it', async () => {
-    g.up.reply = (seen) => (seen.url === '/from' ? { status: 302, headers: { location: '/target' }, body: 'moved' } : undefined);
+    suite.g.up.reply = (seen) => (seen.url === '/from' ? { status: 302, headers: { location: '/target' }, body: 'moved' } : undefined);
     const c = client();
     const res = await c.request('/from');
     expect(res.status).toBe(302);
@@ -402,18 +371,18 @@ describe('redirects are refused', () => {
     expect(res.body.toString()).toBe('moved');
     const resPost = await c.request('/from', { method: 'POST', body: 'x' });
     expect(resPost.status).toBe(302);
-    expect(g.up.seen.map((r) => r.url)).toEqual(['/from', '/from']); // /target never hit
+    expect(suite.g.up.seen.map((r) => r.url)).toEqual(['/from', '/from']); // /target never hit
   });
 
   it('a redirect from a gate endpoint is an unexpected_response error, not retried', async () => {
     // The gate never redirects its own endpoints: only something else at its address does (see startImpostor).
     let challenge = (): { status: number; headers?: Record<string, string>; body?: string } => ({ status: 302, headers: { location: '/target' } });
-    const imp = await startImpostor(fx, (path) => (path.endsWith('/v1/challenge') ? challenge() : path.endsWith('/v1/token') ? {
+    const imp = await startImpostor(suite.fx, (path) => (path.endsWith('/v1/challenge') ? challenge() : path.endsWith('/v1/token') ? {
       status: 307,
       headers: { 'content-type': 'application/problem+json', 'retry-after': '0', location: `${P}/v1/token2` },
       body: JSON.stringify({ type: 'urn:agent-gate:error:overloaded', title: 'overloaded', status: 307, code: 'overloaded' }),
     } : { status: 200, body: 'upstream' }));
-    extra.push(imp);
+    suite.closeAfter(imp);
     const c = client({}, imp);
     const err = await c.getToken().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(GateClientError);
@@ -448,8 +417,7 @@ describe('proactive refresh', () => {
   it('does not stall callers: the cached token is used while the next one is fetched', async () => {
     // The refresh's token request is held by a stalled Redis (the fault proxy holds its bytes);
     // gated requests with the cached token need no store round trip and go through meanwhile.
-    const h = await startClientGate(fx, { env: { ...TTL, GATE_REDIS_TIMEOUT_MS: '30000' }, redisProxy: true });
-    extra.push(h);
+    const h = await suite.gateWith({ env: { ...TTL, GATE_REDIS_TIMEOUT_MS: '30000' }, redisProxy: true });
     vi.useFakeTimers({ toFake: ['Date'] });
     const t0 = Date.now();
     const c = client({}, h);

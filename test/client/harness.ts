@@ -6,18 +6,18 @@
  * Counters are read off the gate's own HTTPS server: requests per endpoint as they arrive,
  * TCP connections, TLS handshakes and resumed sessions.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import Fastify from 'fastify';
-import { expect, inject, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, expect, inject, vi } from 'vitest';
 import { GateClient, type GateClientOptions } from '../../src/client/index.js';
 import { formatViolation, loadConfig } from '../../src/config/index.js';
 import { agentGate } from '../../src/index.js';
 import type { KeyAndCert } from '../../src/pki/index.js';
-import { contractEnv, P, type ContractFixtures } from '../conformance/contract.js';
+import { contractEnv, makeContractFixtures, P, type ContractFixtures } from '../conformance/contract.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { startUpstream, type RecordingUpstream, type UpstreamReply } from '../helpers/upstream.js';
@@ -184,6 +184,67 @@ export function caught(p: Promise<unknown>): Promise<unknown> {
     },
     (e: unknown) => e,
   );
+}
+
+/** One SDK suite's fixtures, shared gate, and the clients and gates its tests open. */
+export interface ClientSuite {
+  readonly fx: ContractFixtures;
+  /** The file's shared gate, reset before each test; tests needing other settings use gateWith. */
+  readonly g: ClientGate;
+  /** A client (default on the shared gate), closed after the test. */
+  client(opts?: Partial<GateClientOptions>, on?: { url: string }): GateClient;
+  /** Another gate for this test (closed after it). */
+  gateWith(opts: ClientGateOptions): Promise<ClientGate>;
+  /** Closes `x` after this test. */
+  closeAfter<T extends { close(): Promise<void> }>(x: T): T;
+}
+
+/**
+ * Registers an SDK suite's life cycle in the calling file: contract fixtures and one gate
+ * (`gateOpts`) for the file, the gate reset before each test, real timers restored and every
+ * client and extra gate closed after each.
+ */
+export function clientSuite(gateOpts: ClientGateOptions = {}): ClientSuite {
+  let fx: ContractFixtures | undefined;
+  let g: ClientGate | undefined;
+  const clients: GateClient[] = [];
+  const extra: { close(): Promise<void> }[] = [];
+  beforeAll(async () => {
+    fx = await makeContractFixtures();
+    g = await startClientGate(fx, gateOpts);
+  });
+  afterAll(async () => {
+    await g?.close();
+    if (fx) rmSync(fx.dir, { recursive: true, force: true });
+  });
+  beforeEach(() => g!.reset());
+  afterEach(async () => {
+    vi.useRealTimers();
+    await Promise.all(clients.splice(0).map((c) => c.close()));
+    await Promise.all(extra.splice(0).map((x) => x.close()));
+  });
+  return {
+    get fx() {
+      return fx!;
+    },
+    get g() {
+      return g!;
+    },
+    client(opts = {}, on = g!) {
+      const c = clientOf(fx!, on.url, opts);
+      clients.push(c);
+      return c;
+    },
+    async gateWith(opts) {
+      const h = await startClientGate(fx!, opts);
+      extra.push(h);
+      return h;
+    },
+    closeAfter(x) {
+      extra.push(x);
+      return x;
+    },
+  };
 }
 
 /** A GateClient of `who` (default the P-256 agent) for `h`, trusting the fixture CA. */

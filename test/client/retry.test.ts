@@ -4,47 +4,16 @@
  * configuration (rate limits, GATE_MAX_INFLIGHT, an unreachable Redis, its clock), the
  * upstream's answers passed through it, and connection drops by the TCP fault proxy.
  */
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { decodeJwt } from 'jose';
-import { BACKOFF_BASE_MS, GateClient, GateClientError, maxJitterMs, type GateClientOptions } from '../../src/client/index.js';
+import { BACKOFF_BASE_MS, GateClientError, maxJitterMs } from '../../src/client/index.js';
 import { backoffDelayMs, isConnectionError, refusalDelayMs, retryAfterDelayMs } from '../../src/client/retry.js';
-import { rmSync } from 'node:fs';
-import type { ContractFixtures } from '../conformance/contract.js';
 import type { UpstreamReply } from '../helpers/upstream.js';
-import { caught, clientOf, denyViaAdmin, holdTheOnlySlot, makeContractFixtures, startClientGate, startEmbeddedGate, type ClientGate } from './harness.js';
+import { caught, clientOf, clientSuite, denyViaAdmin, holdTheOnlySlot, startEmbeddedGate } from './harness.js';
 
-let fx: ContractFixtures;
 /** The shared gate, behind the TCP fault proxy (memory store, limits off). */
-let g: ClientGate;
-const clients: GateClient[] = [];
-const extra: { close(): Promise<void> }[] = [];
-
-beforeAll(async () => {
-  fx = await makeContractFixtures();
-  g = await startClientGate(fx, { proxy: true });
-});
-afterAll(async () => {
-  await g.close();
-  rmSync(fx.dir, { recursive: true, force: true });
-});
-beforeEach(() => g.reset());
-afterEach(async () => {
-  vi.useRealTimers();
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await Promise.all(extra.splice(0).map((x) => x.close()));
-});
-
-function client(extraOpts: Partial<GateClientOptions> = {}, on: { url: string } = g): GateClient {
-  const c = clientOf(fx, on.url, extraOpts);
-  clients.push(c);
-  return c;
-}
-
-async function gateWith(opts: Parameters<typeof startClientGate>[1]): Promise<ClientGate> {
-  const h = await startClientGate(fx, opts);
-  extra.push(h);
-  return h;
-}
+const suite = clientSuite({ proxy: true });
+const { client, gateWith } = suite;
 
 describe('retry delays', () => {
   it('Retry-After plus a jitter of up to max(250 ms, 20%)', () => {
@@ -84,7 +53,7 @@ describe('retries', () => {
     const h = await gateWith({ env: { GATE_MAX_INFLIGHT: '1' } });
     const c = client({}, h);
     await c.getToken(); // the measured window holds just the two exchanges
-    const held = await holdTheOnlySlot(fx, h);
+    const held = await holdTheOnlySlot(suite.fx, h);
     const before = h.calls.gated;
     // The slot is freed as soon as the gate has refused the first attempt.
     h.onArrival = (kind) => {
@@ -131,34 +100,34 @@ describe('retries', () => {
       body: JSON.stringify({ type: 'urn:agent-gate:error:upstream_unavailable', title: 'x', status: 503, code: 'upstream_unavailable', instance: 'urn:agent-gate:refusal:x' }),
     }],
   ])('a POST answered with %s is not retried', async (_what, reply) => {
-    g.up.reply = () => reply;
+    suite.g.up.reply = () => reply;
     const res = await client().request('/submit', { method: 'POST', body: 'once' });
     expect(res.status).toBe(503);
-    expect(g.up.seen).toHaveLength(1);
+    expect(suite.g.up.seen).toHaveLength(1);
   });
 
   it('a GET answered 503 without Retry-After is retried with backoff, maxRetries times', async () => {
-    g.up.reply = () => ({ status: 503, body: 'busy' });
+    suite.g.up.reply = () => ({ status: 503, body: 'busy' });
     const c = client();
     await c.getToken();
     const started = performance.now();
     const res = await c.request('/busy');
     expect(res.status).toBe(503);
-    expect(g.up.seen).toHaveLength(3);
+    expect(suite.g.up.seen).toHaveLength(3);
     expect(performance.now() - started).toBeLessThan(BACKOFF_BASE_MS * 3 + 500);
   });
 
   it('a GET that recovers after a bare 503 resolves 200', async () => {
-    g.up.reply = (_seen, n) => (n === 1 ? { status: 503, body: 'busy' } : undefined);
+    suite.g.up.reply = (_seen, n) => (n === 1 ? { status: 503, body: 'busy' } : undefined);
     expect((await client().request('/busy')).status).toBe(200);
-    expect(g.up.seen).toHaveLength(2);
+    expect(suite.g.up.seen).toHaveLength(2);
   });
 
   it('maxRetries: 0 disables 429/503 retries', async () => {
     const h = await gateWith({ env: { GATE_MAX_INFLIGHT: '1' } });
     const c = client({ maxRetries: 0 }, h);
     await c.getToken();
-    const held = await holdTheOnlySlot(fx, h);
+    const held = await holdTheOnlySlot(suite.fx, h);
     const before = h.calls.gated;
     const res = await c.request('/x');
     expect(res.status).toBe(503);
@@ -174,8 +143,8 @@ describe('retries', () => {
     // Every 503 of the gate carries Retry-After; a bare one comes from in front of it. Here:
     // the embedded gate on a host server whose own load shedding answers the first two challenges.
     let shed = 2;
-    const host = await startEmbeddedGate(fx, (url) => (url.endsWith('/v1/challenge') && shed-- > 0 ? { status: 503, body: 'busy' } : undefined));
-    extra.push(host);
+    const host = await startEmbeddedGate(suite.fx, (url) => (url.endsWith('/v1/challenge') && shed-- > 0 ? { status: 503, body: 'busy' } : undefined));
+    suite.closeAfter(host);
     expect(await client({}, host).getToken()).toEqual(expect.any(String));
     expect(host.calls.challenge).toBe(3);
   });
@@ -192,28 +161,28 @@ describe('retries', () => {
   it('a connection dropped before the answer is retried once for a GET, never for a POST', async () => {
     // The fault proxy between client and gate resets the connection while the upstream has the request.
     const dropOn = new Set<number>();
-    g.up.reply = (_seen, n) => {
+    suite.g.up.reply = (_seen, n) => {
       if (dropOn.has(n) || dropOn.has(0)) {
-        g.proxy!.mode = 'reset';
-        g.proxy!.mode = 'pass';
+        suite.g.proxy!.mode = 'reset';
+        suite.g.proxy!.mode = 'pass';
       }
       return undefined;
     };
     const c = client();
     dropOn.add(1);
     expect((await c.request('/get')).status).toBe(200);
-    expect(g.up.seen).toHaveLength(2);
+    expect(suite.g.up.seen).toHaveLength(2);
 
     dropOn.add(3);
     const err = await caught(c.request('/post', { method: 'POST', body: 'x' }));
     expect(isConnectionError(err)).toBe(true);
     expect((err as { code?: string }).code).toMatch(/^(UND_ERR_SOCKET|ECONNRESET)$/);
-    expect(g.up.seen).toHaveLength(3);
+    expect(suite.g.up.seen).toHaveLength(3);
 
     dropOn.add(0);
     const err2 = await caught(c.request('/get'));
     expect((err2 as { code?: string }).code).toMatch(/^(UND_ERR_SOCKET|ECONNRESET)$/);
-    expect(g.up.seen).toHaveLength(5);
+    expect(suite.g.up.seen).toHaveLength(5);
   });
 
   it('a 401 on a POST is retried with a new token only when it is the gate\'s token refusal', async () => {
@@ -222,7 +191,7 @@ describe('retries', () => {
     const c = client();
     const t1 = await c.getToken();
     let jumped = false;
-    g.onArrival = (kind) => {
+    suite.g.onArrival = (kind) => {
       if (kind === 'gated' && !jumped) {
         jumped = true;
         vi.setSystemTime(Date.now() + (300 + 30 + 1) * 1000);
@@ -233,27 +202,26 @@ describe('retries', () => {
     const t2 = await c.getToken();
     expect(t2).not.toBe(t1);
     expect(ok.json()).toMatchObject({ token_id: decodeJwt(t2).jti });
-    expect(g.calls.gated).toBe(2);
+    expect(suite.g.calls.gated).toBe(2);
 
     // A bare 401 may come from the upstream, which then has seen the POST.
-    g.up.reply = () => ({ status: 401, body: 'upstream says no' });
+    suite.g.up.reply = () => ({ status: 401, body: 'upstream says no' });
     expect((await c.request('/p', { method: 'POST', body: 'x' })).status).toBe(401);
-    expect(g.calls.gated).toBe(3);
-    expect(g.calls.token).toBe(2);
+    expect(suite.g.calls.gated).toBe(3);
+    expect(suite.g.calls.token).toBe(2);
   });
 });
 
 describe('GateClientError.refusalOf', () => {
   it('turns a gate refusal returned by request() into the typed error, and nothing else', async () => {
-    g.up.reply = (seen) =>
+    suite.g.up.reply = (seen) =>
       seen.url === '/upstream-404'
         ? { status: 404, headers: { 'content-type': 'application/problem+json' }, body: JSON.stringify({ type: 'about:blank', status: 404, code: 'nope' }) }
         : undefined;
     // An agent with a token is put on the deny list: its next request is refused by the gate.
-    const denied = clientOf(fx, g.url, {}, fx.denied);
-    clients.push(denied);
+    const denied = suite.closeAfter(clientOf(suite.fx, suite.g.url, {}, suite.fx.denied));
     await denied.getToken();
-    await denyViaAdmin(g.gate.adminUrl, fx.deniedId);
+    await denyViaAdmin(suite.g.gate.adminUrl, suite.fx.deniedId);
     const res = await denied.request('/denied');
     expect(res.status).toBe(403);
     const err = GateClientError.refusalOf(res);

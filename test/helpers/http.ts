@@ -25,11 +25,30 @@ export interface Res {
   json: () => Record<string, unknown>;
 }
 
-/** One request through `dispatcher`; the body is read whole. */
-export async function call(dispatcher: Agent, url: string, init: { method?: string; headers?: Record<string, string>; body?: string | Buffer } = {}): Promise<Res> {
+/** One request through `dispatcher` (header values may repeat); the body is read whole. */
+export async function call(dispatcher: Agent, url: string, init: { method?: string; headers?: Record<string, string | string[]>; body?: string | Buffer } = {}): Promise<Res> {
   const r = await request(url, { dispatcher, method: (init.method ?? 'GET') as 'GET', headers: init.headers, body: init.body });
   const text = await r.body.text();
   return { status: r.statusCode, headers: r.headers, text, json: () => JSON.parse(text) as Record<string, unknown> };
+}
+
+/** An answer with its body parsed when it is a JSON object, and its problem `code` if any. */
+export interface Sent extends Res {
+  body?: Record<string, unknown>;
+  code?: string;
+}
+
+/** {@link call}, with the answer's JSON body and problem code read up front. */
+export async function send(dispatcher: Agent, url: string, init: Parameters<typeof call>[2] = {}): Promise<Sent> {
+  const res = await call(dispatcher, url, init);
+  let body: Record<string, unknown> | undefined;
+  try {
+    const parsed: unknown = JSON.parse(res.text);
+    body = parsed !== null && typeof parsed === 'object' ? (parsed as Record<string, unknown>) : undefined;
+  } catch {
+    body = undefined;
+  }
+  return { ...res, body, code: typeof body?.code === 'string' ? body.code : undefined };
 }
 
 /** POST JSON. */

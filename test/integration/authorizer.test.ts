@@ -8,7 +8,7 @@
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Agent, request } from 'undici';
+import type { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { findK6, runK6, type SmokeRun } from '../../load/smoke.js';
 import { GateClient } from '../../src/client/index.js';
@@ -21,7 +21,7 @@ import { thumbprintOf } from '../../src/identity/certificate.js';
 import { AUTHZ_VERSION, canonicalString, certFromHeader, signCanonical } from '../../src/identity/forwarded-canonical.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
-import { tlsAgent } from '../helpers/http.js';
+import { send, tlsAgent, type Sent as Res } from '../helpers/http.js';
 import { waitFor } from '../helpers/ports.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
@@ -73,24 +73,6 @@ function agent(who?: KeyAndCert): Agent {
   return a;
 }
 
-interface Res {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  body?: Record<string, unknown>;
-}
-
-async function send(dispatcher: Agent, url: string, init: { method?: string; headers?: Record<string, string>; body?: string } = {}): Promise<Res> {
-  const r = await request(url, { dispatcher, method: (init.method ?? 'GET') as 'GET', headers: init.headers, body: init.body });
-  const text = await r.body.text();
-  let body: Record<string, unknown> | undefined;
-  try {
-    body = JSON.parse(text) as Record<string, unknown>;
-  } catch {
-    body = undefined;
-  }
-  return { status: r.statusCode, headers: r.headers, text, body };
-}
 
 const tokenCache = new Map<KeyAndCert, string>();
 /** A token for `who`, from the gate through nginx (P/v1/* in forwarded signing). */

@@ -11,7 +11,7 @@
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Agent, request } from 'undici';
+import type { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { GateClient, GateClientError, type RawResponse } from '../../src/client/index.js';
 import { canonicalString, certFromHeader, FWD_HEADERS, signCanonical } from '../../src/identity/forwarded-canonical.js';
@@ -21,7 +21,7 @@ import { generateSigningJwk } from '../../src/tokens/keys.js';
 import { nginxEscapeUriComponent } from '../../scripts/make-forwarded-vectors.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { forwardedTestEnv, startGate, type RunningGate } from '../helpers/gate.js';
-import { tlsAgent, tlsExchange, type TlsExchange } from '../helpers/http.js';
+import { send, tlsAgent, tlsExchange, type Sent, type TlsExchange } from '../helpers/http.js';
 import { startOpensslOcsp, type OpensslOcsp } from '../helpers/openssl-ocsp.js';
 import { freePort, waitFor } from '../helpers/ports.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
@@ -118,19 +118,9 @@ function agent(who?: KeyAndCert): Agent {
   return a;
 }
 
-interface Res {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  code?: string;
-}
 
-/** One request (header values may repeat); the body read whole, the problem code parsed if any. */
-async function send(dispatcher: Agent, url: string, init: { method?: string; headers?: Record<string, string | string[]>; body?: string } = {}): Promise<Res> {
-  const r = await request(url, { dispatcher, method: (init.method ?? 'GET') as 'GET', headers: init.headers, body: init.body });
-  const text = await r.body.text();
-  return { status: r.statusCode, headers: r.headers, text, code: codeOf(text) };
-}
+/** An answer through nginx (send) or replayed straight to a gate (replay). */
+type Res = Pick<Sent, 'status' | 'headers' | 'text' | 'code'>;
 
 function codeOf(text: string): string | undefined {
   try {
