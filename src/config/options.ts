@@ -142,7 +142,7 @@ export const OPTIONS = {
     doc: 'where challenge, replay, limit and operator state live',
     refuse: [{ in: STRICT, when: (v) => v === 'memory', why: 'memory store is dev-only; use redis' }],
   }),
-  GATE_MEMORY_STORE_MAX: option({ schema: int(100, 10_000_000), default: '100000', doc: 'memory store entry cap; when full it answers 503 rather than evict' }),
+  GATE_MEMORY_STORE_MAX: option({ schema: int(100, 10_000_000), default: '100000', doc: 'memory store entry cap; when full it answers 503 rather than evict (its rate-limit counters have a cap of their own, the same number, oldest dropped first)' }),
   GATE_REDIS_URL: option({
     schema: z.string().regex(/^rediss?:\/\//, 'must start with redis:// or rediss://'),
     doc: '`redis://` or `rediss://` URL; required with `GATE_STORE=redis` unless cluster nodes are set',

@@ -37,7 +37,7 @@ function limitStep(rows: readonly LimitRow[], limits: GateRateLimits): Check {
     limits
       .step(rows.map((r) => r.counter(request)))
       .then((shares) => {
-        for (let i = 0; i < rows.length; i++) rows[i]!.then?.(request, shares[i]!);
+        for (let i = 0; i < rows.length; i++) rows[i]!.after?.(request, shares[i]!);
       });
 }
 

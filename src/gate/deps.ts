@@ -42,7 +42,7 @@ export interface GateDeps {
 export interface LimitRow {
   counter(request: FastifyRequest): StepCounter;
   /** Told the share of the limit now in use, once the step passed. */
-  then?(request: FastifyRequest, share: number): void;
+  after?(request: FastifyRequest, share: number): void;
 }
 
 /** Builds one check from the gate's parts; undefined when the configuration turns the row off. */

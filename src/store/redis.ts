@@ -98,9 +98,10 @@ export class RedisStore implements GateStore {
           enableOfflineQueue: false,
           clusterRetryStrategy: (times) => Math.min(50 * times, 1000),
         })
-      : // Commands issued in the same tick (concurrent requests) go out in one write: a socket
+      : // Commands issued in one turn of the event loop (concurrent requests) go out in one write: a socket
         // write is a system call, and on small VMs it was most of a store step's CPU. Not on a
-        // cluster: there ioredis's auto-pipelining failed commands (503s) in our cluster tests.
+        // cluster: there ioredis's auto-pipelining failed commands (503s) in our cluster tests, likely
+        // because it picks a script call's slot from its first argument, not its keys (ioredis #2109).
         new Redis(opts.url ?? 'redis://127.0.0.1:6379', { ...common, enableAutoPipelining: true });
     client.defineCommand('agConsume', { numberOfKeys: 2, lua: CONSUME_LUA });
     client.defineCommand('agIncrWindow', { numberOfKeys: 1, lua: INCR_WINDOW_LUA });

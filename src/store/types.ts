@@ -46,7 +46,7 @@ export interface GateStore extends RecordOps {
    * hash tag on a Redis Cluster); the first refusal ends the step.
    */
   countStep(ops: readonly WindowOp[]): Promise<StepOutcome>;
-  /** The Redis client, when the store is Redis: the rate limiters share its connection. */
+  /** The Redis client, when the store is Redis (tests and tooling read it; the gate goes through this interface). */
   readonly redis?: Redis | Cluster;
   /** Resolves when the store answers. */
   ping(): Promise<void>;

@@ -12,8 +12,9 @@
  * - `check`: reads only; refused while the counter is at `points` or more (a cooldown).
  * - `count`: adds one; refused when the new count exceeds `points`. The window of `windowMs`
  *   starts with the first count.
- * - `fail`: adds one; at `points` the counter is held for `windowMs` from now (the cooldown
- *   starts with the failure that reached it) and the op reports the refusal.
+ * - `fail`: adds one; the count that reaches `points` holds the counter for `windowMs` from
+ *   now (the cooldown starts with the failure that reached it) and reports the refusal. Later
+ *   failures (proofs already in flight) count but neither extend the cooldown nor report it again.
  */
 export interface WindowOp {
   kind: 'check' | 'count' | 'fail';
@@ -33,7 +34,7 @@ export interface StepOutcome {
 /**
  * KEYS: the counters; ARGV: kind, points, window ms of each. Returns {refused (1-based, 0 for
  * none), ms left, count, count, ...}. PEXPIRE on the first count only (fixed window); a counter
- * found without an expiry (written by hand) gets one, so no counter lives forever.
+ * found without an expiry (written by hand, restored) gets one, so no counter lives forever.
  */
 export const STEP_LUA = `
 local out = {0, 0}
@@ -46,8 +47,13 @@ for i = 1, #KEYS do
     local v = tonumber(redis.call('GET', k) or '0')
     out[i + 2] = v
     if v >= points then
+      local ttl = redis.call('PTTL', k)
+      if ttl < 0 then
+        redis.call('PEXPIRE', k, win)
+        ttl = win
+      end
       out[1] = i
-      out[2] = redis.call('PTTL', k)
+      out[2] = ttl
       return out
     end
   else
@@ -63,7 +69,7 @@ for i = 1, #KEYS do
       end
     end
     out[i + 2] = v
-    if kind == 'fail' and v >= points then
+    if kind == 'fail' and v == points then
       redis.call('PEXPIRE', k, win)
       out[1] = i
       out[2] = win
@@ -94,8 +100,10 @@ export interface MemoryWindowsOptions {
 
 /** {@link STEP_LUA} in process memory, bounded. */
 export class MemoryWindows {
-  private readonly counters = new Map<string, { v: number; until: number }>();
+  /** `held`: a running cooldown, evicted only when nothing else can be. */
+  private readonly counters = new Map<string, { v: number; until: number; held?: boolean }>();
   private readonly now: () => number;
+  private sweptAt = -Infinity;
 
   constructor(private readonly opts: MemoryWindowsOptions) {
     this.now = opts.now ?? Date.now;
@@ -121,8 +129,9 @@ export class MemoryWindows {
       if (!c) c = this.create(op.key, now + op.windowMs);
       c.v++;
       counts.push(c.v);
-      if (op.kind === 'fail' && c.v >= op.points) {
+      if (op.kind === 'fail' && c.v === op.points) {
         c.until = now + op.windowMs;
+        c.held = true;
         return { refused: i, msLeft: op.windowMs, counts };
       }
       if (op.kind === 'count' && c.v > op.points) return { refused: i, msLeft: c.until - now, counts };
@@ -135,11 +144,26 @@ export class MemoryWindows {
     this.counters.delete(key);
   }
 
+  /** Drops the oldest counter that is not a running cooldown (among the 64 oldest), else the oldest. */
+  private evictOne(): void {
+    let n = 0;
+    for (const [k, c] of this.counters) {
+      if (!c.held) return void this.counters.delete(k);
+      if (++n >= 64) break;
+    }
+    this.counters.delete(this.counters.keys().next().value!);
+  }
+
   private create(key: string, until: number): { v: number; until: number } {
     if (this.counters.size >= this.opts.maxKeys) {
+      // A full pass over expired counters at most once a second: when the map is full of live
+      // ones, every new key would otherwise scan all of them.
       const now = this.now();
-      for (const [k, c] of this.counters) if (c.until <= now) this.counters.delete(k);
-      if (this.counters.size >= this.opts.maxKeys) this.counters.delete(this.counters.keys().next().value!);
+      if (now - this.sweptAt >= 1000) {
+        this.sweptAt = now;
+        for (const [k, c] of this.counters) if (c.until <= now) this.counters.delete(k);
+      }
+      if (this.counters.size >= this.opts.maxKeys) this.evictOne();
     }
     const c = { v: 0, until };
     this.counters.set(key, c);

@@ -15,41 +15,30 @@ import { waitFor } from '../helpers/ports.js';
 import { startRedis } from '../helpers/redis.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
-let fx: Fixtures;
-let up: RecordingUpstream;
-const closers: (() => Promise<void>)[] = [];
-
-beforeAll(async () => {
-  fx = await makeFixtures();
-  up = await startUpstream();
-});
-afterAll(async () => {
-  for (const c of closers.reverse()) await c();
-  await up?.close();
-});
+const suite = gateSuite();
 
 async function gate(extra: Record<string, string>, redisUrl = inject('redisUrl')): Promise<RunningGate> {
-  const g = await startGate(testEnv(fx, { GATE_STORE: 'redis', GATE_REDIS_URL: redisUrl, GATE_UPSTREAM_URL: up.url, GATE_RATE_LIMITS: 'on', ...extra }));
-  closers.push(() => g.close());
+  const g = await startGate(testEnv(suite.fx, { GATE_STORE: 'redis', GATE_REDIS_URL: redisUrl, GATE_UPSTREAM_URL: suite.up.url, GATE_RATE_LIMITS: 'on', ...extra }));
+  suite.closers.push(() => g.close());
   return g;
 }
 function agent(who?: KeyAndCert, localAddress?: string): Agent {
   const a = localAddress
-    ? new Agent({ localAddress, connect: { ca: fx.ca.certPem, cert: who?.certPem, key: who?.keyPem, servername: 'localhost' } })
-    : tlsAgent(fx, who);
-  closers.push(() => a.close());
+    ? new Agent({ localAddress, connect: { ca: suite.fx.ca.certPem, cert: who?.certPem, key: who?.keyPem, servername: 'localhost' } })
+    : tlsAgent(suite.fx, who);
+  suite.closers.push(() => a.close());
   return a;
 }
 let n = 0;
 /** A fresh agent certificate: limits are shared through Redis across this file's gates. */
-const fresh = () => issueAgentCert(fx.ca, `abuse-${n++}`, { alg: 'ec-p256' });
+const fresh = () => issueAgentCert(suite.fx.ca, `abuse-${n++}`, { alg: 'ec-p256' });
 /** A fresh loopback source address, for the same reason. */
 let lastOctet = 10;
 const freshAddress = () => `127.0.0.${lastOctet++}`;
 
 function client(g: RunningGate, who: KeyAndCert): GateClient {
-  const c = new GateClient({ baseUrl: g.url, cert: who.certPem, key: who.keyPem, ca: fx.ca.certPem, servername: 'localhost', maxRetryAfterS: 0 });
-  closers.push(() => c.close());
+  const c = new GateClient({ baseUrl: g.url, cert: who.certPem, key: who.keyPem, ca: suite.fx.ca.certPem, servername: 'localhost', maxRetryAfterS: 0 });
+  suite.closers.push(() => c.close());
   return c;
 }
 const challenge = (g: RunningGate, a: Agent) => call(a, `${g.url}/.agent-gate/v1/challenge`, { method: 'POST' });
@@ -129,12 +118,12 @@ describe('rate limits', () => {
     expect(await metric(g, /^agent_gate_rate_limited_total\{limiter="failed_proof"\} (\d+)/m)).toBeGreaterThanOrEqual(1);
   });
 
-  it('with Redis down the in-memory insurance limiter still limits', async () => {
+  it('with Redis down the per-gate fallback counters still limit', async () => {
     const redis = await startRedis();
-    closers.push(() => redis.stop());
+    suite.closers.push(() => redis.stop());
     const g = await gate({ GATE_RATE_CHALLENGE_IP: '3/60', GATE_REDIS_TIMEOUT_MS: '300' }, redis.url);
     await redis.stop();
-    const a = agent(fx.agents.p256);
+    const a = agent(suite.fx.agents.p256);
     const statuses: number[] = [];
     for (let i = 0; i < 5; i++) statuses.push((await challenge(g, a)).status);
     // The first three pass the (insurance) limit and then meet the dead store; the rest are limited.
@@ -145,7 +134,7 @@ describe('rate limits', () => {
     // A private Redis: the per-address counters of 127.0.0.1 are shared with this file's other
     // gates otherwise, and the well-behaved agent (which connects from 127.0.0.1) would inherit them.
     const redis = await startRedis();
-    closers.push(() => redis.stop());
+    suite.closers.push(() => redis.stop());
     const g = await gate({ GATE_RATE_CHALLENGE_IP: '10/60', GATE_RATE_CHALLENGE_IDENTITY: '1000/60' }, redis.url);
     const flooder = agent(await fresh(), freshAddress());
     const results = await Promise.all(Array.from({ length: 60 }, () => challenge(g, flooder)));
@@ -159,13 +148,13 @@ describe('load shedding', () => {
   it('GATE_MAX_INFLIGHT with a slow upstream: excess requests get 503 overloaded quickly, in-flight ones finish', async () => {
     const slow = await startUpstream();
     slow.delayMs = 1500;
-    closers.push(() => slow.close());
-    const g = await startGate(testEnv(fx, { GATE_STORE: 'memory', GATE_UPSTREAM_URL: slow.url, GATE_MAX_INFLIGHT: '3' }));
-    closers.push(() => g.close());
-    const c = client(g, fx.agents.p256);
+    suite.closers.push(() => slow.close());
+    const g = await startGate(testEnv(suite.fx, { GATE_STORE: 'memory', GATE_UPSTREAM_URL: slow.url, GATE_MAX_INFLIGHT: '3' }));
+    suite.closers.push(() => g.close());
+    const c = client(g, suite.fx.agents.p256);
     const token = await c.getToken();
-    const a = new Agent({ connections: 20, connect: { ca: fx.ca.certPem, cert: fx.agents.p256.certPem, key: fx.agents.p256.keyPem, servername: 'localhost' } });
-    closers.push(() => a.close());
+    const a = new Agent({ connections: 20, connect: { ca: suite.fx.ca.certPem, cert: suite.fx.agents.p256.certPem, key: suite.fx.agents.p256.keyPem, servername: 'localhost' } });
+    suite.closers.push(() => a.close());
     const inflight = Array.from({ length: 3 }, (_, i) => call(a, `${g.url}/slow/${i}`, { headers: { authorization: `Bearer ${token}` } }));
     await waitFor(() => slow.seen.length >= 3, 5000, 'three requests in flight');
     const t0 = Date.now();
@@ -206,13 +195,13 @@ describe('proof-of-work', () => {
 
 describe('slow clients', () => {
   it('slowloris: 100 connections dribbling headers do not stop an agent from completing the flow', async () => {
-    const g = await startGate(testEnv(fx, { GATE_STORE: 'memory', GATE_UPSTREAM_URL: up.url }));
-    closers.push(() => g.close());
+    const g = await startGate(testEnv(suite.fx, { GATE_STORE: 'memory', GATE_UPSTREAM_URL: suite.up.url }));
+    suite.closers.push(() => g.close());
     const port = Number(new URL(g.url).port);
     const sockets = await Promise.all(
       Array.from({ length: 100 }, () =>
         new Promise<import('node:tls').TLSSocket>((resolve, reject) => {
-          const s = connect({ host: '127.0.0.1', port, ca: fx.ca.certPem, cert: fx.agents.other.certPem, key: fx.agents.other.keyPem, servername: 'localhost' }, () => {
+          const s = connect({ host: '127.0.0.1', port, ca: suite.fx.ca.certPem, cert: suite.fx.agents.other.certPem, key: suite.fx.agents.other.keyPem, servername: 'localhost' }, () => {
             s.write('GET /slow HTTP/1.1\r\nHost: localhost\r\nX-Slow: ');
             resolve(s);
           });
@@ -220,10 +209,10 @@ describe('slow clients', () => {
         }),
       ),
     );
-    closers.push(async () => sockets.forEach((s) => s.destroy()));
+    suite.closers.push(async () => sockets.forEach((s) => s.destroy()));
     const drip = setInterval(() => sockets.forEach((s) => s.writable && s.write('a')), 200);
-    closers.push(async () => clearInterval(drip));
-    const c = client(g, fx.agents.p256);
+    suite.closers.push(async () => clearInterval(drip));
+    const c = client(g, suite.fx.agents.p256);
     const t0 = Date.now();
     expect((await c.request('/served')).status).toBe(200);
     expect(Date.now() - t0).toBeLessThan(5000);

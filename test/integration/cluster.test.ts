@@ -11,6 +11,7 @@ import { Cluster } from 'ioredis';
 import { Agent } from 'undici';
 import { GateClient, type Challenge } from '../../src/client/index.js';
 import { generateSigningJwk } from '../../src/tokens/index.js';
+import { RedisStore, type WindowOp } from '../../src/store/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, type Res } from '../helpers/http.js';
@@ -139,6 +140,32 @@ it('full flow on the cluster across two gates, with the rate limits kept in the 
     expect(await redis.exists(`ag:{${ch.challenge_id}}:used`)).toBe(1);
   } finally {
     redis.disconnect();
+  }
+});
+
+it('a limit step on the cluster: one call per hash tag, in order; a refusal in either part ends the step', async () => {
+  const store = new RedisStore({ clusterNodes: cluster.nodes, timeoutMs: 2000 });
+  try {
+    await waitFor(async () => (await store.ping().then(() => true, () => false)), 10_000, 'cluster store ready');
+    const [tp, addr] = [randomBytes(8).toString('hex'), `10.9.${randomBytes(1)[0]}.1`];
+    const ops = (idPoints: number, ipPoints: number): WindowOp[] => [
+      { kind: 'check', key: `ag:rl:{${tp}}:fp`, points: 3, windowMs: 60_000 },
+      { kind: 'count', key: `ag:rl:{${tp}}:cid`, points: idPoints, windowMs: 60_000 },
+      { kind: 'count', key: `ag:rl:{${addr}}:cip`, points: ipPoints, windowMs: 60_000 },
+    ];
+    expect(await store.countStep(ops(1, 5))).toEqual({ refused: -1, msLeft: 0, counts: [0, 1, 1] });
+    // The identity refuses in the first call: the address (another slot) is not spent.
+    const id = await store.countStep(ops(1, 5));
+    expect(id).toMatchObject({ refused: 1, counts: [0, 2] });
+    expect(id.msLeft).toBeGreaterThan(55_000);
+    // The address refuses in the second call: its index counts from the whole step.
+    const ip = await store.countStep(ops(10, 1));
+    expect(ip).toMatchObject({ refused: 2, counts: [0, 3, 2] });
+    const redis = store.redis!;
+    expect(await redis.get(`ag:rl:{${addr}}:cip`)).toBe('2');
+    expect(await redis.get(`ag:rl:{${tp}}:cid`)).toBe('3');
+  } finally {
+    await store.close();
   }
 });
 

@@ -70,6 +70,61 @@ describe('the step script and the memory counters agree', () => {
   });
 });
 
+describe('the failed-proof cooldown', () => {
+  const fail = (key: string): WindowOp[] => [{ kind: 'fail', key, points: 3, windowMs: 10_000 }];
+
+  it('on Redis: lasts S from the Nth failure; a later failure neither extends nor reports it', async () => {
+    const key = `ag:test:{${ns()}}:fp`;
+    expect((await store.countStep(fail(key))).refused).toBe(-1);
+    await new Promise((r) => setTimeout(r, 400));
+    expect((await store.countStep(fail(key))).refused).toBe(-1);
+    await new Promise((r) => setTimeout(r, 400));
+    // The third failure: the cooldown restarts at 10 s, not 10 s from the first failure (~9.2 s).
+    expect(await store.countStep(fail(key))).toMatchObject({ refused: 0, msLeft: 10_000 });
+    expect(await store.redis!.pttl(key)).toBeGreaterThan(9_700);
+    await new Promise((r) => setTimeout(r, 400));
+    expect(await store.countStep(fail(key))).toMatchObject({ refused: -1, counts: [4] });
+    expect(await store.redis!.pttl(key)).toBeLessThan(9_700);
+    // The cooldown reads its remaining time.
+    const check = await store.countStep([{ kind: 'check', key, points: 3, windowMs: 10_000 }]);
+    expect(check.refused).toBe(0);
+    expect(check.msLeft).toBeLessThan(9_700);
+    expect(check.msLeft).toBeGreaterThan(8_000);
+  });
+
+  it('in memory: the same, on a clock the test moves', () => {
+    let now = 1_000_000;
+    const w = new MemoryWindows({ maxKeys: 10, now: () => now });
+    w.step(fail('k'));
+    now += 4_000;
+    w.step(fail('k'));
+    now += 4_000;
+    expect(w.step(fail('k'))).toMatchObject({ refused: 0, msLeft: 10_000 });
+    now += 9_000;
+    expect(w.step(fail('k')).refused).toBe(-1);
+    expect(w.step([{ kind: 'check', key: 'k', points: 3, windowMs: 10_000 }])).toMatchObject({ refused: 0, msLeft: 1_000 });
+    now += 1_000;
+    expect(w.step([{ kind: 'check', key: 'k', points: 3, windowMs: 10_000 }]).refused).toBe(-1);
+  });
+
+  it('in memory: a running cooldown is the last counter evicted when the map is full', () => {
+    const w = new MemoryWindows({ maxKeys: 3 });
+    w.step(fail('fp'));
+    w.step(fail('fp'));
+    w.step(fail('fp'));
+    for (const k of ['a', 'b']) w.step([{ kind: 'count', key: k, points: 9, windowMs: 60_000 }]);
+    w.step([{ kind: 'count', key: 'c', points: 9, windowMs: 60_000 }]);
+    expect(w.step([{ kind: 'check', key: 'fp', points: 3, windowMs: 10_000 }]).refused).toBe(0);
+  });
+
+  it('a cooldown found without an expiry gets one (no counter blocks forever)', async () => {
+    const key = `ag:test:{${ns()}}:fp`;
+    await store.redis!.set(key, '5');
+    expect((await store.countStep([{ kind: 'check', key, points: 3, windowMs: 10_000 }])).msLeft).toBe(10_000);
+    expect(await store.redis!.pttl(key)).toBeGreaterThan(9_000);
+  });
+});
+
 describe('GateRateLimits.step', () => {
   const spec: RateSpec = { points: 2, durationS: 60 };
   const make = (s: { countStep: RedisStore['countStep']; deleteValue: RedisStore['deleteValue'] }, onCooldown?: (thumbprint: string) => void) => {
@@ -78,20 +133,32 @@ describe('GateRateLimits.step', () => {
     return { metrics, limits };
   };
 
-  it('one round trip for the challenge step; the identity refusal leaves the address budget unspent', async () => {
-    let calls = 0;
-    const counting = { countStep: (ops: readonly WindowOp[]) => (calls++, store.countStep(ops)), deleteValue: (k: string) => store.deleteValue(k) };
-    const { limits, metrics } = make(counting);
+  it('one script call for the challenge step; the identity refusal leaves the address budget unspent', async () => {
+    // A Redis of its own, so its command statistics count this test's commands only.
+    const own = await startRedis();
+    const mine = new RedisStore({ url: own.url, timeoutMs: 2000 });
+    await mine.waitReady(10_000);
+    const scripts = async () => {
+      const stats = await mine.redis!.info('commandstats');
+      return [...stats.matchAll(/^cmdstat_(eval|evalsha):calls=(\d+)/gm)].reduce((n, m) => n + Number(m[2]), 0);
+    };
+    const { limits, metrics } = make(mine);
     const [tp, addr] = [ns(), `10.${run}.0.1`];
     const step = () => limits.step([{ limit: 'cooldown', key: tp }, { limit: 'challenge_identity', key: tp }, { limit: 'challenge_ip', key: addr }]);
-    expect(await step()).toEqual([0, 0.5, 1 / 3]);
-    expect(await step()).toEqual([0, 1, 2 / 3]);
-    expect(calls).toBe(2);
-    const err = await step().catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: 'rate_limited', status: 429, headers: { 'ratelimit-policy': '"challenge_identity";q=2;w=60' } });
-    expect(Number((err as { headers: Record<string, string> }).headers['retry-after'])).toBeGreaterThan(55);
-    expect(await store.redis!.get(counterKey('challenge_ip', addr))).toBe('2');
-    expect((await metrics.registry.getSingleMetricAsString('agent_gate_rate_limited_total'))).toContain('limiter="challenge_identity"} 1');
+    try {
+      expect(await step()).toEqual([0, 0.5, 1 / 3]);
+      const before = await scripts();
+      expect(await step()).toEqual([0, 1, 2 / 3]);
+      expect((await scripts()) - before).toBe(1);
+      const err = await step().catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'rate_limited', status: 429, headers: { 'ratelimit-policy': '"challenge_identity";q=2;w=60' } });
+      expect(Number((err as { headers: Record<string, string> }).headers['retry-after'])).toBeGreaterThan(55);
+      expect(await mine.redis!.get(counterKey('challenge_ip', addr))).toBe('2');
+      expect(await metrics.registry.getSingleMetricAsString('agent_gate_rate_limited_total')).toContain('limiter="challenge_identity"} 1');
+    } finally {
+      await mine.close();
+      await own.stop();
+    }
   });
 
   it('failed proofs start a cooldown the step refuses, until an operator clears it', async () => {

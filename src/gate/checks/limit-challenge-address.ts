@@ -4,7 +4,7 @@ import type { LimitRowFactory } from '../deps.js';
 export const limitChallengeAddress: LimitRowFactory = ({ limits }) =>
   limits && {
     counter: (request) => ({ limit: 'challenge_ip', key: request.clientAddress }),
-    then: (request, share) => {
+    after: (request, share) => {
       request.ipLoad = share;
     },
   };
