@@ -4,16 +4,16 @@
  * proof-of-work; slow clients do not starve others.
  */
 import { connect } from 'node:tls';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, inject, it } from 'vitest';
 import { Agent } from 'undici';
 import { GateClient } from '../../src/client/index.js';
 import { issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
-import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent, type Res } from '../helpers/http.js';
 import { waitFor } from '../helpers/ports.js';
 import { startRedis } from '../helpers/redis.js';
-import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
+import { gateSuite } from '../helpers/suite.js';
+import { startUpstream } from '../helpers/upstream.js';
 
 const suite = gateSuite();
 

@@ -15,38 +15,29 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeProtectedHeader, type JWK } from 'jose';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { beforeAll, describe, expect, inject, it } from 'vitest';
 import { GateClient } from '../../src/client/index.js';
 import { devPkiPaths, initDevPki, issueAgentCert } from '../../src/pki/index.js';
 import { generateSigningJwk } from '../../src/tokens/index.js';
-import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/cli.js';
 import { call, tlsAgent } from '../helpers/http.js';
-import { startOpensslOcsp, type OpensslOcsp } from '../helpers/openssl-ocsp.js';
 import { freePort, waitFor } from '../helpers/ports.js';
 import { cliArgv } from '../helpers/serve.js';
-import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
+import { gateSuite } from '../helpers/suite.js';
 import { FORBIDDEN } from '../setup/log-scan.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 /** A clean environment for the child: nothing of the runner's GATE_* (or npm settings) leaks in. */
 const BASE_ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
 
-let fx: Fixtures;
-let up: RecordingUpstream;
-let ocsp: OpensslOcsp;
+const suite = gateSuite({ ocsp: true });
 let dir: string;
 let signingJwk: JWK;
 let keyFile: string;
 let keyFile0644: string;
 let devCaBundle: string;
-const closers: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
-  fx = await makeFixtures();
-  up = await startUpstream();
-  ocsp = await startOpensslOcsp(fx.ca);
-  for (const a of Object.values(fx.agents)) ocsp.add(a);
   dir = mkdtempSync(join(tmpdir(), 'ag-prod-'));
   signingJwk = await generateSigningJwk();
   keyFile = join(dir, 'signing.jwk');
@@ -59,12 +50,7 @@ beforeAll(async () => {
   const devDir = join(dir, 'dev-pki');
   await initDevPki(devDir, { alg: 'ec-p256' });
   devCaBundle = join(dir, 'bundle-with-dev-ca.crt');
-  writeFileSync(devCaBundle, fx.ca.certPem + readFileSync(devPkiPaths(devDir).caCert, 'utf8'));
-});
-afterAll(async () => {
-  for (const c of closers.reverse()) await c();
-  await ocsp?.close();
-  await up?.close();
+  writeFileSync(devCaBundle, suite.fx.ca.certPem + readFileSync(devPkiPaths(devDir).caCert, 'utf8'));
 });
 
 /** A correct prod configuration on the given ports. */
@@ -73,18 +59,18 @@ function prodEnv(ports: { port: number; adminPort: number } = { port: 0, adminPo
     GATE_ENV: 'prod',
     GATE_LISTEN: `127.0.0.1:${ports.port}`,
     GATE_ADMIN_LISTEN: `127.0.0.1:${ports.adminPort}`,
-    GATE_TLS_CERT: fx.serverCertFile,
-    GATE_TLS_KEY: fx.serverKeyFile,
+    GATE_TLS_CERT: suite.fx.serverCertFile,
+    GATE_TLS_KEY: suite.fx.serverKeyFile,
     GATE_TLS_MIN_VERSION: 'TLSv1.3',
-    GATE_CLIENT_CA: fx.caFile,
+    GATE_CLIENT_CA: suite.fx.caFile,
     GATE_STORE: 'redis',
     GATE_REDIS_URL: inject('redisUrl'),
     // Loopback plain http is allowed in prod; the recording upstream listens on 127.0.0.1.
-    GATE_UPSTREAM_URL: up.url,
+    GATE_UPSTREAM_URL: suite.up.url,
     GATE_SIGNING_KEY_FILE: keyFile,
     GATE_REVOCATION: 'ocsp,crl',
     GATE_REVOCATION_FAIL: 'closed',
-    GATE_OCSP_URL: ocsp.url,
+    GATE_OCSP_URL: suite.ocsp.url,
     GATE_REVOCATION_TIMEOUT_MS: '5000',
     GATE_LOG_LEVEL: 'info',
   };
@@ -117,7 +103,7 @@ function serve(env: Record<string, string | undefined>): Served {
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  closers.push(async () => {
+  suite.closers.push(async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGKILL');
       await exited;
@@ -147,7 +133,7 @@ function refused(port: number): Promise<boolean> {
 /** Negotiates TLS with the given version bounds; resolves the protocol or the error code. */
 function handshake(port: number, opts: { minVersion?: 'TLSv1.2' | 'TLSv1.3'; maxVersion?: 'TLSv1.2' | 'TLSv1.3' }): Promise<string> {
   return new Promise((resolve) => {
-    const s = tlsConnect({ host: '127.0.0.1', port, servername: 'localhost', ca: fx.ca.certPem, cert: fx.agents.p256.certPem, key: fx.agents.p256.keyPem, ...opts });
+    const s = tlsConnect({ host: '127.0.0.1', port, servername: 'localhost', ca: suite.fx.ca.certPem, cert: suite.fx.agents.p256.certPem, key: suite.fx.agents.p256.keyPem, ...opts });
     s.setTimeout(5000, () => s.destroy(new Error('timeout')));
     s.once('secureConnect', () => {
       const p = s.getProtocol() ?? 'none';
@@ -167,7 +153,7 @@ describe('a correct prod configuration', () => {
     expect(printed.env).toBe('prod');
     expect(printed.store).toMatchObject({ kind: 'redis' });
     expect(printed.tls).toMatchObject({ minVersion: 'TLSv1.3' });
-    expect(printed.revocation).toMatchObject({ mode: 'ocsp,crl', fail: 'closed', ocspUrl: ocsp.url });
+    expect(printed.revocation).toMatchObject({ mode: 'ocsp,crl', fail: 'closed', ocspUrl: suite.ocsp.url });
     expect(printed.logLevel).toBe('info');
     expect(printed.tokenTtlS).toBeLessThanOrEqual(900);
     expect(r.stdout).not.toContain(signingJwk.d as string);
@@ -191,36 +177,36 @@ describe('a correct prod configuration', () => {
     expect(await handshake(ports.port, { maxVersion: 'TLSv1.2' })).toMatch(/^error:/);
 
     // The published key is the one from the key file.
-    const jwks = await call(tlsAgent(fx), `${base}/.agent-gate/jwks.json`);
+    const jwks = await call(tlsAgent(suite.fx), `${base}/.agent-gate/jwks.json`);
     expect((jwks.json() as { keys: JWK[] }).keys.map((k) => k.kid)).toEqual([signingJwk.kid]);
 
     // The flow: challenge, proof, token, gated request reaching the upstream.
-    const ocspBefore = ocsp.requests;
-    const c = new GateClient({ baseUrl: base, cert: fx.agents.ed25519.certPem, key: fx.agents.ed25519.keyPem, ca: fx.ca.certPem, servername: 'localhost' });
-    closers.push(() => c.close());
+    const ocspBefore = suite.ocsp.requests;
+    const c = new GateClient({ baseUrl: base, cert: suite.fx.agents.ed25519.certPem, key: suite.fx.agents.ed25519.keyPem, ca: suite.fx.ca.certPem, servername: 'localhost' });
+    suite.closers.push(() => c.close());
     const token = await c.getToken();
     expect(decodeProtectedHeader(token)).toMatchObject({ alg: 'EdDSA', typ: 'at+jwt', kid: signingJwk.kid });
     const res = await c.request('/prod/hello?x=1', { method: 'POST', body: 'hi', headers: { 'content-type': 'text/plain' } });
     expect(res.status).toBe(200);
     expect(res.json()).toMatchObject({ method: 'POST', url: '/prod/hello?x=1', agent_id: expect.any(String), body_bytes: 2 });
-    const seen = up.seen.find((s) => s.url === '/prod/hello?x=1')!;
+    const seen = suite.up.seen.find((s) => s.url === '/prod/hello?x=1')!;
     expect(seen.headers.authorization).toBeUndefined();
     expect(seen.headers['x-agent-thumbprint']).toEqual(expect.any(String));
     // Revocation really ran against the responder, and the token works for a second request.
-    expect(ocsp.requests).toBeGreaterThan(ocspBefore);
+    expect(suite.ocsp.requests).toBeGreaterThan(ocspBefore);
     expect((await c.request('/prod/again')).status).toBe(200);
 
     // Failing closed: a certificate the responder does not know is refused with 503...
-    const unknown = await issueAgentCert(fx.ca, 'prod-unknown', { alg: 'ec-p256' });
-    const a1 = tlsAgent(fx, unknown);
-    closers.push(() => a1.close());
+    const unknown = await issueAgentCert(suite.fx.ca, 'prod-unknown', { alg: 'ec-p256' });
+    const a1 = tlsAgent(suite.fx, unknown);
+    suite.closers.push(() => a1.close());
     const r1 = await call(a1, `${base}/.agent-gate/v1/challenge`, { method: 'POST' });
     expect([r1.status, r1.json().code]).toEqual([503, 'revocation_unavailable']);
     // ... and a revoked one with 403.
-    const revoked = await issueAgentCert(fx.ca, 'prod-revoked', { alg: 'ec-p256' });
-    ocsp.revoke(revoked);
-    const a2 = tlsAgent(fx, revoked);
-    closers.push(() => a2.close());
+    const revoked = await issueAgentCert(suite.fx.ca, 'prod-revoked', { alg: 'ec-p256' });
+    suite.ocsp.revoke(revoked);
+    const a2 = tlsAgent(suite.fx, revoked);
+    suite.closers.push(() => a2.close());
     const r2 = await call(a2, `${base}/.agent-gate/v1/challenge`, { method: 'POST' });
     expect([r2.status, r2.json().code]).toEqual([403, 'client_cert_revoked']);
 

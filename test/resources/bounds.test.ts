@@ -17,7 +17,7 @@ import { Writable } from 'node:stream';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { Agent } from 'undici';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { createProof } from '../../src/client/proof.js';
 import { GateError } from '../../src/errors.js';
 import { createCrl, issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
@@ -25,10 +25,9 @@ import { parseCrl } from '../../src/revocation/crl.js';
 import { normalizeSerial } from '../../src/revocation/serial.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import type { ChallengeRecord } from '../../src/store/index.js';
-import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent, type Res } from '../helpers/http.js';
-import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
+import { gateSuite } from '../helpers/suite.js';
 import { derTlv, readTlv } from '../helpers/der.js';
 
 const HEAVY = process.env.AG_HEAVY === '1';
@@ -50,18 +49,7 @@ const heap = () => process.memoryUsage().heapUsed;
 /** A signed size in MB for the report lines. */
 const mb = (bytes: number) => `${bytes >= 0 ? '+' : ''}${(bytes / MB).toFixed(0)} MB`;
 
-let fx: Fixtures;
-let up: RecordingUpstream;
-const closers: (() => Promise<void>)[] = [];
-
-beforeAll(async () => {
-  fx = await makeFixtures();
-  up = await startUpstream();
-});
-afterAll(async () => {
-  for (const c of closers.reverse()) await c();
-  await up?.close();
-});
+const suite = gateSuite();
 
 function record(thumbprint: string, now: number, ttlMs: number): ChallengeRecord {
   return { nonce: randomBytes(32).toString('base64url'), aud: 'agent-gate', issuedAt: now, expiresAt: now + ttlMs, thumbprint, powDifficulty: 0 };
@@ -76,7 +64,7 @@ describe('memory store: 10,000 outstanding challenges from 1,000 agents', () => 
   it('cost a bounded amount of heap per entry and all expire through the injected clock', async () => {
     let clock = 1_764_000_000_000;
     const store = new MemoryStore(100_000, () => clock);
-    closers.push(() => store.close());
+    suite.closers.push(() => store.close());
     const thumbs = Array.from({ length: 1000 }, () => randomBytes(32).toString('base64url'));
     const ids = Array.from({ length: 10_000 }, () => randomBytes(16).toString('base64url'));
     gc();
@@ -107,7 +95,7 @@ describe('memory store: 10,000 outstanding challenges from 1,000 agents', () => 
   it('a full store refuses new entries with store_unavailable (Retry-After) instead of evicting live ones', async () => {
     let clock = 1_764_000_000_000;
     const store = new MemoryStore(1000, () => clock);
-    closers.push(() => store.close());
+    suite.closers.push(() => store.close());
     const ids = Array.from({ length: 1000 }, () => randomBytes(16).toString('base64url'));
     for (const id of ids) await store.putChallenge(id, record('t', clock, 60_000), 90_000);
     const refusal = await store.putChallenge('x'.repeat(22), record('t', clock, 60_000), 90_000).then(
@@ -138,13 +126,13 @@ describe('memory store end to end: 200 real challenges from 20 agents', () => {
 
   beforeAll(async () => {
     gate = await startGate(
-      testEnv(fx, { GATE_STORE: 'memory', GATE_UPSTREAM_URL: up.url, GATE_CHALLENGE_TTL_MS: '500', GATE_MAX_EVENT_LOOP_DELAY_MS: '0', GATE_LOG_LEVEL: 'warn' }),
+      testEnv(suite.fx, { GATE_STORE: 'memory', GATE_UPSTREAM_URL: suite.up.url, GATE_CHALLENGE_TTL_MS: '500', GATE_MAX_EVENT_LOOP_DELAY_MS: '0', GATE_LOG_LEVEL: 'warn' }),
       { now: () => Date.now() + offset },
     );
-    closers.push(() => gate.close());
-    whos = await Promise.all(Array.from({ length: 20 }, (_, i) => issueAgentCert(fx.ca, `bounds-${i}`, { alg: 'ec-p256' })));
-    for (const w of whos) agents.push(tlsAgent(fx, w));
-    closers.push(async () => {
+    suite.closers.push(() => gate.close());
+    whos = await Promise.all(Array.from({ length: 20 }, (_, i) => issueAgentCert(suite.fx.ca, `bounds-${i}`, { alg: 'ec-p256' })));
+    for (const w of whos) agents.push(tlsAgent(suite.fx, w));
+    suite.closers.push(async () => {
       for (const a of agents) await a.close();
     });
     // Warm every connection so the measurement below is the store, not TLS.
@@ -189,8 +177,8 @@ describe('memory store end to end: 200 real challenges from 20 agents', () => {
   });
 
   it('a gate whose store is full answers 503 store_unavailable with Retry-After and still redeems what it issued', async () => {
-    const small = await startGate(testEnv(fx, { GATE_STORE: 'memory', GATE_MEMORY_STORE_MAX: '100', GATE_UPSTREAM_URL: up.url, GATE_CHALLENGE_TTL_MS: '60000', GATE_MAX_EVENT_LOOP_DELAY_MS: '0', GATE_LOG_LEVEL: 'warn' }));
-    closers.push(() => small.close());
+    const small = await startGate(testEnv(suite.fx, { GATE_STORE: 'memory', GATE_MEMORY_STORE_MAX: '100', GATE_UPSTREAM_URL: suite.up.url, GATE_CHALLENGE_TTL_MS: '60000', GATE_MAX_EVENT_LOOP_DELAY_MS: '0', GATE_LOG_LEVEL: 'warn' }));
+    suite.closers.push(() => small.close());
     const first: Record<string, unknown>[] = [];
     for (let i = 0; i < 100; i++) {
       const r = await call(agents[i % 20]!, `${small.url}${P}/v1/challenge`, { method: 'POST' });
@@ -279,7 +267,7 @@ describe('large CRLs at the distribution point', () => {
     await new Promise<void>((r) => cdp.listen(0, '127.0.0.1', r));
     const a = cdp.address();
     cdpUrl = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
-    closers.push(async () => {
+    suite.closers.push(async () => {
       cdp.closeAllConnections();
       await new Promise<void>((r) => cdp.close(() => r()));
     });
@@ -294,9 +282,9 @@ describe('large CRLs at the distribution point', () => {
       },
     });
     const g = await startGate(
-      testEnv(fx, {
+      testEnv(suite.fx, {
         GATE_STORE: 'memory',
-        GATE_UPSTREAM_URL: up.url,
+        GATE_UPSTREAM_URL: suite.up.url,
         GATE_REVOCATION: 'crl',
         GATE_REVOCATION_FAIL: 'closed',
         GATE_CRL_MAX_BYTES: String(maxBytes),
@@ -306,17 +294,17 @@ describe('large CRLs at the distribution point', () => {
       }),
       { logStream },
     );
-    closers.push(() => g.close());
+    suite.closers.push(() => g.close());
     return g;
   }
 
   async function agentsFor(path: string): Promise<{ good: KeyAndCert; bad: KeyAndCert; serial: string }> {
-    const [g, b] = await Promise.all([issueAgentCert(fx.ca, `crl-good-${path}`, { alg: 'ec-p256', crlUrl: `${cdpUrl}/${path}` }), issueAgentCert(fx.ca, `crl-bad-${path}`, { alg: 'ec-p256', crlUrl: `${cdpUrl}/${path}` })]);
+    const [g, b] = await Promise.all([issueAgentCert(suite.fx.ca, `crl-good-${path}`, { alg: 'ec-p256', crlUrl: `${cdpUrl}/${path}` }), issueAgentCert(suite.fx.ca, `crl-bad-${path}`, { alg: 'ec-p256', crlUrl: `${cdpUrl}/${path}` })]);
     return { good: g, bad: b, serial: new X509Certificate(b.certPem).serialNumber };
   }
 
   async function challengeAs(g: RunningGate, who: KeyAndCert): Promise<{ status: number; code: unknown; ms: number }> {
-    const a = tlsAgent(fx, who);
+    const a = tlsAgent(suite.fx, who);
     try {
       const started = performance.now();
       const r = await call(a, `${g.url}${P}/v1/challenge`, { method: 'POST' });
@@ -339,7 +327,7 @@ describe('large CRLs at the distribution point', () => {
     const der = bodies.get(name)!;
     for (const framing of ['', '.chunked']) {
       const path = `${name}${framing}`;
-      const w = await issueAgentCert(fx.ca, `crl-cap-${path}`, { alg: 'ec-p256', crlUrl: `${cdpUrl}/${path}` });
+      const w = await issueAgentCert(suite.fx.ca, `crl-cap-${path}`, { alg: 'ec-p256', crlUrl: `${cdpUrl}/${path}` });
       const lines: string[] = [];
       const cap = Math.floor(der.length / 4);
       const g = await crlGate(cap, lines);
@@ -378,7 +366,7 @@ describe('large CRLs at the distribution point', () => {
   it('parseCrl loads every CRL a gate may fetch: 1,000, 3,324, 3,325 and 20,000 entries', async () => {
     const { serial } = await agentsFor('parse');
     for (const n of [1000, 3324, 3325, 20_000]) {
-      const der = await bigCrl(fx.ca, n, [serial]);
+      const der = await bigCrl(suite.fx.ca, n, [serial]);
       let size: number | string;
       try {
         const crl = parseCrl(der);
@@ -395,7 +383,7 @@ describe('large CRLs at the distribution point', () => {
     beforeAll(async () => {
       ({ good, bad, serial: badSerial } = await agentsFor('c100k'));
       const started = performance.now();
-      bodies.set('c100k', await bigCrl(fx.ca, 100_000, [badSerial]));
+      bodies.set('c100k', await bigCrl(suite.fx.ca, 100_000, [badSerial]));
       console.info(`[bounds] generated a 100,000-entry CRL (${(bodies.get('c100k')!.length / MB).toFixed(1)} MB) in ${(performance.now() - started).toFixed(0)} ms`);
     });
     it('over GATE_CRL_MAX_BYTES: refused at the fetch, 503 revocation_unavailable, logged and counted', () => expectRefusedByCap('c100k', 100_000));
@@ -408,7 +396,7 @@ describe('large CRLs at the distribution point', () => {
     beforeAll(async () => {
       ({ good, bad, serial: badSerial } = await agentsFor('c1m'));
       const started = performance.now();
-      bodies.set('c1m', await bigCrl(fx.ca, 1_000_000, [badSerial]));
+      bodies.set('c1m', await bigCrl(suite.fx.ca, 1_000_000, [badSerial]));
       console.info(`[bounds] generated a 1,000,000-entry CRL (${(bodies.get('c1m')!.length / MB).toFixed(1)} MB) in ${(performance.now() - started).toFixed(0)} ms`);
     });
     it('over GATE_CRL_MAX_BYTES: refused at the fetch, 503 revocation_unavailable, logged and counted', () => expectRefusedByCap('c1m', 1_000_000));
