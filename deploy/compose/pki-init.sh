@@ -94,47 +94,38 @@ say "6/7 nginx configuration in $NGINX_DIR (gates at $NGINX_GATE_URL, kid $FWD_H
 key_file=$(mktemp "${TMPDIR:-/tmp}/fwd-hmac.XXXXXX")
 trap 'rm -f "$key_file"' EXIT
 printf '%s\n' "$FWD_HMAC_SECRET" >"$key_file"
-$AGENT_GATE nginx-config \
-  --listen "$NGINX_LISTEN" \
-  --gate-url "$NGINX_GATE_URL" \
-  --gate-ca "$PKI_DIR/ca.crt" \
-  --gate-tls-name "$NGINX_GATE_TLS_NAME" \
-  --tls-cert "$PKI_DIR/nginx.crt" \
-  --tls-key "$PKI_DIR/nginx.key" \
-  --client-ca "$PKI_DIR/ca.crt" \
-  --hmac-key-file "$key_file" \
-  --kid "$FWD_HMAC_KID" \
-  --path-prefix "$PATH_PREFIX" \
-  --dir "$NGINX_DIR" >/dev/null 2>"$NGINX_DIR/render.log" || {
-  cat "$NGINX_DIR/render.log" >&2
-  exit 1
+# render_nginx DIR ARGS...: nginx-config into DIR with the PKI, key and prefix both nginx
+# configurations share, then ARGS. Its warnings (there should be none: the authorizer's
+# upstream is plain HTTP on the internal network, and that is expected) go to stderr; the line
+# saying how nginx is run does not.
+render_nginx() {
+  dir=$1
+  shift
+  $AGENT_GATE nginx-config "$@" \
+    --gate-ca "$PKI_DIR/ca.crt" \
+    --gate-tls-name "$NGINX_GATE_TLS_NAME" \
+    --tls-cert "$PKI_DIR/nginx.crt" \
+    --tls-key "$PKI_DIR/nginx.key" \
+    --client-ca "$PKI_DIR/ca.crt" \
+    --hmac-key-file "$key_file" \
+    --kid "$FWD_HMAC_KID" \
+    --path-prefix "$PATH_PREFIX" \
+    --dir "$dir" >/dev/null 2>"$dir/render.log" || {
+    cat "$dir/render.log" >&2
+    exit 1
+  }
+  grep -v '^run: ' "$dir/render.log" >&2 || true
+  rm -f "$dir/render.log"
 }
-# Warnings of the renderer (there should be none), then the line saying how nginx is run.
-grep -v '^run: ' "$NGINX_DIR/render.log" >&2 || true
-rm -f "$NGINX_DIR/render.log"
+render_nginx "$NGINX_DIR" --listen "$NGINX_LISTEN" --gate-url "$NGINX_GATE_URL"
 
 say "7/7 authorizer nginx configuration in $NGINX_AUTHZ_DIR (gate $NGINX_AUTHZ_GATE_URL, upstream $NGINX_AUTHZ_UPSTREAM_URL, decision cache ${AUTHZ_CACHE_S} s)"
-$AGENT_GATE nginx-config \
+render_nginx "$NGINX_AUTHZ_DIR" \
   --mode authorizer \
   --listen "$NGINX_AUTHZ_LISTEN" \
   --gate-url "$NGINX_AUTHZ_GATE_URL" \
-  --gate-ca "$PKI_DIR/ca.crt" \
-  --gate-tls-name "$NGINX_GATE_TLS_NAME" \
   --upstream-url "$NGINX_AUTHZ_UPSTREAM_URL" \
   --authz-cache-s "$AUTHZ_CACHE_S" \
-  --rate-proxy-identity "$AUTHZ_RATE_PROXY_IDENTITY" \
-  --tls-cert "$PKI_DIR/nginx.crt" \
-  --tls-key "$PKI_DIR/nginx.key" \
-  --client-ca "$PKI_DIR/ca.crt" \
-  --hmac-key-file "$key_file" \
-  --kid "$FWD_HMAC_KID" \
-  --path-prefix "$PATH_PREFIX" \
-  --dir "$NGINX_AUTHZ_DIR" >/dev/null 2>"$NGINX_AUTHZ_DIR/render.log" || {
-  cat "$NGINX_AUTHZ_DIR/render.log" >&2
-  exit 1
-}
-# The upstream is plain HTTP on the internal network: no TLS warning expected either.
-grep -v '^run: ' "$NGINX_AUTHZ_DIR/render.log" >&2 || true
-rm -f "$NGINX_AUTHZ_DIR/render.log"
+  --rate-proxy-identity "$AUTHZ_RATE_PROXY_IDENTITY"
 
 say "done"

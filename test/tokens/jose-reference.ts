@@ -12,6 +12,9 @@ import { isCanonicalCompactJws } from '../../src/lib/b64url.js';
 import type { VerifiedToken } from '../../src/tokens/index.js';
 import type { SigningKey } from '../../src/tokens/keys.js';
 
+// These constants and the two helpers below repeat src/challenge/proof.ts on purpose: the
+// oracle is independent of the code it checks, so a change there (a typ, a bound, a comparison)
+// cannot silently change what the compatibility tests expect.
 const PROOF_TYP = 'agent-gate-proof+jwt';
 const MAX_PROOF_LENGTH = 12 * 1024;
 
