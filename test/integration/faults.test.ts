@@ -544,6 +544,7 @@ describe('SIGTERM on a real serve process', () => {
     return testEnv(fx, { GATE_STORE: 'memory', GATE_UPSTREAM_URL: up.url, GATE_DRAIN_TIMEOUT_MS: String(drainMs), GATE_LOG_LEVEL: 'warn', GATE_SIGNING_JWK: signingJwk });
   }
 
+  // The single process's SIGTERM drain (test/cluster/workers.test.ts has the cluster's).
   it('during traffic: readyz 503, in-flight slow requests finish 200, new connections refused, exit 0 within the drain timeout', async () => {
     const DRAIN = 8000;
     const gate = await spawnServe(serveEnv(DRAIN));
