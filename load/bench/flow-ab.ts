@@ -4,8 +4,9 @@
  * kept-alive mTLS connections, 16 agents, ES256, Redis store, one gate with rate limits on
  * (ceilings out of reach) beside one with limits off, rounds interleaved; prints gate CPU per
  * flow (median) and the limiter's paired cost. `--profile` also writes a V8 CPU profile of the
- * limits-on gate (`--cpu-prof`) and prints its top self-time functions. For working on the
- * flow's hot path between full `npm run bench` runs.
+ * limits-on gate (`--cpu-prof`) and prints its top self-time functions; `--new-conns` runs the
+ * flows over a new mTLS connection each instead. For working on the flow's hot path between full
+ * `npm run bench` runs.
  * @module
  */
 import { chmodSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
@@ -19,6 +20,8 @@ import { gateEnv, makePki, startGate, startLoadgen, startRedis, startServer, typ
 const args = process.argv.slice(2);
 const RUNS = Number(args.find((a) => a.startsWith('--runs='))?.slice('--runs='.length) ?? 3);
 const PROFILE = args.includes('--profile');
+/** Full flows over a new mTLS connection each (rows 2a/2b) instead of kept-alive connections. */
+const NEW_CONNS = args.includes('--new-conns');
 
 const work = mkdtempSync(join(tmpdir(), 'agent-gate-flow-ab-'));
 chmodSync(work, 0o755);
@@ -30,7 +33,7 @@ const env = gateEnv(pki, `redis://127.0.0.1:${redis.port}`, `http://127.0.0.1:${
 const on = await startGate('gate-limits', work, { ...env, GATE_RATE_LIMITS: 'on' }, PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []);
 const off = await startGate('gate-nolimits', work, env);
 const lg = await startLoadgen(pki.clientTls);
-const job = (g: StartedGate): Job => ({ kind: 'flow', mode: 'gate', origin: `https://127.0.0.1:${g.port}`, prefix: '/.agent-gate', concurrency: 16, warmupMs: 1000, durationMs: 4000, keepAlive: true });
+const job = (g: StartedGate): Job => ({ kind: 'flow', mode: 'gate', origin: `https://127.0.0.1:${g.port}`, prefix: '/.agent-gate', concurrency: 16, warmupMs: 1000, durationMs: 4000, keepAlive: !NEW_CONNS });
 const per: Record<'on' | 'off', number[]> = { on: [], off: [] };
 const rates: Record<'on' | 'off', number[]> = { on: [], off: [] };
 for (let i = 0; i < RUNS; i++) {
