@@ -7,7 +7,8 @@
  * `node_modules` link), so a change is measured against the code before it on the same machine
  * state. Prints per build the medians of req/s, p99, gate CPU per request (µs, /proc utime+stime
  * of the gate process over the window / requests) and the per-round ratios to nginx, plus the
- * machine's load average. Short by design: the machine is shared.
+ * machine's load average. `--flow` / `--flow-ka` run full flows (new connections / one kept-alive
+ * connection per agent) instead. Short by design: the machine is shared.
  * @module
  */
 import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,7 +16,7 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Job } from './jobs.js';
 import { analyzeProfile, type CpuProfile } from './profile.js';
-import { freePort, killAll, spawnTracked, stopChild, waitFor } from './procs.js';
+import { freePort, killAll, spawnTracked, statusKb, stopChild, waitFor } from './procs.js';
 import { fmt, metricsOf, type RunRecord } from './report.js';
 import { median } from './stats.js';
 import { gateEnv, makePki, startBaselineNginx, startLoadgen, startRedis, startServer, type Started } from './setup.js';
@@ -77,8 +78,10 @@ async function main(): Promise<void> {
   });
   // --flow: full flows over new mTLS connections (challenge -> proof -> token, 16 in flight)
   // instead, gates only: the per-connection identity work shows there.
-  const flowMode = args.includes('--flow');
-  const flow = (port: number): Job => ({ kind: 'flow', mode: 'gate', origin: `https://127.0.0.1:${port}`, prefix: PREFIX, concurrency: 16, warmupMs: 700, durationMs: dur });
+  // --flow-ka: the same flows on one kept-alive connection per agent (the store's share shows).
+  const flowKa = args.includes('--flow-ka');
+  const flowMode = flowKa || args.includes('--flow');
+  const flow = (port: number): Job => ({ kind: 'flow', mode: 'gate', origin: `https://127.0.0.1:${port}`, prefix: PREFIX, concurrency: 16, warmupMs: 700, durationMs: dur, ...(flowKa ? { keepAlive: true } : {}) });
   const all: Record<string, RunRecord[]> = {};
   const loads: number[] = [];
   const names = [...dists.map((d) => d.name), ...(flowMode ? [] : ['nginx'])];
@@ -133,6 +136,8 @@ async function main(): Promise<void> {
     process.stdout.write(`| ${n} | ${row.join(' | ')} |\n`);
   }
   }
+  // Peak RSS of each build's gate over the whole run (VmHWM), for changes that move memory.
+  process.stdout.write(`\npeak RSS (VmHWM): ${Object.entries(gates).map(([n, g]) => `${n} ${(statusKb(g.pid, 'VmHWM') / 1024).toFixed(1)} MB`).join(', ')}\n`);
   await lg.stop();
   for (const p of [nginx, ...Object.values(gates), upstream, redis]) await p.stop();
   if (prof) {

@@ -98,11 +98,10 @@ export class RedisStore implements GateStore {
           enableOfflineQueue: false,
           clusterRetryStrategy: (times) => Math.min(50 * times, 1000),
         })
-      : // Commands issued in one turn of the event loop (concurrent requests) go out in one write: a socket
-        // write is a system call, and on small VMs it was most of a store step's CPU. Not on a
-        // cluster: there ioredis's auto-pipelining failed commands (503s) in our cluster tests, likely
-        // because it picks a script call's slot from its first argument, not its keys (ioredis #2109).
-        new Redis(opts.url ?? 'redis://127.0.0.1:6379', { ...common, enableAutoPipelining: true });
+      : // Not ioredis auto-pipelining: measured against this build without it (load/bench/proxy-ab.ts
+        // --flow-ka, 6 rounds), the gate's CPU per flow was the same (411 vs 402 µs) and its peak
+        // RSS 203 MB instead of 137 MB; on a cluster it also failed commands.
+        new Redis(opts.url ?? 'redis://127.0.0.1:6379', common);
     client.defineCommand('agConsume', { numberOfKeys: 2, lua: CONSUME_LUA });
     client.defineCommand('agIncrWindow', { numberOfKeys: 1, lua: INCR_WINDOW_LUA });
     client.defineCommand('agPushCapped', { numberOfKeys: 1, lua: PUSH_CAPPED_LUA });
