@@ -201,6 +201,7 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
         sink: (key, by, ttl) => store.incrementWindow(key, by, ttl),
         metrics,
         onCooldown: (thumbprint, untilMs) => void cooldowns.note(thumbprint, untilMs),
+        now,
       })
     : undefined;
   const shedder = new LoadShedder({ maxInflight: config.maxInflight, maxEventLoopDelayMs: config.maxEventLoopDelayMs, metrics });

@@ -77,11 +77,12 @@ export async function runGate(config: GateConfig, onListening?: (ports: { public
   } catch (err) {
     exitOnStartupError(err);
   }
-  // One process: its own rotating ticket key; workers: the primary's.
-  const tickets = link ? undefined : ticketServer(gate.publicApp.server);
-  const rotation = tickets && rotateTicketKeys(config.ticketRotateS, (key) => tickets.setTicketKeys(key));
   await link?.attach(gate);
   const ports = await listenOrExit(gate);
+  // One process: its own rotating ticket key; workers: the primary's. Started once listening,
+  // so a listener that fails (EADDRINUSE, exit 2) leaves no rotation timer behind in-process.
+  const tickets = link ? undefined : ticketServer(gate.publicApp.server);
+  const rotation = tickets && rotateTicketKeys(config.ticketRotateS, (key) => tickets.setTicketKeys(key));
   link?.listening();
   let stopping = false;
   const stop = (signal: string) => {

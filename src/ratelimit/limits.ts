@@ -40,6 +40,8 @@ export interface RateLimitOptions {
   metrics: GateMetrics;
   /** Told when a certificate starts a failed-proof cooldown (for the operator registry). */
   onCooldown?: (thumbprint: string, untilMs: number) => void;
+  /** The gate's clock (windows of the batched limits and the fallback counters). */
+  now?: () => number;
 }
 
 type Limiter = LabelOf<'limiter'>;
@@ -83,13 +85,16 @@ export class GateRateLimits {
   private readonly fallback: MemoryWindows;
   private readonly proxy: BatchedLimiter;
   private readonly refusals: BatchedLimiter;
+  private readonly now: () => number;
 
   constructor(private readonly opts: RateLimitOptions) {
-    this.fallback = new MemoryWindows({ maxKeys: opts.fallbackKeys ?? 100_000 });
-    this.proxy = new BatchedLimiter({ ...opts.proxyIdentity, sink: opts.sink });
+    const now = opts.now ?? Date.now;
+    this.now = now;
+    this.fallback = new MemoryWindows({ maxKeys: opts.fallbackKeys ?? 100_000, now });
+    this.proxy = new BatchedLimiter({ ...opts.proxyIdentity, sink: opts.sink, now });
     // Batched like the proxy limit: a refusal is answered synchronously, and a store outage
     // still limits per gate. Its own key space, so refusals never spend the proxy budget.
-    this.refusals = new BatchedLimiter({ ...opts.refusalIdentity, sink: (key, by, ttl) => opts.sink(`rf:${key}`, by, ttl) });
+    this.refusals = new BatchedLimiter({ ...opts.refusalIdentity, sink: (key, by, ttl) => opts.sink(`rf:${key}`, by, ttl), now });
   }
 
   private spec(limit: StepLimit | 'failed_proof'): RateSpec {
@@ -130,7 +135,7 @@ export class GateRateLimits {
   async failedProof(thumbprint: string): Promise<void> {
     const spec = this.opts.failedProofs;
     const out = await this.run([{ kind: 'fail', key: counterKey('cooldown', thumbprint), points: spec.points, windowMs: spec.durationS * 1000 }]);
-    if (out.refused >= 0) this.opts.onCooldown?.(thumbprint, Date.now() + out.msLeft);
+    if (out.refused >= 0) this.opts.onCooldown?.(thumbprint, this.now() + out.msLeft);
   }
 
   /** Clears a certificate's cooldown (admin action). */
