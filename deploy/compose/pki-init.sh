@@ -25,7 +25,8 @@ set -eu
 PKI_DIR=${PKI_DIR:-/var/lib/agent-gate/pki}
 SECRETS_DIR=${SECRETS_DIR:-/var/lib/agent-gate/secrets}
 NGINX_DIR=${NGINX_DIR:-/var/lib/agent-gate/nginx}
-# Commands, word-split on purpose: AGENT_GATE='node --import tsx src/cli/main.ts' in tests.
+# Commands, word-split on purpose: in tests AGENT_GATE is `node --enable-source-maps <bundle>`
+# (the test run's esbuild bundle of src/cli/main.ts, test/setup/cli-bundle.ts).
 AGENT_GATE=${AGENT_GATE:-agent-gate}
 NODE=${NODE:-node}
 HELPER=${HELPER:-$(dirname "$0")/pki-helper.mjs}

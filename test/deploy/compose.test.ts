@@ -1060,9 +1060,7 @@ describe('the compose stack on loopback (nginx + njs, redis-server)', () => {
     const ocspArgs = (services['ocsp']!.command as string[]).map((a, i, all) => (all[i - 1] === '--host' ? '127.0.0.1' : all[i - 1] === '--port' ? String(ports['ocsp']) : all[i - 1] === '--dir' ? pkiDir : a));
     await start('ocsp', CLI[0]!, [...CLI.slice(1), ...ocspArgs], cleanEnv({}), (out) => out.includes(`http://127.0.0.1:${ports['ocsp']}`));
     const upstreamArgs = (services['upstream']!.command as string[]).map((a, i, all) => (all[i - 1] === '--listen' ? `127.0.0.1:${ports['upstream']}` : a));
-    // Through registerDemoCommands directly: the same command main.ts registers.
-    const demoMain = "import { Command } from 'commander'; import { registerDemoCommands } from './src/cli/demo.ts'; const p = new Command('agent-gate'); registerDemoCommands(p); await p.parseAsync(process.argv.slice(1), { from: 'user' });";
-    await start('upstream', process.execPath, ['--import', 'tsx', '--input-type=module', '-e', demoMain, ...upstreamArgs], cleanEnv({}), (out) => out.includes(`http://127.0.0.1:${ports['upstream']}`));
+    await start('upstream', CLI[0]!, [...CLI.slice(1), ...upstreamArgs], cleanEnv({}), (out) => out.includes(`http://127.0.0.1:${ports['upstream']}`));
 
     // Both gates: the compose environment, hosts and ports mapped to loopback. nginx is the
     // trusted proxy at 127.0.0.1 here; the certificates' AIA names http://ocsp:8080, which only

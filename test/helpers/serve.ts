@@ -8,9 +8,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { inject } from 'vitest';
 import { freePort, waitFor } from './ports.js';
 
-/** The arguments after `node` that make it `agent-gate`: `spawn(process.execPath, [...cliArgv(), 'serve'])`. */
+/**
+ * The arguments after `node` that make it `agent-gate`: `spawn(process.execPath, [...cliArgv(), 'serve'])`.
+ * --enable-source-maps maps the bundle's stack traces back to src/ (the map is inline).
+ */
 export function cliArgv(): string[] {
-  return [inject('cliEntry')];
+  return ['--enable-source-maps', inject('cliEntry')];
 }
 
 /** A running `serve` child on loopback ports. */

@@ -4,8 +4,10 @@
  * `node --import tsx src/cli/main.ts` costs about twice a bundled start (tsx compiles and
  * resolves each of ~150 modules on every start), and those starts were a large part of the
  * suite's time on two cores. It is built from the same sources with esbuild (which tsx uses
- * too), dependencies left to node_modules, so it is the code under test, not a build artefact
- * that can go stale.
+ * too), dependencies left to node_modules, at the start of each run and again before each
+ * rerun in watch mode (test/setup/global.ts), so the processes run the sources under test.
+ * Source maps are inlined (cliArgv() passes --enable-source-maps): a child's stack trace
+ * names src/ files and lines, not the bundle's.
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -37,6 +39,7 @@ export async function buildCliBundle(root: string, dir: string): Promise<CliBund
     format: 'esm',
     target: 'node20',
     packages: 'external',
+    sourcemap: 'inline',
     logLevel: 'warning',
   });
   return { dir, cli: join(dir, 'agent-gate.mjs'), pki: join(dir, 'pki.mjs') };

@@ -33,6 +33,12 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const bundle = await buildCliBundle(process.cwd(), join(process.cwd(), '.tmp', `cli-${process.pid}`));
   project.provide('cliEntry', bundle.cli);
   project.provide('pkiModule', bundle.pki);
+  // Watch mode reruns in this same process: rebuild in place (same paths, so what was provided
+  // stays right) so the processes a rerun starts run the edited sources, not the first build.
+  // Vitest awaits this before the rerun starts.
+  project.onTestsRerun(async () => {
+    await buildCliBundle(process.cwd(), bundle.dir);
+  });
   const redis = await startRedis();
   project.provide('redisUrl', redis.url);
   return async () => {
