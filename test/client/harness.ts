@@ -19,6 +19,7 @@ import { agentGate } from '../../src/index.js';
 import type { KeyAndCert } from '../../src/pki/index.js';
 import { contractEnv, makeContractFixtures, P, type ContractFixtures } from '../conformance/contract.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
+import { closeAll } from '../helpers/suite.js';
 import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { startUpstream, type RecordingUpstream, type UpstreamReply } from '../helpers/upstream.js';
 
@@ -214,14 +215,19 @@ export function clientSuite(gateOpts: ClientGateOptions = {}): ClientSuite {
     g = await startClientGate(fx, gateOpts);
   });
   afterAll(async () => {
-    await g?.close();
-    if (fx) rmSync(fx.dir, { recursive: true, force: true });
+    const dir = fx?.dir;
+    await closeAll([async () => g?.close(), () => (dir ? rmSync(dir, { recursive: true, force: true }) : undefined)]);
   });
   beforeEach(() => g!.reset());
   afterEach(async () => {
     vi.useRealTimers();
-    await Promise.all(clients.splice(0).map((c) => c.close()));
-    await Promise.all(extra.splice(0).map((x) => x.close()));
+    // Every close runs even if one throws (a skipped one would outlive the file: isolate: false).
+    const settled = [
+      ...(await Promise.allSettled(clients.splice(0).map((c) => c.close()))),
+      ...(await Promise.allSettled(extra.splice(0).map((x) => x.close()))),
+    ];
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   });
   return {
     get fx() {

@@ -1,8 +1,10 @@
 /**
  * The shared parts of a file of gate tests: the fixture PKI, a recording upstream, optionally
  * an `openssl ocsp` responder that knows every fixture agent, and closers run (last first)
- * after the file. Each test starts the gates it needs (test/helpers/gate.ts startGate).
+ * after the file, all of them even when one throws; then the fixture directory goes. Each
+ * test starts the gates it needs (test/helpers/gate.ts startGate).
  */
+import { rmSync } from 'node:fs';
 import { afterAll, beforeAll } from 'vitest';
 import { makeFixtures, type Fixtures } from './fixtures.js';
 import { startOpensslOcsp, type OpensslOcsp } from './openssl-ocsp.js';
@@ -33,9 +35,14 @@ export function gateSuite(opts: { ocsp?: boolean } = {}): GateSuite {
     }
   });
   afterAll(async () => {
-    for (const c of closers.reverse()) await c();
-    await ocsp?.close();
-    await up?.close();
+    const fixtureDir = fx?.dir;
+    await closeAll([
+      ...closers.splice(0).reverse(),
+      async () => ocsp?.close(),
+      async () => up?.close(),
+      // Last: the gates above read their certificates from it.
+      () => (fixtureDir ? rmSync(fixtureDir, { recursive: true, force: true }) : undefined),
+    ]);
   });
   return {
     get fx() {
@@ -50,4 +57,20 @@ export function gateSuite(opts: { ocsp?: boolean } = {}): GateSuite {
     },
     closers,
   };
+}
+
+/**
+ * Runs every closer in order, even after one throws (with `isolate: false` whatever a failed
+ * close skipped would stay alive for the worker's later files), then rethrows the first error.
+ */
+export async function closeAll(closers: Iterable<() => Promise<unknown> | unknown>): Promise<void> {
+  const errors: unknown[] = [];
+  for (const c of closers) {
+    try {
+      await c();
+    } catch (err) {
+      errors.push(err);
+    }
+  }
+  if (errors.length > 0) throw errors[0];
 }
