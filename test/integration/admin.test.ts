@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { GateClient } from '../../src/client/index.js';
 import { issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
+import { closeAll } from '../helpers/suite.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent } from '../helpers/http.js';
 import { waitFor } from '../helpers/ports.js';
@@ -33,7 +34,7 @@ beforeAll(async () => {
   b = await startGate(env);
 });
 afterAll(async () => {
-  for (const c of closers.reverse()) await c();
+  await closeAll(closers.reverse());
   await a?.close();
   await b?.close();
   await up?.close();

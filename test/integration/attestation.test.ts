@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GateClient, type Challenge } from '../../src/client/index.js';
 import { AttestationRegistry } from '../../src/attestation/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
+import { closeAll } from '../helpers/suite.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
@@ -31,7 +32,7 @@ beforeAll(async () => {
   writeFileSync(registryFile, JSON.stringify({ issuers: [{ iss: ISS, level: 2, jwks: { keys: [jwk] } }] }));
 });
 afterAll(async () => {
-  for (const c of closers.reverse()) await c();
+  await closeAll(closers.reverse());
   await up?.close();
 });
 

@@ -17,6 +17,7 @@ import { createProof } from '../../src/client/proof.js';
 import { addressKey } from '../../src/http/connections.js';
 import { loadConfig } from '../../src/config/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
+import { closeAll } from '../helpers/suite.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call } from '../helpers/http.js';
 import { freePort, waitFor } from '../helpers/ports.js';
@@ -53,7 +54,7 @@ beforeAll(async () => {
   expect(clientHello.length).toBeGreaterThan(100);
 });
 afterAll(async () => {
-  for (const c of closers.reverse()) await c();
+  await closeAll(closers.reverse());
   await up?.close();
 });
 

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
+import { closeAll } from '../helpers/suite.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent } from '../helpers/http.js';
 import { waitFor } from '../helpers/ports.js';
@@ -40,7 +41,7 @@ beforeAll(async () => {
   mem = await startGate({ ...env, GATE_STORE: 'memory' });
 });
 afterAll(async () => {
-  for (const c of closers.reverse()) await c();
+  await closeAll(closers.reverse());
   for (const g of [a, b, mem]) await g?.close();
   await up?.close();
 });

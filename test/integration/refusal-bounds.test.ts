@@ -12,6 +12,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
+import { closeAll } from '../helpers/suite.js';
 import { startGate, TEST_LOG_DIR, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent, type Res } from '../helpers/http.js';
 import { waitFor } from '../helpers/ports.js';
@@ -50,7 +51,7 @@ beforeAll(async () => {
   });
 });
 afterAll(async () => {
-  for (const c of closers.reverse()) await c();
+  await closeAll(closers.reverse());
   rc?.disconnect();
   await redis?.stop();
   await up?.close();

@@ -13,6 +13,7 @@ import { GateClient } from '../../src/client/index.js';
 import { x509 } from '../../src/lib/x509.js';
 import { createCa, createCrl, issueAgentCert, type CreateCrlOptions, type CrlEntryInput, type KeyAndCert } from '../../src/pki/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
+import { closeAll } from '../helpers/suite.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
 import { call, tlsAgent } from '../helpers/http.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
@@ -42,7 +43,7 @@ beforeAll(async () => {
   cdpUrl = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}/ca.crl`;
 });
 afterAll(async () => {
-  for (const c of closers.reverse()) await c();
+  await closeAll(closers.reverse());
   cdp?.closeAllConnections();
   await new Promise<void>((r) => (cdp ? cdp.close(() => r()) : r()));
   await up?.close();
