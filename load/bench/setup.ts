@@ -103,13 +103,13 @@ export interface StartedGate extends Started {
   logFile: string;
 }
 
-/** `node [nodeArgs] dist/cli/main.js serve` with `env`; waits for the admin /readyz. */
-export async function startGate(name: string, dir: string, env: Record<string, string>, nodeArgs: string[] = []): Promise<StartedGate> {
+/** `node [nodeArgs] dist/cli/main.js serve` with `env` (from `root`: another build for A/B runs); waits for the admin /readyz. */
+export async function startGate(name: string, dir: string, env: Record<string, string>, nodeArgs: string[] = [], root = ROOT): Promise<StartedGate> {
   const [port, adminPort] = [await freePort(), await freePort()];
   const logFile = join(dir, `${name}.log`);
   const fd = openSync(logFile, 'a');
-  const child = spawnTracked(process.execPath, [...nodeArgs, join(ROOT, 'dist', 'cli', 'main.js'), 'serve'], {
-    cwd: ROOT,
+  const child = spawnTracked(process.execPath, [...nodeArgs, join(root, 'dist', 'cli', 'main.js'), 'serve'], {
+    cwd: root,
     env: childEnv({ ...env, GATE_LISTEN: `127.0.0.1:${port}`, GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}` }),
     // Logs (JSON lines on stdout, warnings on stderr) go to a file, as a collector would take them.
     stdio: ['ignore', fd, fd],

@@ -207,7 +207,15 @@ export class RedisStore implements GateStore {
     this.client.disconnect();
   }
 
+  /** See {@link corkUntilImmediate}; only on a connected single Redis. */
+  private batchWrites(): void {
+    if (this.opts.clusterNodes || this.client.status !== 'ready') return;
+    const stream = (this.client as Redis).stream as unknown as { cork(): void; uncork(): void; writableCorked: number } | undefined;
+    if (stream && typeof stream.cork === 'function') corkUntilImmediate(stream);
+  }
+
   private async run<T>(op: () => Promise<T>): Promise<T> {
+    this.batchWrites();
     try {
       return await op();
     } catch (err) {
@@ -215,6 +223,18 @@ export class RedisStore implements GateStore {
       throw new GateError('store_unavailable', { cause: err, detail: (err as Error)?.message, headers: { 'retry-after': '1' } });
     }
   }
+}
+
+/**
+ * Holds the connection's writes until the event loop's check phase, so that the commands of every
+ * request handled in one turn of the loop leave in one `writev` instead of one write system call
+ * each (they were a fifth of the gate's CPU on the authorizer's decision route). Single Redis only:
+ * a cluster client writes to one socket per node.
+ */
+function corkUntilImmediate(stream: { cork(): void; uncork(): void; writableCorked: number }): void {
+  if (stream.writableCorked > 0) return;
+  stream.cork();
+  setImmediate(() => stream.uncork());
 }
 
 /** A cluster seed: `host:port`, or `redis://` / `rediss://[user:pass@]host:port`. */
