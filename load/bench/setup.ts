@@ -146,8 +146,8 @@ export async function startGate(name: string, dir: string, env: Record<string, s
 export const OUT_OF_REACH_RATE = '1000000000/1';
 
 /**
- * Every rate ceiling out of reach: with GATE_RATE_LIMITS=on the limiters run (their Redis round
- * trips and insurance limiters cost what they cost) but never answer 429.
+ * Every rate ceiling out of reach: with GATE_RATE_LIMITS=on the limits run (their step scripts
+ * and batched counters cost what they cost) but never answer 429.
  */
 export const RATE_CEILINGS_OUT_OF_REACH: Record<string, string> = {
   GATE_RATE_CHALLENGE_IP: OUT_OF_REACH_RATE,

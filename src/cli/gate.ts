@@ -29,10 +29,11 @@ function exitOnStartupError(err: unknown): never {
 }
 
 /** Binds both listeners; an address that cannot be bound is a violation of its variable. */
-async function listenOrExit(gate: Gate): Promise<{ publicPort: number; adminPort: number }> {
+async function listenOrExit(gate: Gate, onFail: () => void): Promise<{ publicPort: number; adminPort: number }> {
   try {
     return await gate.listen();
   } catch (err) {
+    onFail();
     const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
     if (e?.syscall !== 'listen') throw err;
     // The public listener binds first: if it is up, the admin listener failed.
@@ -77,12 +78,12 @@ export async function runGate(config: GateConfig, onListening?: (ports: { public
   } catch (err) {
     exitOnStartupError(err);
   }
-  await link?.attach(gate);
-  const ports = await listenOrExit(gate);
-  // One process: its own rotating ticket key; workers: the primary's. Started once listening,
-  // so a listener that fails (EADDRINUSE, exit 2) leaves no rotation timer behind in-process.
+  // One process: its own rotating ticket key (set before the first connection); workers: the
+  // primary's. A listener that fails (exit 2) stops it, so no timer outlives an in-process run.
   const tickets = link ? undefined : ticketServer(gate.publicApp.server);
   const rotation = tickets && rotateTicketKeys(config.ticketRotateS, (key) => tickets.setTicketKeys(key));
+  await link?.attach(gate);
+  const ports = await listenOrExit(gate, () => rotation?.stop());
   link?.listening();
   let stopping = false;
   const stop = (signal: string) => {

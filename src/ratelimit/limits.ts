@@ -145,12 +145,16 @@ export class GateRateLimits {
     await this.opts.store.deleteValue(key);
   }
 
-  /** The shared counters, or this gate's own while the store is unreachable (fail closed: they still limit). */
+  /**
+   * The shared counters, or this gate's own while the store is unreachable (fail closed: they
+   * still limit). Anything else thrown is a bug and reaches the caller (500 `internal_error`).
+   */
   private async run(ops: WindowOp[]) {
     try {
       return await this.opts.store.countStep(ops);
-    } catch {
-      return this.fallback.step(ops);
+    } catch (err) {
+      if (err instanceof GateError && err.code === 'store_unavailable') return this.fallback.step(ops);
+      throw err;
     }
   }
 

@@ -181,7 +181,7 @@ export class RedisStore implements GateStore {
     return this.client.agStep(ops.length, ...argv);
   }
 
-  /** The ioredis client, shared with the rate limiters so they ride the same connection. */
+  /** The ioredis client (tests and tooling read it; the gate goes through this class). */
   get redis(): Redis | Cluster {
     return this.client;
   }

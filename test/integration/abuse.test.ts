@@ -126,7 +126,7 @@ describe('rate limits', () => {
     const a = agent(suite.fx.agents.p256);
     const statuses: number[] = [];
     for (let i = 0; i < 5; i++) statuses.push((await challenge(g, a)).status);
-    // The first three pass the (insurance) limit and then meet the dead store; the rest are limited.
+    // The first three pass the (fallback) limit and then meet the dead store; the rest are limited.
     expect(statuses).toEqual([503, 503, 503, 429, 429]);
   });
 

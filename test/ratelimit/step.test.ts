@@ -194,6 +194,12 @@ describe('GateRateLimits.step', () => {
     }
   });
 
+  it('only a store outage falls back to the per-gate counters; any other error reaches the caller', async () => {
+    const broken = { countStep: () => Promise.reject(new TypeError('unexpected reply')), deleteValue: () => Promise.resolve() };
+    const { limits } = make(broken);
+    await expect(limits.step([{ limit: 'token_identity', key: ns() }])).rejects.toBeInstanceOf(TypeError);
+  });
+
   it('the memory store keeps the same counters, bounded', async () => {
     const mem = new MemoryStore(3);
     const { limits } = make(mem);

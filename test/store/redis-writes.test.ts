@@ -63,3 +63,20 @@ it('commands of separate turns are written separately (nothing waits beyond its 
   });
   expect(writes).toBe(2);
 });
+
+it('commands held for the batch when the connection drops are refused at once, and the store serves again after reconnecting', async () => {
+  const tag = `${process.pid}-${Date.now()}`;
+  const socket = (store.redis as unknown as { stream: Socket }).stream;
+  const started = performance.now();
+  const pending = Array.from({ length: 20 }, (_, i) => store.rememberOnce(`d:${tag}:${i}`, 60_000).then(() => 'answered', (e: { code?: string }) => e.code));
+  socket.destroy();
+  expect(await Promise.all(pending)).toEqual(Array(20).fill('store_unavailable'));
+  expect(performance.now() - started).toBeLessThan(1_000);
+  // ioredis reconnects by itself (retryStrategy); nothing of the old batch is held over.
+  const deadline = Date.now() + 10_000;
+  while (store.redis!.status !== 'ready' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  const fresh = (store.redis as unknown as { stream: Socket }).stream;
+  expect(fresh).not.toBe(socket);
+  expect(fresh.writableCorked).toBe(0);
+  expect(await store.rememberOnce(`d:${tag}:after`, 60_000)).toBe(true);
+});
