@@ -116,7 +116,8 @@ async function plugin(app: FastifyInstance, opts: AgentGateOptions): Promise<voi
         hook: pipelines.hook,
         now,
         powDifficulty: config.pow === 'off' ? undefined : (ipLoad) => powDifficulty(config.pow, Math.max(shedder.load, ipLoad)),
-        onFailedProof: limits && ((thumbprint) => void limits.failedProof(thumbprint)),
+        // Not awaited (the refusal is already answered); a bug in it is logged, never unhandled.
+        onFailedProof: limits && ((thumbprint) => void limits.failedProof(thumbprint).catch((err: unknown) => app.log.error({ err }, 'failed-proof count'))),
         audit: services.audit,
       });
       registerInfoRoutes(scope, readiness, () => tokens.jwks());
