@@ -8,13 +8,12 @@
  * For working on rows 1k/1l between full `npm run bench` runs.
  * @module
  */
-import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { analyzeProfile, type CpuProfile } from './profile.js';
 import { median } from './stats.js';
-import { ROOT, gateEnv, makePki, startAuthorizer, startGate, startLoadgen, startRedis, startServer, type Started, type StartedGate } from './setup.js';
+import { ROOT, makePki, startAuthorizer, startAuthorizerGate, startLoadgen, startRedis, startServer, type Started, type StartedGate } from './setup.js';
 
 const args = process.argv.slice(2);
 const RUNS = Number(args.find((a) => a.startsWith('--runs='))?.slice('--runs='.length) ?? 4);
@@ -29,16 +28,11 @@ const redis = await startRedis(work);
 const upstream = await startServer('upstream', pki);
 const redisUrl = `redis://127.0.0.1:${redis.port}`;
 const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
-// startAuthorizer reads the HMAC key from here; the gates are started here to pick their build.
-const secret = randomBytes(32).toString('base64');
-writeFileSync(join(work, 'authz-hmac.key'), secret + '\n', { mode: 0o600 });
-const env: Record<string, string> = gateEnv(pki, redisUrl, upstreamUrl, { GATE_MODE: 'authorizer', GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32', GATE_FWD_HMAC_KEYS: `k1:${secret}`, GATE_AUTHZ_CACHE_S: '2' });
-for (const k of ['GATE_TLS_CERT', 'GATE_TLS_KEY', 'GATE_UPSTREAM_URL']) delete env[k];
 const setups: { name: string; gate: StartedGate; nginx: Started; prof: string }[] = [];
 for (const [name, dir] of dists) {
   const prof = join(work, `prof-${name}`);
   mkdirSync(prof);
-  const gate = await startGate(`gate-${name}`, work, env, PROF ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [], dir);
+  const gate = await startAuthorizerGate(work, pki, redisUrl, upstreamUrl, 0, `gate-${name}`, PROF ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : [], dir);
   const { nginx } = await startAuthorizer(work, `nginx-${name}`, pki, redisUrl, upstreamUrl, 0, gate);
   setups.push({ name, gate, nginx, prof });
 }

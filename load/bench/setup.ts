@@ -442,6 +442,36 @@ function variantOf(conf: string, variant: AuthorizerVariant): string {
   return out;
 }
 
+/** The HMAC key every authorizer nginx and gate of a run share: `root/authz-hmac.key`, made once. */
+function authzKey(root: string): { keyFile: string; secret: string } {
+  const keyFile = join(root, 'authz-hmac.key');
+  try {
+    return { keyFile, secret: readFileSync(keyFile, 'utf8').trim() };
+  } catch {
+    const secret = randomBytes(32).toString('base64');
+    writeFileSync(keyFile, secret + '\n', { mode: 0o600 });
+    return { keyFile, secret };
+  }
+}
+
+/**
+ * The bench's gate in authorizer mode: plain HTTP on loopback behind nginx (trusted proxy
+ * 127.0.0.1, key id k1), decision cache of at least 2 s; `gateRoot` picks another build (A/B runs).
+ */
+export function startAuthorizerGate(root: string, pki: BenchPki, redisUrl: string, upstreamUrl: string, cacheS: number, name = 'gate-authorizer', nodeArgs: string[] = [], gateRoot = ROOT): Promise<StartedGate> {
+  const { secret } = authzKey(root);
+  return startGate(
+    name,
+    root,
+    withoutKeys(
+      gateEnv(pki, redisUrl, upstreamUrl, { GATE_MODE: 'authorizer', GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32', GATE_FWD_HMAC_KEYS: `k1:${secret}`, GATE_AUTHZ_CACHE_S: String(Math.max(cacheS, 2)) }),
+      ['GATE_TLS_CERT', 'GATE_TLS_KEY', 'GATE_UPSTREAM_URL'],
+    ),
+    nodeArgs,
+    gateRoot,
+  );
+}
+
 /**
  * nginx (1 worker, from `renderNginxConfig --mode authorizer`) proxying straight to the
  * upstream, asking a gate in authorizer mode (plain HTTP loopback) for decisions; the decision
@@ -460,24 +490,8 @@ export async function startAuthorizer(
   const dir = join(root, name);
   mkdirSync(dir, { recursive: true });
   chmodSync(dir, 0o755);
-  const keyFile = join(root, 'authz-hmac.key');
-  let secret: string;
-  try {
-    secret = readFileSync(keyFile, 'utf8').trim();
-  } catch {
-    secret = randomBytes(32).toString('base64');
-    writeFileSync(keyFile, secret + '\n', { mode: 0o600 });
-  }
-  const g =
-    gate ??
-    (await startGate(
-      'gate-authorizer',
-      root,
-      withoutKeys(
-        gateEnv(pki, redisUrl, upstreamUrl, { GATE_MODE: 'authorizer', GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32', GATE_FWD_HMAC_KEYS: `k1:${secret}`, GATE_AUTHZ_CACHE_S: String(Math.max(cacheS, 2)) }),
-        ['GATE_TLS_CERT', 'GATE_TLS_KEY', 'GATE_UPSTREAM_URL'],
-      ),
-    ));
+  const { keyFile } = authzKey(root);
+  const g = gate ?? (await startAuthorizerGate(root, pki, redisUrl, upstreamUrl, cacheS));
   const port = await freePort();
   const rendered = await renderNginxConfig({
     ...benchNginxOptions(pki, port, g.port, keyFile, dir),
