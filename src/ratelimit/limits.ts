@@ -97,10 +97,9 @@ export class GateRateLimits {
     this.refusals = new BatchedLimiter({ ...opts.refusalIdentity, sink: (key, by, ttl) => opts.sink(`rf:${key}`, by, ttl), now });
   }
 
-  private spec(limit: StepLimit | 'failed_proof'): RateSpec {
+  private spec(limit: StepLimit): RateSpec {
     switch (limit) {
       case 'cooldown':
-      case 'failed_proof':
         return this.opts.failedProofs;
       case 'challenge_identity':
         return this.opts.challengeIdentity;
