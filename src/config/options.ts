@@ -226,7 +226,7 @@ export const OPTIONS = {
     doc: 'rate limits on or off (off only for functional tests)',
     refuse: [{ in: STRICT, when: (v) => v === 'off', why: 'off is dev-only' }],
   }),
-  GATE_RATE_CHALLENGE_IP: option({ schema: rate, default: '120/60', doc: '`N/S`: challenges per client address (nginx\'s signed address in forwarded mode)' }),
+  GATE_RATE_CHALLENGE_IP: option({ schema: rate, default: '120/60', doc: '`N/S`: challenges per client address, IPv6 per /64 (nginx\'s signed address in forwarded mode)' }),
   GATE_RATE_CHALLENGE_IDENTITY: option({ schema: rate, default: '60/60', doc: '`N/S`: challenges per certificate' }),
   GATE_RATE_TOKEN_IDENTITY: option({ schema: rate, default: '60/60', doc: '`N/S`: token requests per certificate' }),
   GATE_RATE_PROXY_IDENTITY: option({ schema: rate, default: '1000/1', doc: '`N/S`: gated requests per certificate (after the token check)' }),

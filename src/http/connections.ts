@@ -5,9 +5,10 @@
  * between requests (PROTOCOL.md section 12, `GATE_HANDSHAKE_TIMEOUT_MS` and friends).
  * @module
  */
-import { isIPv4, isIPv6, type Server, type Socket } from 'node:net';
+import type { Server, Socket } from 'node:net';
 import { Server as TlsServer } from 'node:tls';
 import type { GateMetrics } from '../metrics/index.js';
+import { addressKey } from '../lib/address.js';
 
 /** Default of `GATE_MAX_CONNECTIONS_PER_ADDRESS`, and of nginx-config's `limit_conn` per client address. */
 export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128;
@@ -64,24 +65,6 @@ export function serverTimeoutOptions(limits: ConnectionLimits, tls: boolean) {
     connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(limits.headersTimeoutMs / 10))),
     ...(tls ? { handshakeTimeout: limits.handshakeTimeoutMs } : {}),
   };
-}
-
-/**
- * The per-address key: an IPv4 address (IPv4-mapped IPv6 included) as is, an IPv6 address as
- * its /64, since one host can use every address of its /64.
- */
-export function addressKey(address: string | undefined): string {
-  if (!address) return '?';
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (mapped) return mapped[1]!;
-  if (isIPv4(address) || !isIPv6(address)) return address;
-  const bare = address.replace(/%.*$/, '').toLowerCase();
-  const [head = '', tail] = bare.split('::') as [string, string | undefined];
-  const left = head ? head.split(':') : [];
-  // An embedded IPv4 tail is in the low 64 bits: only its presence (two groups) matters here.
-  const right = tail ? tail.split(':').flatMap((g) => (g.includes('.') ? ['0', '0'] : [g])) : [];
-  const groups = tail === undefined ? left : [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right];
-  return `${groups.slice(0, 4).map((g) => Number.parseInt(g || '0', 16).toString(16)).join(':')}::/64`;
 }
 
 function tupleKey(s: { localAddress?: string; localPort?: number; remoteAddress?: string; remotePort?: number }): string {

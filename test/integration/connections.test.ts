@@ -14,7 +14,7 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProof } from '../../src/client/proof.js';
-import { addressKey } from '../../src/http/connections.js';
+import { addressKey } from '../../src/lib/address.js';
 import { loadConfig } from '../../src/config/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { closeAll } from '../helpers/suite.js';

@@ -39,6 +39,8 @@ interface Fwd {
   omit?: string;
   duplicate?: string;
   cert?: string;
+  /** The signed client address (default 127.0.0.1). */
+  addr?: string;
 }
 
 /** Builds the eight headers nginx would send (with the deviations a test asks for). */
@@ -50,14 +52,14 @@ function fwdHeaders(o: Fwd): Record<string, string> {
   const certHeader = o.cert ?? (o.who ? encodeURIComponent(o.who.certPem) : '-');
   const verify = o.verify ?? (o.who ? 'SUCCESS' : 'NONE');
   const thumbprint = o.who ? thumbprintOf(new X509Certificate(o.who.certPem).raw) : '-';
-  const canonical = canonicalString({ kid, ts, id, method: o.signedMethod ?? o.method ?? 'GET', requestUri: o.signedPath ?? o.path, host, addr: '127.0.0.1', verify, thumbprint });
+  const canonical = canonicalString({ kid, ts, id, method: o.signedMethod ?? o.method ?? 'GET', requestUri: o.signedPath ?? o.path, host, addr: o.addr ?? '127.0.0.1', verify, thumbprint });
   const h: Record<string, string> = {
     host: o.host ?? 'gate.test',
     'x-gate-fwd-kid': kid,
     'x-gate-fwd-ts': ts,
     'x-gate-fwd-id': id,
     'x-gate-fwd-host': host,
-    'x-gate-fwd-addr': '127.0.0.1',
+    'x-gate-fwd-addr': o.addr ?? '127.0.0.1',
     'x-gate-fwd-verify': verify,
     'x-gate-fwd-cert': certHeader,
     'x-gate-fwd-sig': signCanonical(o.secret ?? K1, canonical),
@@ -228,6 +230,20 @@ describe('forwarded mode', () => {
       expect(r, JSON.stringify(tail.slice(0, 12))).toMatchObject({ status: 403, code: 'forwarded_signature_invalid' });
     }
     expect((await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who: fx.agents.p256 })).status).toBe(201);
+  });
+
+  it('the challenge limit per client address counts an IPv6 client per /64 (one host holds all of it), an IPv4 client per address', async () => {
+    const g = await gate({ GATE_RATE_LIMITS: 'on', GATE_RATE_CHALLENGE_IP: '1/60', GATE_RATE_CHALLENGE_IDENTITY: '100/60' });
+    const who = await issueAgentCert(fx.ca, 'fwd-v6', { alg: 'ec-p256' });
+    const tag = randomBytes(2).toString('hex'); // this file's gates share Redis: a /64 of its own
+    const ch = (addr: string) => send(g, { method: 'POST', path: '/.agent-gate/v1/challenge', who, addr });
+    expect((await ch(`2001:db8:${tag}:1::a`)).status).toBe(201);
+    const second = await ch(`2001:db8:${tag}:1:ffff:ffff:ffff:ffff`);
+    expect([second.status, second.code]).toEqual([429, 'rate_limited']);
+    expect((await ch(`2001:db8:${tag}:2::a`)).status).toBe(201);
+    const v4 = `198.51.${parseInt(tag.slice(0, 2), 16)}.${parseInt(tag.slice(2), 16)}`;
+    expect((await ch(v4)).status).toBe(201);
+    expect((await ch(`::ffff:${v4}`)).status).toBe(429);
   });
 
   it('direct-mode agents cannot talk to a forwarded gate: no headers means no identity, never the peer', async () => {
