@@ -67,6 +67,7 @@ describe('npm pack', () => {
       'README.md',
       'HARDENING.md',
       'CHANGELOG.md',
+      'LICENSE',
       'docs/protocol.md',
       pkg.main,
       pkg.types,
