@@ -13,12 +13,13 @@ import { buildAdminApp } from './admin/index.js';
 import { OPENAPI_INFO } from './admin/openapi.js';
 import type { GateConfig } from './config/index.js';
 import { GateError } from './errors.js';
-import { installConnectionLimits, serverTimeoutOptions, type ConnectionGuard, type ConnectionLimits } from './http/connections.js';
-import { makeClientErrorHandler, makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
+import { installConnectionLimits, maxHeaderLines, serverTimeoutOptions, type ConnectionGuard, type ConnectionLimits } from './http/connections.js';
+import { makeClientErrorHandler, makeConnectHandler, makeErrorHandler, sendRefusal, toGateError } from './http/errors.js';
+import { decodeRequestPath, isGatePath } from './http/path.js';
 import type { GateMetrics } from './metrics/index.js';
-import { agentGate } from './plugin.js';
+import { agentGate, unmatchedGatePath } from './plugin.js';
 import { authorizerRoutes } from './authorizer/index.js';
-import { Forwarder, proxyRoutes } from './proxy/index.js';
+import { Forwarder, PROXIED_ALLOW, proxyRoutes } from './proxy/index.js';
 import { createServices, type GateServices, type ServiceDeps } from './services.js';
 import type { GateStore } from './store/index.js';
 import type { TokenService } from './tokens/index.js';
@@ -87,7 +88,8 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   };
   const timeouts = serverTimeoutOptions(limits, Boolean(tls));
   const publicApp = Fastify({
-    ...(tls ? { https: { ...tls, maxHeaderSize, ...timeouts } } : { http: { maxHeaderSize, ...timeouts } }),
+    // requireHostHeader off: Node's own 400 for a missing Host is not problem+json; the edge refuses it.
+    ...(tls ? { https: { ...tls, maxHeaderSize, requireHostHeader: false, ...timeouts } } : { http: { maxHeaderSize, requireHostHeader: false, ...timeouts } }),
     logger,
     // One access-log line per request is written by the gate itself (with agent and outcome).
     logController: new LogController({ disableRequestLogging: true }),
@@ -104,7 +106,9 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
       sendRefusal(request, reply, toGateError(err) ?? new GateError('request_malformed', { cause: err }), sinks);
     },
   } as FastifyServerOptions);
-  publicApp.server.maxHeadersCount = 100;
+  // One line over the cap, so that the edge sees a request with too many and refuses it.
+  publicApp.server.maxHeadersCount = maxHeaderLines(config.mode) + 1;
+  publicApp.server.on('connect', makeConnectHandler(sinks, () => services.log.current, PROXIED_ALLOW));
   const connections = installConnectionLimits(publicApp.server, limits, { metrics: services.metrics, log: () => services.log.current });
   services.log.current = publicApp.log;
   publicApp.setErrorHandler(makeErrorHandler(sinks));
@@ -121,6 +125,14 @@ export async function buildGate(config: GateConfig, deps: GateDeps = {}): Promis
   });
   if (forwarder) await publicApp.register(proxyRoutes, { forwarder, guard: publicApp.agentGate.guard });
   else await publicApp.register(authorizerRoutes, { services, guard: publicApp.agentGate.authorize });
+  // A method no route takes (PROPFIND, TRACE...): 405 on a gated path (step 2, before
+  // identity), the gate endpoints' own 404/405 under P; authorizer mode proxies nothing (404).
+  publicApp.setNotFoundHandler(async (request) => {
+    const path = decodeRequestPath(request.raw.url ?? '/');
+    if (isGatePath(path, config.pathPrefix)) throw unmatchedGatePath(path, config.pathPrefix);
+    if (!forwarder) throw new GateError('not_found', { detail: 'authorizer mode proxies nothing' });
+    throw new GateError('method_not_allowed', { headers: { allow: PROXIED_ALLOW } });
+  });
 
   const adminApp = await buildAdminApp(services, { logger, readiness: deps.readiness?.(publicApp.agentGate.readiness) ?? publicApp.agentGate.readiness, gateApp: publicApp });
 

@@ -66,6 +66,12 @@ const ALLOWED: Record<string, string> = {
   '/readyz': 'GET, HEAD',
 };
 
+/** The refusal for a request under `prefix` that no gate route takes: 405 with `Allow` on a gate endpoint, else 404. */
+export function unmatchedGatePath(path: string, prefix: string): GateError {
+  const allow = ALLOWED[path.slice(prefix.length)];
+  return allow ? new GateError('method_not_allowed', { headers: { allow } }) : new GateError('not_found');
+}
+
 async function plugin(app: FastifyInstance, opts: AgentGateOptions): Promise<void> {
   const services = 'services' in opts ? opts.services : await createServices(opts.config, opts.deps);
   if (!('services' in opts)) app.addHook('onClose', () => services.close());
@@ -123,9 +129,7 @@ async function plugin(app: FastifyInstance, opts: AgentGateOptions): Promise<voi
       registerInfoRoutes(scope, readiness, () => tokens.jwks());
       // Unknown paths under P are 404; known ones with the wrong method 405 (step 2).
       const unmatched = async (request: FastifyRequest) => {
-        const allow = ALLOWED[decodeRequestPath(request.raw.url ?? '/').slice(prefix.length)];
-        if (allow) throw new GateError('method_not_allowed', { headers: { allow } });
-        throw new GateError('not_found');
+        throw unmatchedGatePath(decodeRequestPath(request.raw.url ?? '/'), prefix);
       };
       scope.all('', { schema: { hide: true } }, unmatched);
       scope.all('/*', { schema: { hide: true } }, unmatched);
@@ -135,8 +139,6 @@ async function plugin(app: FastifyInstance, opts: AgentGateOptions): Promise<voi
 
   // One hook per table, answering refusals itself so the host app's own error handler never
   // sees (or reformats) a contract refusal.
-  // TODO(authorizer): src/authorizer/route.ts registers P/v1/authorize with `guard`, which in
-  // authorizer mode is already the `authorize` table; it should name `agentGate.authorize`.
   const gated = tables.proxied ?? tables.authorize!;
   const guard = pipelines.hook(gated);
   const authorize = tables.authorize ? pipelines.hook(tables.authorize) : guard;

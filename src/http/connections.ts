@@ -10,6 +10,16 @@ import { Server as TlsServer } from 'node:tls';
 import type { GateMetrics } from '../metrics/index.js';
 import { addressKey } from '../lib/address.js';
 
+/**
+ * Most header lines a request may carry: Node drops the lines past its `maxHeadersCount`
+ * without a word (and the gate would then act on a request it never fully saw: a
+ * `Content-Length` or a `Connection` option past the cap), so the server keeps one more and the
+ * edge refuses a request over the cap. Behind nginx, room for the signed headers it adds.
+ */
+export function maxHeaderLines(mode: 'direct' | 'forwarded' | 'authorizer'): number {
+  return mode === 'direct' ? 100 : 128;
+}
+
 /** Default of `GATE_MAX_CONNECTIONS_PER_ADDRESS`, and of nginx-config's `limit_conn` per client address. */
 export const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128;
 

@@ -19,6 +19,10 @@ export function deferContinue(server: Pick<Server, 'on' | 'emit' | 'listenerCoun
     continueOnFirstRead(req, res);
     server.emit('request', req, res);
   });
+  // Any other expectation is ignored (RFC 9110 section 10.1.1 allows it; `Expect` never reaches
+  // the upstream): the request goes through the checks like any other instead of getting
+  // Node's bare 417 before identity.
+  if (server.listenerCount('checkExpectation') === 0) server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => server.emit('request', req, res));
 }
 
 /** Writes `100 Continue` on the first read of `req`'s body, unless an answer has begun. */

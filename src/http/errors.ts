@@ -3,6 +3,7 @@
  * that also goes to the log line. Details stay in logs; clients get the code and title only.
  * @module
  */
+import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { GateError, isGateError, newRefusalId, problemFor, wwwAuthenticateFor, type ErrorCode } from '../errors.js';
 import type { AuditSink } from '../audit/index.js';
@@ -17,6 +18,8 @@ const FASTIFY_CODES: Record<string, ErrorCode> = {
   FST_ERR_BAD_URL: 'request_malformed',
   FST_ERR_VALIDATION: 'request_malformed',
   FST_ERR_NOT_FOUND: 'not_found',
+  // QUERY without Content-Type (RFC 10008 makes the server refuse it); checked after the guard.
+  FST_ERR_ROUTE_MISSING_CONTENT_TYPE: 'request_malformed',
 };
 
 /** Log event names for refusals that are security events (the rest log as `refusal`). */
@@ -133,16 +136,37 @@ export function makeClientErrorHandler(sinks: RefusalSinks, log: () => { info(o:
       socket.destroy();
       return;
     }
-    const id = newRefusalId();
-    sinks.metrics.errors.inc({ code: 'request_malformed' });
-    log()?.info({ event: 'refusal', code: 'request_malformed', status: 400, refusal_id: id, detail: `HTTP parser: ${code}` }, 'refused');
-    const body = JSON.stringify(problemFor('request_malformed', 400, id));
-    socket.end(
-      `HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncache-control: no-store\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-    );
-    // end() closes only our side: a client that neither reads nor closes must not keep the socket.
-    const linger = setTimeout(() => socket.destroy(), CLIENT_ERROR_LINGER_MS);
-    linger.unref();
-    socket.once('close', () => clearTimeout(linger));
+    answerOnSocket(socket, new GateError('request_malformed', { detail: `HTTP parser: ${code}` }), sinks, log);
   };
+}
+
+/**
+ * The server's `connect` listener: the gate tunnels nothing, so `CONNECT` gets 405 (step 2,
+ * before identity) with the methods a gated path takes, instead of Node's silent close.
+ */
+export function makeConnectHandler(sinks: RefusalSinks, log: () => { info(o: object, msg: string): void } | undefined, allow: string) {
+  return function connectHandler(_req: unknown, socket: import('node:stream').Duplex): void {
+    if (socket.destroyed || !socket.writable) return void socket.destroy();
+    answerOnSocket(socket, new GateError('method_not_allowed', { detail: 'CONNECT', headers: { allow } }), sinks, log);
+  };
+}
+
+/**
+ * Writes `err` as a problem+json answer straight on `socket` (no request object exists, or the
+ * parser gave up on it) and closes the connection.
+ */
+function answerOnSocket(socket: import('node:stream').Duplex, err: GateError, sinks: RefusalSinks, log: () => { info(o: object, msg: string): void } | undefined): void {
+  const id = newRefusalId();
+  const status = err.status;
+  sinks.metrics.errors.inc({ code: err.code });
+  log()?.info({ event: 'refusal', code: err.code, status, refusal_id: id, detail: err.detail }, 'refused');
+  const body = JSON.stringify(problemFor(err.code, status, id));
+  const extra = Object.entries(err.headers ?? {}).map(([k, v]) => `${k}: ${String(v)}\r\n`).join('');
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/problem+json\r\ncache-control: no-store\r\n${extra}content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
+  // end() closes only our side: a client that neither reads nor closes must not keep the socket.
+  const linger = setTimeout(() => socket.destroy(), CLIENT_ERROR_LINGER_MS);
+  linger.unref();
+  socket.once('close', () => clearTimeout(linger));
 }

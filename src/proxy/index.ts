@@ -9,6 +9,14 @@ import { Forwarder } from './forward.js';
 export { Forwarder, type ForwarderOptions } from './forward.js';
 export { isStrippedHeader, passHeaderProblem, STRIPPED_HEADERS, upstreamRawHeaders, upstreamRequestHeaders, type ForwardIdentity, type HeaderPolicy, type XffMode } from './headers.js';
 
+/**
+ * The methods a gated request may use (section 5): fastify's own set without TRACE, which a
+ * front proxy answers itself (nginx refuses it too). Any other method is 405 with this `Allow`.
+ */
+export const PROXIED_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'QUERY'] as const;
+/** The `Allow` value of a 405 on a gated path. */
+export const PROXIED_ALLOW = PROXIED_METHODS.join(', ');
+
 /** Options of {@link proxyRoutes}. */
 export interface ProxyRoutesOptions {
   forwarder: Forwarder;
@@ -28,7 +36,7 @@ export async function proxyRoutes(app: FastifyInstance, opts: ProxyRoutesOptions
     if (!agent || !token) throw new GateError('token_missing');
     opts.forwarder.forward(request, reply, { agentId: agent.agentId, thumbprint: agent.thumbprint, tokenId: token.jti });
   };
-  const route = { onRequest: opts.guard, config: { route: 'proxy' as const }, schema: { hide: true } };
-  app.all('/', route, handler);
-  app.all('/*', route, handler);
+  const route = { method: [...PROXIED_METHODS], onRequest: opts.guard, config: { route: 'proxy' as const }, schema: { hide: true }, handler };
+  app.route({ ...route, url: '/' });
+  app.route({ ...route, url: '/*' });
 }

@@ -30,7 +30,7 @@ beforeAll(async () => {
   denyList = new DenyList({ store, now: Date.now });
   const spec = { points: 2, durationS: 60 };
   deps = {
-    config: { pathPrefix: PREFIX, challengeTtlMs: 3000, maxSkewS: 30, attestation: {} } as unknown as GateConfig,
+    config: { mode: 'direct', pathPrefix: PREFIX, challengeTtlMs: 3000, maxSkewS: 30, attestation: {} } as unknown as GateConfig,
     now: Date.now,
     metrics,
     store,
@@ -46,8 +46,13 @@ beforeAll(async () => {
 });
 
 /** A plain context: only what the checks read and write. */
+/** The IncomingMessage fields the edge rows read: an HTTP/1.1 request with a Host line. */
+function raw(fields: Record<string, unknown>): Record<string, unknown> {
+  return { rawHeaders: ['Host', 'gate.test'], headers: { host: 'gate.test' }, httpVersion: '1.1', ...fields };
+}
+
 function ctx(fields: Record<string, unknown> = {}): FastifyRequest {
-  return { headers: {}, raw: { url: '/api/x' }, routeOptions: { url: '/*' }, agent, accessToken: null, clientAddress: '10.0.0.1', ipLoad: 0, receivedAt: Date.now(), gatePath: null, exchange: null, ...fields } as unknown as FastifyRequest;
+  return { headers: {}, raw: raw({ url: '/api/x' }), routeOptions: { url: '/*' }, agent, accessToken: null, clientAddress: '10.0.0.1', ipLoad: 0, receivedAt: Date.now(), gatePath: null, exchange: null, ...fields } as unknown as FastifyRequest;
 }
 
 function check(name: CheckName): Check {
@@ -86,10 +91,19 @@ describe('edge rows', () => {
     expect(CHECKS.draining(draining)!(ctx({ gatePath: `${PREFIX}/readyz` }))).toBeUndefined();
   });
 
-  it('path policy: an undecodable path is 400, a gate path on a host route 404', async () => {
-    expect(await outcome('path_policy', ctx({ raw: { url: '/%zz' }, gatePath: null }))).toBe('request_malformed');
+  it('path policy: an undecodable path is 400, a gate path on a host route 404, no route (an unknown method) is left to the not-found handler', async () => {
+    expect(await outcome('path_policy', ctx({ raw: raw({ url: '/%zz' }), gatePath: null }))).toBe('request_malformed');
     expect(await outcome('path_policy', ctx({ gatePath: `${PREFIX}/v1/x`, routeOptions: { url: '/*' } }))).toBe('not_found');
+    expect(await outcome('path_policy', ctx({ gatePath: `${PREFIX}/v1/x`, routeOptions: {} }))).toBe('pass');
     expect(await outcome('path_policy', ctx({ gatePath: '/api/x' }))).toBe('pass');
+  });
+
+  it('path policy: more header lines than the cap, or HTTP/1.1 without Host, is 400', async () => {
+    const lines = (n: number) => Array.from({ length: n }, (_, i) => [`x-${i}`, 'v']).flat();
+    expect(await outcome('path_policy', ctx({ gatePath: '/api/x', raw: raw({ rawHeaders: lines(100) }) }))).toBe('pass');
+    expect(await outcome('path_policy', ctx({ gatePath: '/api/x', raw: raw({ rawHeaders: lines(101) }) }))).toBe('request_malformed');
+    expect(await outcome('path_policy', ctx({ gatePath: '/api/x', raw: raw({ headers: {} }) }))).toBe('request_malformed');
+    expect(await outcome('path_policy', ctx({ gatePath: '/api/x', raw: raw({ headers: {}, httpVersion: '1.0' }) }))).toBe('pass');
   });
 });
 

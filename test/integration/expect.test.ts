@@ -174,6 +174,11 @@ describe('direct mode: POST P/v1/token', () => {
     expectRefusedFirst(x, 415, 'unsupported_media_type');
   });
 
+  it('P/v1/challenge: a declared non-empty body of another type is 415 first, no 100 (no body need be read to know)', async () => {
+    const x = await expectExchange(gw.url, fx.agents.p256, request('POST', `${P}/v1/challenge`, { 'content-type': 'text/plain' }, 'hi'), 'hi');
+    expectRefusedFirst(x, 415, 'unsupported_media_type');
+  });
+
   it('a valid identity: 100 first, then the body is judged (unknown challenge: 404)', async () => {
     const x = await expectExchange(gw.url, fx.agents.p256, request('POST', `${P}/v1/token`, { 'content-type': 'application/json' }, tokenBody), tokenBody);
     expect(x.first).toMatch(/^HTTP\/1\.1 100 Continue/);

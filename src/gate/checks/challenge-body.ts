@@ -9,7 +9,9 @@ import type { CheckFactory } from '../deps.js';
 export const challengeBody: CheckFactory = () => async (request) => {
   if (!isJsonContentType(request.headers['content-type'])) {
     if (!announcesBody(request.headers)) return;
-    // Chunked with no bytes still counts as empty, so read (bounded) before refusing.
+    // A declared length > 0 is a non-empty body: refused unread, so `Expect: 100-continue` gets
+    // no 100 first. Chunked with no bytes still counts as empty, so read (bounded) before refusing.
+    if (request.headers['transfer-encoding'] === undefined) throw new GateError('unsupported_media_type', { detail: 'challenge body must be empty or JSON' });
     const buf = await readLimited(request.raw, request.headers, GATE_BODY_LIMIT).catch((err: unknown) => {
       throw err instanceof GateError && err.code === 'body_too_large' ? new GateError('unsupported_media_type') : err;
     });
