@@ -15,6 +15,9 @@ import { certCrlScope, crlVerdict, type CertCrlScope } from './crl-scope.js';
 import { fetchBounded } from './fetch.js';
 import { buildOcspRequest, ocspResponderUrls, verifyOcspResponse } from './ocsp.js';
 
+/** How far a CRL's thisUpdate may lie ahead of the gate's clock (as OCSP's thisUpdate). */
+const CRL_NOT_YET_VALID_SKEW_MS = 60_000;
+
 /** Revocation modes of `GATE_REVOCATION`. */
 export type RevocationMode = 'off' | 'crl' | 'ocsp' | 'ocsp,crl';
 
@@ -190,6 +193,10 @@ export class RevocationChecker {
     for (const crl of candidates) {
       if (crl.nextUpdate !== undefined && crl.nextUpdate < now) {
         errors.push('CRL past nextUpdate');
+      } else if (crl.thisUpdate > now + CRL_NOT_YET_VALID_SKEW_MS) {
+        // Not yet valid (OpenSSL refuses it too): as the newest by number or date it would
+        // otherwise decide, and clear what the CRL in force still lists.
+        errors.push('CRL not yet valid (thisUpdate in the future)');
       } else if (!crl.verifiedBy(agent.issuer)) {
         errors.push('CRL not signed by the issuing CA');
       } else if (crl.unusable !== undefined) {

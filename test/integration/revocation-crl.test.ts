@@ -229,6 +229,14 @@ describe('CRL selection (RFC 5280 6.3.3): newest complete CRL in scope, deltas o
     expect(await challenge(await gate({ GATE_CRL_FILES: bad }), good)).toEqual({ status: 503, code: 'revocation_unavailable' });
   });
 
+  it('a CRL dated in the future (thisUpdate past the 60 s skew) is unusable: it never clears what the CRL in force lists, and alone it is 503', async () => {
+    const { revoked, good, entry } = await pair('notyetvalid');
+    const ahead = await file([], { crlNumber: 40, thisUpdate: new Date(Date.now() + 10 * 60_000), nextUpdate: new Date(Date.now() + 2 * hour) });
+    const full = await file([entry], { crlNumber: 10 });
+    expect(await challenge(await gate({ GATE_CRL_FILES: `${ahead},${full}` }), revoked)).toEqual({ status: 403, code: 'client_cert_revoked' });
+    expect(await challenge(await gate({ GATE_CRL_FILES: ahead }), good)).toEqual({ status: 503, code: 'revocation_unavailable' });
+  });
+
   it('an unusable newer CRL leaves the usable one to answer', async () => {
     const { revoked, entry } = await pair('unusablenewer');
     const bad = await file([], { crlNumber: 30, extensions: [unknownCritical()] });
