@@ -7,6 +7,7 @@ import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { GateError, isGateError, newRefusalId, problemFor, wwwAuthenticateFor, type ErrorCode } from '../errors.js';
 import type { AuditSink } from '../audit/index.js';
+import { GATE_BODY_LIMIT } from './body.js';
 import type { GateMetrics } from '../metrics/index.js';
 
 const FASTIFY_CODES: Record<string, ErrorCode> = {
@@ -103,6 +104,10 @@ export function sendRefusal(request: FastifyRequest, reply: FastifyReply, refusa
   sinks.audit?.record({ ...log, method: request.method, client_address: request.clientAddress });
   sinks.refusals?.record({ refusal_id: id, code: err.code, status, at: Date.now(), agent_id: request.agent?.agentId, thumbprint: request.agent?.thumbprint, method: request.method });
   reply.code(status).headers({ ...err.headers, 'cache-control': 'no-store', 'content-type': 'application/problem+json' });
+  // A body still on its way would otherwise be read and discarded to keep the connection: a
+  // refused client must not make the gate take in its upload. Small bodies (up to the gate
+  // endpoints' limit) are let through, so that an agent keeps its connection after a refusal.
+  if (!request.raw.complete && (request.headers['transfer-encoding'] !== undefined || Number(request.headers['content-length'] ?? 0) > GATE_BODY_LIMIT)) reply.header('connection', 'close');
   if (status === 401) reply.header('www-authenticate', wwwAuthenticateFor(err.code));
   // A Buffer keeps fastify from appending `; charset=utf-8` to the problem media type.
   return reply.send(Buffer.from(JSON.stringify(problemFor(err.code, status, id))));

@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { GateClient } from '../../src/client/index.js';
 import type { KeyAndCert } from '../../src/pki/index.js';
 import { startGate, testEnv, type RunningGate } from '../helpers/gate.js';
-import { rawRequest } from '../helpers/http.js';
+import { call, rawRequest, tlsAgent } from '../helpers/http.js';
 import { gateSuite } from '../helpers/suite.js';
 
 const P = '/.agent-gate';
@@ -89,6 +89,21 @@ describe('Host, Expect, CONNECT', () => {
     expectProblem(r, 405, 'method_not_allowed');
     expect(header(r.head, 'allow')).toBe('GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, QUERY');
     expect(header(r.head, 'connection')).toBe('close');
+  });
+});
+
+describe('refused uploads', () => {
+  it('a refused request whose declared body has not arrived closes the connection instead of reading the upload away', async () => {
+    const r = await send(undefined, 'POST /form/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999\r\n\r\nsome');
+    expectProblem(r, 401, 'client_cert_required');
+    expect(header(r.head, 'connection')).toBe('close');
+    const token = await suite.client.getToken();
+    // A small body keeps the connection (an agent refused once need not reconnect).
+    const agent = tlsAgent(suite.fx, suite.fx.agents.p256);
+    base.closers.push(() => agent.close());
+    const small = await call(agent, `${suite.gw.url}/form/small`, { method: 'POST', headers: { authorization: `Bearer ${token}x` }, body: 'hi' });
+    expect([small.status, small.json().code]).toEqual([401, 'token_invalid']);
+    expect(small.headers.connection).toBe('keep-alive');
   });
 });
 
