@@ -19,7 +19,7 @@ const S12 = section('## 12.', '\n## 13.').replace(/\s+/g, ' ');
 const S4_PHRASE: Partial<Record<CheckName, string>> = {
   shedding: '1. load shedding',
   draining: '1. load shedding',
-  path_policy: '2. path and method',
+  path_policy: '2. request form, path and method',
   identity_direct: '3. identity: certificate or forwarded headers',
   identity_forwarded: '3. identity: certificate or forwarded headers',
   forwarded_address: '3. identity: certificate or forwarded headers',

@@ -107,6 +107,17 @@ describe('refused uploads', () => {
   });
 });
 
+describe('Authorization', () => {
+  it('two Authorization lines are 400 request_malformed, whichever comes first (Node would keep the first only)', async () => {
+    const token = await suite.client.getToken();
+    for (const [a, b] of [[`Bearer ${token}`, 'Bearer junk'], ['Bearer junk', `Bearer ${token}`], [`Bearer ${token}`, `Bearer ${token}`]]) {
+      const r = await send(suite.fx.agents.p256, `GET /form/auth HTTP/1.1\r\nHost: localhost\r\nAuthorization: ${a}\r\nauthorization: ${b}\r\nConnection: close\r\n\r\n`);
+      expectProblem(r, 400, 'request_malformed');
+    }
+    expect(suite.up.seen.some((s) => s.url === '/form/auth')).toBe(false);
+  });
+});
+
 describe('methods', () => {
   it('a method no route takes (PROPFIND, M-SEARCH, TRACE) on a gated path: 405 with Allow, before identity', async () => {
     for (const method of ['PROPFIND', 'M-SEARCH', 'TRACE']) {
