@@ -266,6 +266,8 @@ export async function renderNginxConfig(opts: NginxConfigOptions): Promise<Rende
     CLIENT_CA: clientCa,
     SSL_PROTOCOLS: protocols,
     PATH_PREFIX: pathPrefix,
+    // P as a regular expression ('.' is its only character of [A-Za-z0-9._~-] PCRE reads specially).
+    PATH_PREFIX_RE: pathPrefix.replace(/\./g, '\\.'),
     GATE_SERVER: gate.server,
     GATE_SCHEME: gate.scheme,
     GATE_TLS: gateTlsBlock(gate, gateCa, tlsName),

@@ -30,6 +30,7 @@ import {
   ensureNginx,
   launchNginx,
   rawExchange,
+  rawUntilClose,
   removeTempDirs,
   renderTestConfig,
   sendRaw,
@@ -699,6 +700,80 @@ describe('rate limits', () => {
     expect(viaNginx.status).toBe(429);
     expect(shape(viaNginx)).toEqual(shape(viaDirect));
     expect(viaNginx.headers['ratelimit-policy']).toBe('"proxy_identity";q=2;w=60');
+  });
+});
+
+/**
+ * What nginx accepts but the gate cannot sign or proxy the same way (section 13): a request
+ * line that is not origin-form, or a method outside the gate's, is refused before anything is
+ * signed, decided or served from the cache, so no one without a certificate can make the gate
+ * count a bad forwarded signature (the critical alert AgentGateForwardedSignatureInvalid).
+ */
+describe('the request line', () => {
+  const BAD_SIG = 'agent_gate_forwarded_verifications_total{result="bad_signature"}';
+  const ALLOW = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, QUERY';
+  const tls = (who?: KeyAndCert) => ({ ca: fx.ca.certPem, cert: who?.certPem, key: who?.keyPem });
+  const line = (start: string, extra = '') => `${start} HTTP/1.1\r\nHost: localhost\r\n${extra}Connection: close\r\n\r\n`;
+  const codeOf = (body: string) => /"code":"([a-z_]+)"/.exec(body)?.[1];
+
+  it('a target that is not origin-form, or a method the gate refuses, is answered by nginx: no decision, no bad signature, nothing proxied', async () => {
+    const before = { badSig: await metric(authz, BAD_SIG), decided: decisions(relayOff).length, proxied: up.seen.length };
+    const seen: [string, number, string | undefined][] = [];
+    for (const start of ['GET http://localhost?q=1', 'GET http://localhost/x?q=1', 'GET ?q=1', 'OPTIONS *', 'M-SEARCH /x', 'GET_X /x', 'PROPFIND /x', 'TRACE /x']) {
+      const r = await rawUntilClose(nginxOff.port, tls(), line(start));
+      seen.push([start, r.status, codeOf(r.body)]);
+      if (r.status === 405) expect(r.headers.allow).toBe(ALLOW);
+      expect(r.headers['content-type'], start).toBe('application/problem+json');
+    }
+    expect(seen).toEqual([
+      ['GET http://localhost?q=1', 400, 'request_malformed'],
+      ['GET http://localhost/x?q=1', 400, 'request_malformed'],
+      ['GET ?q=1', 400, 'request_malformed'],
+      ['OPTIONS *', 400, 'request_malformed'],
+      ['M-SEARCH /x', 405, 'method_not_allowed'],
+      ['GET_X /x', 405, 'method_not_allowed'],
+      ['PROPFIND /x', 405, 'method_not_allowed'],
+      ['TRACE /x', 405, 'method_not_allowed'],
+    ]);
+    // The gate's own endpoints: such a request line is refused there too, before signing.
+    for (const start of [`GET http://localhost${P}/v1/challenge`, `M-SEARCH ${P}/v1/token`, `GET_X ${P}/healthz`]) {
+      const r = await rawUntilClose(nginxOff.port, tls(), line(start));
+      expect([start, r.status, codeOf(r.body)]).toEqual([start, 400, 'request_malformed']);
+    }
+    expect({ badSig: await metric(authz, BAD_SIG), decided: decisions(relayOff).length, proxied: up.seen.length }).toEqual(before);
+  });
+
+  it('with a cached allow for the same certificate and token, such requests are refused, not served from the cache', async () => {
+    const who = fx.agents.p256;
+    const token = await tokenOf(who);
+    expect((await send(agent(who), `${nginx.url}/line`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    const before = { decided: decisions().length, proxied: up.seen.length };
+    const auth = `Authorization: Bearer ${token}\r\n`;
+    const got: [string, number][] = [];
+    for (const start of ['GET http://localhost/line', 'PROPFIND /line', 'M-SEARCH /line']) got.push([start, (await rawUntilClose(nginx.port, tls(who), line(start, auth))).status]);
+    expect(got).toEqual([
+      ['GET http://localhost/line', 400],
+      ['PROPFIND /line', 405],
+      ['M-SEARCH /line', 405],
+    ]);
+    expect({ decided: decisions().length, proxied: up.seen.length }).toEqual(before);
+  });
+
+  it('QUERY passes with a Content-Type; without one it is 400 request_malformed after the decision, as direct mode answers it after identity and token', async () => {
+    const who = fx.agents.p256;
+    const token = await tokenOf(who);
+    const query = (auth: string, type: string) => `QUERY /q HTTP/1.1\r\nHost: localhost\r\n${auth}${type}Content-Length: 2\r\nConnection: close\r\n\r\n{}`;
+    const auth = `Authorization: Bearer ${token}\r\n`;
+    const ok = await rawUntilClose(nginxOff.port, tls(who), query(auth, 'Content-Type: application/json\r\n'));
+    expect(ok.status).toBe(200);
+    expect([up.seen.at(-1)!.method, up.seen.at(-1)!.url, up.seen.at(-1)!.body.toString()]).toEqual(['QUERY', '/q', '{}']);
+    const before = { decided: decisions(relayOff).length, proxied: up.seen.length };
+    for (const [a, code] of [['', 'token_missing'], [auth, 'request_malformed']] as const) {
+      const viaNginx = await rawExchange(nginxOff.port, tls(who), query(a, ''));
+      expect(codeOf(viaNginx.text)).toBe(code);
+      expect(shape(viaNginx)).toEqual(shape(await rawExchange(portOf(direct.url), tls(who), query(a, ''))));
+    }
+    expect({ decided: decisions(relayOff).length - 2, proxied: up.seen.length }).toEqual(before);
   });
 });
 

@@ -30,6 +30,7 @@ import {
   ensureNginx,
   launchNginx,
   relaxEdgeLimits,
+  rawUntilClose,
   removeTempDirs,
   renderTestConfig,
   sendRaw,
@@ -403,6 +404,47 @@ describe('through nginx (the contract itself: test/conformance/nginx.test.ts)', 
     expect(seen.headers['x-forwarded-for']).toBe(fwd(sent, 'x-gate-fwd-addr'));
     for (const name of ['x-real-ip', 'forwarded', 'x-forwarded-host', 'x-forwarded-client-cert']) expect(seen.headers[name], name).toBeUndefined();
     expect(JSON.stringify(seen.headers)).not.toContain('6.6.6.6');
+  });
+});
+
+/**
+ * A request line nginx accepts but cannot sign as the gate will read it (section 6): refused by
+ * nginx before the signature, so no one without a certificate can make the gate count a bad
+ * forwarded signature (the critical alert AgentGateForwardedSignatureInvalid).
+ */
+describe('request lines nginx refuses before signing', () => {
+  const ALLOW = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, QUERY';
+  const line = (start: string) => `${start} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`;
+
+  it('not origin-form: 400 request_malformed; a method the gate does not proxy on a gated path: 405 with Allow; the gate never sees either', async () => {
+    const before = { badSig: await fwdCount(gw, 'bad_signature'), relayed: relay.captured.length, proxied: up.seen.length };
+    const seen: [string, number, string | undefined][] = [];
+    for (const start of ['GET http://localhost?q=1', 'GET http://localhost/api/x', 'GET ?q=1', 'OPTIONS *', `GET http://localhost${P}/v1/challenge`, `M-SEARCH ${P}/v1/token`, 'M-SEARCH /x', 'GET_X /x', 'PROPFIND /q', 'TRACE /x']) {
+      const r = await rawUntilClose(nginx.port, { ca: fx.ca.certPem }, line(start));
+      seen.push([start, r.status, codeOf(r.body)]);
+      expect(r.headers['content-type'], start).toBe('application/problem+json');
+      if (r.status === 405) expect(r.headers.allow).toBe(ALLOW);
+    }
+    expect(seen).toEqual([
+      ['GET http://localhost?q=1', 400, 'request_malformed'],
+      ['GET http://localhost/api/x', 400, 'request_malformed'],
+      ['GET ?q=1', 400, 'request_malformed'],
+      ['OPTIONS *', 400, 'request_malformed'],
+      [`GET http://localhost${P}/v1/challenge`, 400, 'request_malformed'],
+      [`M-SEARCH ${P}/v1/token`, 400, 'request_malformed'],
+      ['M-SEARCH /x', 405, 'method_not_allowed'],
+      ['GET_X /x', 405, 'method_not_allowed'],
+      ['PROPFIND /q', 405, 'method_not_allowed'],
+      ['TRACE /x', 405, 'method_not_allowed'],
+    ]);
+    expect({ badSig: await fwdCount(gw, 'bad_signature'), relayed: relay.captured.length, proxied: up.seen.length }).toEqual(before);
+  });
+
+  it("the gate's own endpoints keep the gate's answers to other methods (nginx's 405 is for gated paths only)", async () => {
+    const before = relay.captured.length;
+    const r = await rawUntilClose(nginx.port, { ca: fx.ca.certPem }, line(`PROPFIND ${P}/healthz`));
+    expect(relay.captured.length).toBe(before + 1);
+    expect(r.headers.allow).not.toBe(ALLOW);
   });
 });
 

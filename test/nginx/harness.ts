@@ -315,6 +315,47 @@ export async function rawExchange(port: number, tls: { ca: string; cert?: string
   });
 }
 
+/** A raw exchange read to its end: the head as sent, the body undecoded, and whether nginx closed the connection. */
+export interface ClosingResponse {
+  status: number;
+  head: string;
+  headers: Record<string, string>;
+  body: string;
+  closed: boolean;
+}
+
+/**
+ * Writes `raw` over a fresh TLS connection (presenting `tls.cert` when given) and reads until
+ * the server closes it or `waitMs` passes: for answers without Content-Length (an upstream's
+ * chunked body) and for telling whether nginx closed the connection after its answer.
+ */
+export async function rawUntilClose(port: number, tls: { ca: string; cert?: string; key?: string }, raw: string, waitMs = 3000): Promise<ClosingResponse> {
+  const { connect: tlsConnect } = await import('node:tls');
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: '127.0.0.1', port, ca: tls.ca, cert: tls.cert, key: tls.key, servername: 'localhost' }, () => s.write(raw));
+    const chunks: Buffer[] = [];
+    let closed = false;
+    let settled = false;
+    const done = () => {
+      if (settled) return;
+      settled = true;
+      const t = Buffer.concat(chunks).toString('latin1');
+      const i = t.indexOf('\r\n\r\n');
+      const head = i === -1 ? t : t.slice(0, i);
+      const headers: Record<string, string> = {};
+      for (const h of head.split('\r\n').slice(1)) {
+        const j = h.indexOf(':');
+        if (j > 0) headers[h.slice(0, j).trim().toLowerCase()] = h.slice(j + 1).trim();
+      }
+      resolve({ status: Number(t.split(' ')[1]), head, headers, body: i === -1 ? '' : t.slice(i + 4), closed });
+    };
+    const timer = setTimeout(() => (s.destroy(), done()), waitMs);
+    s.on('data', (d: Buffer) => chunks.push(d));
+    s.on('error', (e) => (clearTimeout(timer), chunks.length ? done() : reject(e)));
+    s.on('close', () => ((closed = true), clearTimeout(timer), done()));
+  });
+}
+
 /** One HTTP/1.1 request as it crossed a {@link CaptureRelay}, byte for byte. */
 export interface CapturedRequest {
   /** Local time (ms) the request was complete. */
