@@ -233,18 +233,12 @@ function setIf(h, name, value) {
     }
 }
 
+/*
+ * 503 gate_unavailable is answered by the named location @agent_gate_unavailable, whose
+ * `keepalive_timeout 0` closes the connection (section 13); njs cannot close it itself.
+ */
 function gateUnavailable(r) {
-    var h = r.headersOut;
-    h['Content-Type'] = 'application/problem+json';
-    h['Cache-Control'] = 'no-store';
-    h['Retry-After'] = '1';
-    r.return(503, JSON.stringify({
-        type: 'urn:agent-gate:error:gate_unavailable',
-        title: 'Gate unavailable',
-        status: 503,
-        code: 'gate_unavailable',
-        instance: 'urn:agent-gate:refusal:' + refusalId(r)
-    }));
+    r.internalRedirect('@agent_gate_unavailable');
 }
 
 export default { sign, signAuthz, refusal, refusalId, badHeaders, canonical, hmac, thumbprintOfHeader };

@@ -6,6 +6,7 @@
  * Every refusal is compared with what a direct-mode gate answers for the same request.
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
+import { createServer } from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Agent } from 'undici';
@@ -774,6 +775,23 @@ describe('the request line', () => {
       expect(shape(viaNginx)).toEqual(shape(await rawExchange(portOf(direct.url), tls(who), query(a, ''))));
     }
     expect({ decided: decisions(relayOff).length - 2, proxied: up.seen.length }).toEqual(before);
+  });
+});
+
+describe('a decision answer without usable carriers', () => {
+  const codeOf = (body: string) => /"code":"([a-z_]+)"/.exec(body)?.[1];
+
+  it("an unusable refusal (a WAF's 403 text/html) is 503 gate_unavailable and closes the connection; the gate's carried refusals keep it open", async () => {
+    const waf = createServer((_q, res) => res.writeHead(403, { 'content-type': 'text/html' }).end('<h1>blocked</h1>'));
+    await new Promise<void>((r) => waf.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => (waf.closeAllConnections(), waf.close(() => r()))));
+    const n = await launch(`http://127.0.0.1:${(waf.address() as { port: number }).port}`, { cacheS: 0 });
+    const who = { ca: fx.ca.certPem, cert: fx.agents.p256.certPem, key: fx.agents.p256.keyPem };
+    const r = await rawUntilClose(n.port, who, 'GET /waf HTTP/1.1\r\nHost: localhost\r\n\r\n', 2000);
+    expect([r.status, codeOf(r.body), r.headers.connection, r.closed]).toEqual([503, 'gate_unavailable', 'close', true]);
+    // A refusal the gate decided (401 token_missing) is answered on a connection nginx keeps.
+    const kept = await rawUntilClose(nginxOff.port, who, 'GET /waf HTTP/1.1\r\nHost: localhost\r\n\r\n', 1000);
+    expect([kept.status, codeOf(kept.body), kept.headers.connection, kept.closed]).toEqual([401, 'token_missing', 'keep-alive', false]);
   });
 });
 
