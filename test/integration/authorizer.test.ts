@@ -37,6 +37,7 @@ import {
   sendRaw,
   serializeRequest,
   startCaptureRelay,
+  startRecordingGate,
   tempDir,
   writeKeyFile,
   type CaptureRelay,
@@ -775,6 +776,23 @@ describe('the request line', () => {
       expect(shape(viaNginx)).toEqual(shape(await rawExchange(portOf(direct.url), tls(who), query(a, ''))));
     }
     expect({ decided: decisions(relayOff).length - 2, proxied: up.seen.length }).toEqual(before);
+  });
+});
+
+describe('a 2xx decision answer that names no agent', () => {
+  const codeOf = (body: string) => /"code":"([a-z_]+)"/.exec(body)?.[1];
+
+  it('a 2xx from something that is not the gate lets nothing through: 503 gate_unavailable, connection closed', async () => {
+    const fake = await startRecordingGate();
+    closers.push(() => fake.close());
+    const n = await launch(fake.url, { cacheS: 0 });
+    const before = up.seen.length;
+    for (const who of [undefined, fx.agents.p256]) {
+      const r = await rawUntilClose(n.port, { ca: fx.ca.certPem, cert: who?.certPem, key: who?.keyPem }, 'GET /fail-open HTTP/1.1\r\nHost: localhost\r\n\r\n', 2000);
+      expect([r.status, codeOf(r.body), r.headers['retry-after'], r.headers['content-type'], r.closed]).toEqual([503, 'gate_unavailable', '1', 'application/problem+json', true]);
+    }
+    expect(fake.seen.length).toBe(2);
+    expect(up.seen.length).toBe(before);
   });
 });
 
