@@ -779,6 +779,25 @@ describe('the request line', () => {
   });
 });
 
+describe('what the upstream answers', () => {
+  it("passes the upstream's X-Accel-* headers to the client unchanged, as direct mode does; nginx acts on none", async () => {
+    const who = fx.agents.p256;
+    const token = await tokenOf(who);
+    const a = agent(who);
+    const accel = { 'x-accel-redirect': `/./agent-gate-authorize`, 'x-accel-expires': '0', 'x-accel-buffering': 'no', 'x-accel-limit-rate': '1', 'x-accel-charset': 'koi8-r' };
+    up.reply = (s) => (s.url.startsWith('/accel') ? { status: 200, headers: { ...accel, 'content-type': 'text/plain' }, body: 'upstream body' } : undefined);
+    try {
+      const pick = (r: Res) => ({ status: r.status, text: r.text, accel: Object.fromEntries(Object.keys(accel).map((h) => [h, r.headers[h]])), internal: Object.keys(r.headers).filter((h) => /^x-agent-/.test(h)) });
+      const viaDirect = pick(await send(a, `${direct.url}/accel`, { headers: { authorization: `Bearer ${token}` } }));
+      expect(viaDirect).toEqual({ status: 200, text: 'upstream body', accel, internal: [] });
+      // Cache off (the gate's raw 403 with carriers leaked before) and on (the cached raw 204).
+      for (const n of [nginxOff, nginx, nginx]) expect(pick(await send(a, `${n.url}/accel`, { headers: { authorization: `Bearer ${token}` } }))).toEqual(viaDirect);
+    } finally {
+      up.reply = undefined;
+    }
+  });
+});
+
 describe('a 2xx decision answer that names no agent', () => {
   const codeOf = (body: string) => /"code":"([a-z_]+)"/.exec(body)?.[1];
 

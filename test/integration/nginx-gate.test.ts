@@ -448,6 +448,25 @@ describe('request lines nginx refuses before signing', () => {
   });
 });
 
+describe('upstream answer headers meant for nginx', () => {
+  it("passes the upstream's X-Accel-* headers (relayed by the gate) to the client; nginx acts on none", async () => {
+    const accel = { 'x-accel-redirect': '/other-path', 'x-accel-expires': '0', 'x-accel-buffering': 'no', 'x-accel-limit-rate': '1', 'x-accel-charset': 'koi8-r' };
+    up.reply = (s) => (s.url.startsWith('/accel') ? { status: 200, headers: { ...accel, 'content-type': 'text/plain' }, body: 'upstream body' } : undefined);
+    try {
+      const c = client(fx.agents.p256);
+      await c.getToken();
+      const badSig = await fwdCount(gw, 'bad_signature');
+      const before = relay.captured.length;
+      const r = await c.request('/accel-f');
+      expect(r.status).toBe(200);
+      expect(Object.fromEntries(Object.keys(accel).map((h) => [h, r.headers[h]]))).toEqual(accel);
+      expect([r.body.toString(), relay.captured.length - before, (await fwdCount(gw, 'bad_signature')) - badSig]).toEqual(['upstream body', 1, 0]);
+    } finally {
+      up.reply = undefined;
+    }
+  });
+});
+
 describe('spoofing refused (nginx-signed headers, replayed straight to the gate)', () => {
   it('client-sent x-gate-fwd-* headers are overwritten by nginx: the gate sees nginx\'s', async () => {
     const now = String(Math.floor(Date.now() / 1000));
