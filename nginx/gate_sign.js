@@ -151,13 +151,21 @@ function refusalId(r) {
 var RESERVED_RE = /^x[-_](agent|gate)[-_]/i;
 /*
  * Connection tokens whose header the rendered config removes or replaces anyway (hop-by-hop,
- * Authorization), so naming them in Connection is harmless and common (Upgrade, TE).
+ * Authorization), so naming them in Connection is harmless and common (Upgrade, TE). Looked up
+ * with hasOwn only: a plain object would also "hold" constructor, __proto__, toString, ...
  */
-var REMOVED_ANYWAY = {
-    'close': 1, 'keep-alive': 1, 'connection': 1, 'proxy-authenticate': 1, 'proxy-authorization': 1,
-    'proxy-connection': 1, 'te': 1, 'trailer': 1, 'transfer-encoding': 1, 'upgrade': 1, 'host': 1,
-    'expect': 1, 'http2-settings': 1, 'authorization': 1
-};
+var REMOVED_ANYWAY = ['close', 'keep-alive', 'connection', 'proxy-authenticate', 'proxy-authorization',
+    'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host',
+    'expect', 'http2-settings', 'authorization'].reduce(function (m, n) {
+    m[n] = true;
+    return m;
+}, Object.create(null));
+/* A Connection token that can name a header nginx passes on: letters, digits and '-'. */
+var PLAIN_NAME_RE = /^[a-z0-9-]+$/;
+
+function hasOwn(o, k) {
+    return Object.prototype.hasOwnProperty.call(o, k);
+}
 
 /*
  * js_set $agent_gate_bad_headers (authorizer mode, section 13): "1" when the client sent a
@@ -183,12 +191,29 @@ function badHeaders(r) {
         var tokens = conn.toLowerCase().split(',');
         for (var j = 0; j < tokens.length; j++) {
             var t = tokens[j].trim();
-            if (t !== '' && !REMOVED_ANYWAY[t] && r.headersIn[t] !== undefined) {
+            if (t === '' || hasOwn(REMOVED_ANYWAY, t)) {
+                continue;
+            }
+            /*
+             * A token that is no plain header name ('__proto__', 'a b') is refused outright:
+             * nothing it could name is worth telling apart, and it never reaches a lookup.
+             */
+            if (!PLAIN_NAME_RE.test(t) || namesHeader(raw, t)) {
                 return '1';
             }
         }
     }
     return '';
+}
+
+/* Whether the client sent a header named `lower` (compared in any case), from the raw list only. */
+function namesHeader(raw, lower) {
+    for (var i = 0; i < raw.length; i++) {
+        if (raw[i][0].length === lower.length && raw[i][0].toLowerCase() === lower) {
+            return true;
+        }
+    }
+    return false;
 }
 
 var STATUS_RE = /^[45][0-9][0-9]$/;

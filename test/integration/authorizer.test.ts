@@ -460,6 +460,17 @@ describe('client headers the gate would strip', () => {
       expect([extra, await rawStatus(nginx.port, raw(token, extra))]).toEqual([extra, 200]);
     }
   });
+
+  it('refuses a Connection header naming constructor or __proto__ (names an object-literal lookup would take as present)', async () => {
+    const token = await tokenOf(fx.agents.p256);
+    const before = [up.seen.length, decisions().length];
+    for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+      const r = await rawExchange(nginx.port, tls(), raw(token, `${name}: smuggled\r\nConnection: keep-alive, ${name}\r\n`));
+      expect([name, r.status]).toEqual([name, 400]);
+      expect(shape(r)).toEqual(await refused());
+    }
+    expect([up.seen.length, decisions().length]).toEqual(before);
+  });
 });
 
 describe('the decision cache', () => {
