@@ -843,6 +843,32 @@ describe('a decision answer without usable carriers', () => {
   });
 });
 
+describe('the edge connection limit', () => {
+  it('its 429 (limit_conn, before the decision) carries Retry-After, RateLimit-Policy and RateLimit', async () => {
+    const who = fx.agents.p256;
+    const token = await tokenOf(who);
+    const n = await launchNginx('authz-lc', async (dir, port) => {
+      await renderTestConfig(fx, port, { mode: 'authorizer', gateUrl: relayOff.url, hmacKeyFile: key.file, kid: 'k1', dir, maxConnectionsPerAddress: 1, authorizer: { upstreamUrl: up.url, timeoutS: 1, cacheS: 0 } });
+    });
+    closers.push(() => n.stop());
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    up.reply = (s) => (s.url === '/held-lc' ? { status: 200, body: 'x', hold: held } : undefined);
+    const tlsOf = { ca: fx.ca.certPem, cert: who.certPem, key: who.keyPem };
+    try {
+      const first = rawUntilClose(n.port, tlsOf, `GET /held-lc HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`, 8000);
+      await waitFor(() => up.seen.some((s) => s.url === '/held-lc'), 5000, 'the first request to be held at the upstream');
+      const second = await rawUntilClose(n.port, tlsOf, `GET /second HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`);
+      release();
+      expect((await first).status).toBe(200);
+      expect([second.status, second.headers['retry-after'], second.headers['ratelimit-policy'], second.headers.ratelimit]).toEqual([429, '1', '"edge";q=100;w=1', '"edge";r=0;t=1']);
+    } finally {
+      release();
+      up.reply = undefined;
+    }
+  });
+});
+
 describe('load scripts', () => {
   const k6 = findK6();
   // k6 runs as a child process spawned asynchronously: the gate, the capture relay and the
