@@ -148,6 +148,8 @@ export async function authorizerValues(opts: AuthorizerNginxOptions | undefined,
   return (dir) => ({
     AUTHORIZE_PATH: authorizeRoute(pathPrefix),
     UPSTREAM_URL: upstream.url,
+    // The Host the gate's own proxy sends (undici: the URL's host, port only when not the default).
+    UPSTREAM_HOST: new URL(opts.upstreamUrl).host,
     UPSTREAM_SERVER: upstream.server,
     UPSTREAM_SCHEME: upstream.scheme,
     UPSTREAM_TLS: upstreamTls(upstream, upstreamCa, tlsName),

@@ -809,6 +809,19 @@ describe('what the upstream answers', () => {
   });
 });
 
+describe('the request to the upstream', () => {
+  it('gives the upstream the Host direct mode gives it (the upstream URL\'s authority)', async () => {
+    const who = fx.agents.p256;
+    const token = await tokenOf(who);
+    const a = agent(who);
+    await send(a, `${direct.url}/host`, { headers: { authorization: `Bearer ${token}` } });
+    const viaDirect = up.seen.at(-1)!.headers.host;
+    expect(viaDirect).toBe(new URL(up.url).host);
+    expect((await send(a, `${nginx.url}/host`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+    expect(up.seen.at(-1)!.headers.host).toBe(viaDirect);
+  });
+});
+
 describe('a 2xx decision answer that names no agent', () => {
   const codeOf = (body: string) => /"code":"([a-z_]+)"/.exec(body)?.[1];
 
