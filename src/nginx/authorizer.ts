@@ -179,7 +179,7 @@ export async function authorizerValues(opts: AuthorizerNginxOptions | undefined,
             // How long: the gate's Cache-Control max-age (min of GATE_AUTHZ_CACHE_S and the
             // token's remaining life) and nothing else; refusals carry no-store and a carrier.
             '            proxy_cache_bypass $agent_gate_authz_nocache;',
-            '            proxy_no_cache $agent_gate_authz_nocache $upstream_http_x_agent_gate_status;',
+            '            proxy_no_cache $agent_gate_authz_nocache $upstream_http_x_agent_gate_status $agent_gate_authz_no_agent;',
             '            proxy_cache_use_stale off;',
             '            proxy_cache_revalidate off;',
             '            proxy_cache_lock off;',

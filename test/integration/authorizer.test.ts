@@ -837,6 +837,23 @@ describe('a 2xx decision answer that names no agent', () => {
     expect(fake.seen.length).toBe(2);
     expect(up.seen.length).toBe(before);
   });
+
+  it('such an answer is never stored in the decision cache, even one marked cacheable', async () => {
+    let asked = 0;
+    const fake = createServer((_q, res) => {
+      asked++;
+      res.writeHead(204, { 'cache-control': 'max-age=60' }).end();
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => (fake.closeAllConnections(), fake.close(() => r()))));
+    const n = await launch(`http://127.0.0.1:${(fake.address() as { port: number }).port}`, { cacheS: 2 });
+    const who = { ca: fx.ca.certPem, cert: fx.agents.p256.certPem, key: fx.agents.p256.keyPem };
+    for (let i = 0; i < 3; i++) {
+      const r = await rawUntilClose(n.port, who, 'GET /no-agent-cache HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer same\r\n\r\n', 2000);
+      expect([r.status, codeOf(r.body)]).toEqual([503, 'gate_unavailable']);
+    }
+    expect(asked).toBe(3);
+  });
 });
 
 describe('a decision answer without usable carriers', () => {
