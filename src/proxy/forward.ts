@@ -137,17 +137,27 @@ class ProxyExchange implements Dispatcher.DispatchHandler {
 /** Upstream response headers (raw lines) minus hop-by-hop ones and those named in `Connection`. */
 function downstreamHeaders(raw: Buffer[]): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
+  // Every Connection line counts; hop-by-hop names are skipped as they come, so that the common
+  // answer (Connection: keep-alive, Keep-Alive) deletes nothing and the object keeps its shape.
+  let named: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toString('latin1').toLowerCase();
     const value = raw[i + 1]!.toString('latin1');
+    if (HOP_BY_HOP.has(name)) {
+      if (name === 'connection') named = named === undefined ? value : `${named},${value}`;
+      continue;
+    }
     const prior = out[name];
     if (prior === undefined) out[name] = value;
     else if (Array.isArray(prior)) prior.push(value);
     else out[name] = [prior, value];
   }
-  const conn = out.connection;
-  if (typeof conn === 'string') for (const n of conn.split(',')) delete out[n.trim().toLowerCase()];
-  for (const name of HOP_BY_HOP) if (out[name] !== undefined) delete out[name];
+  if (named !== undefined) {
+    for (const n of named.split(',')) {
+      const k = n.trim().toLowerCase();
+      if (k !== '' && out[k] !== undefined) delete out[k];
+    }
+  }
   return out;
 }
 

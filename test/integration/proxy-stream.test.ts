@@ -40,6 +40,10 @@ function answer(req: IncomingMessage, res: ServerResponse): void {
   if (path === '/big') {
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(BODY.length), connection: 'x-hop', 'x-hop': '1', 'x-kept': 'yes' });
     res.end(BODY);
+  } else if (path === '/two-connection-lines') {
+    // Two Connection lines, the second naming a header: every line's options count.
+    res.writeHead(200, ['content-type', 'text/plain', 'connection', 'keep-alive', 'connection', 'x-hop2', 'x-hop2', '1', 'x-kept', 'yes', 'content-length', '2']);
+    res.end('ok');
   } else if (path === '/chunked') {
     res.writeHead(200, { 'content-type': 'application/octet-stream' });
     let off = 0;
@@ -104,6 +108,12 @@ describe('streamed upstream answers', () => {
     expect(res.headers['x-kept']).toBe('yes');
     expect(res.headers['x-hop']).toBeUndefined();
     expect(res.headers['content-length']).toBe(String(BODY.length));
+  });
+
+  it('a header named in a second Connection line of the answer is dropped too', async () => {
+    const res = await open('/two-connection-lines');
+    expect(await res.body.text()).toBe('ok');
+    expect([res.statusCode, res.headers['x-kept'], res.headers['x-hop2']]).toEqual([200, 'yes', undefined]);
   });
 
   it('chunked (no declared length), written in pieces: whole and byte-identical', async () => {
