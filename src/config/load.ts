@@ -313,8 +313,11 @@ function checkPolicy(c: GateConfig, opts: LoadOptions): ConfigViolation[] {
     if (!c.admin.tlsCertFile || !c.admin.tlsKeyFile) add('GATE_ADMIN_TLS_CERT', 'admin listener on a non-loopback address needs GATE_ADMIN_TLS_CERT and GATE_ADMIN_TLS_KEY');
   }
   if (c.env === 'prod') {
-    if (c.upstream.url?.startsWith('http://') && !c.upstream.allowHttp) {
-      const host = new URL(c.upstream.url).hostname;
+    // Judged on the URL as parsed (the forwarder parses it the same way): `HTTP://` or a
+    // leading space is plain HTTP too.
+    const upstream = c.upstream.url ? new URL(c.upstream.url.trim()) : undefined;
+    if (upstream?.protocol === 'http:' && !c.upstream.allowHttp) {
+      const host = upstream.hostname;
       if (!isLoopbackHost(host)) add('GATE_UPSTREAM_URL', 'plain http:// to a non-loopback upstream; use https:// or set GATE_UPSTREAM_ALLOW_HTTP=true');
     }
     if (c.signing.keyFile && !c.signing.jwk) {

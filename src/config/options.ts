@@ -91,6 +91,18 @@ function isHttpUrl(v: string): boolean {
   }
 }
 const httpUrl = z.string().refine(isHttpUrl, 'must be an http(s) URL');
+/** One Redis Cluster seed node: `host:port`, `[v6]:port`, or a `redis://`/`rediss://` URL. */
+function isClusterNode(s: string): boolean {
+  if (/^rediss?:\/\//.test(s)) {
+    try {
+      return new URL(s).hostname !== '';
+    } catch {
+      return false;
+    }
+  }
+  const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$/.exec(s);
+  return m !== null && Number(m[2]) >= 1 && Number(m[2]) <= 65535;
+}
 const path = z.string().min(1);
 const bool = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
 const int = (min: number, max: number) => z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
@@ -149,7 +161,8 @@ export const OPTIONS = {
     secret: { at: 'store.redisUrl', mask: maskUserinfo },
   }),
   GATE_REDIS_CLUSTER_NODES: option({
-    schema: z.string().regex(/^[^,\s]+(,[^,\s]+)*$/, 'must be host:port[,host:port...]'),
+    // Each node: host:port ([v6]:port) or a redis(s):// URL, as the store reads it.
+    schema: z.string().refine((v) => v.split(',').every(isClusterNode), 'must be host:port[,host:port...] (or redis:// URLs)'),
     doc: '`host:port,…` Redis Cluster seed nodes, instead of `GATE_REDIS_URL`',
     secret: { at: 'store.clusterNodes', mask: maskUserinfo },
   }),

@@ -73,19 +73,24 @@ export function signatureMatches(presented: string, expected: string): boolean {
 /** Minimum HMAC secret length (section 6). */
 export const MIN_SECRET_BYTES = 32;
 
-/** Parses `kid1:<base64>,kid2:<base64>`; throws TypeError naming the problem. */
+/**
+ * Parses `kid1:<base64>,kid2:<base64>`; throws TypeError naming the problem by entry number,
+ * never by its text: with kid and secret swapped (an easy mistake) the "kid" is the secret.
+ */
 export function parseHmacKeys(spec: string): Map<string, Buffer> {
   const keys = new Map<string, Buffer>();
-  for (const part of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
+  const parts = spec.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const [n, part] of parts.entries()) {
+    const entry = `entry ${n + 1}`;
     const i = part.indexOf(':');
-    if (i <= 0) throw new TypeError('each entry must be kid:<base64 secret>');
+    if (i <= 0) throw new TypeError(`${entry}: must be kid:<base64 secret>`);
     const kid = part.slice(0, i);
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(kid)) throw new TypeError(`kid "${kid}" must be 1-64 of [A-Za-z0-9._-]`);
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(kid)) throw new TypeError(`${entry}: the kid must be 1-64 of [A-Za-z0-9._-]`);
     const b64 = part.slice(i + 1);
-    if (!/^[A-Za-z0-9+/_-]+={0,2}$/.test(b64)) throw new TypeError(`secret of ${kid} is not base64`);
+    if (!/^[A-Za-z0-9+/_-]+={0,2}$/.test(b64)) throw new TypeError(`${entry}: the secret is not base64`);
     const secret = Buffer.from(b64, 'base64');
-    if (secret.length < MIN_SECRET_BYTES) throw new TypeError(`secret of ${kid} is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} required`);
-    if (keys.has(kid)) throw new TypeError(`kid ${kid} listed twice`);
+    if (secret.length < MIN_SECRET_BYTES) throw new TypeError(`${entry}: the secret is ${secret.length} bytes; at least ${MIN_SECRET_BYTES} required (kid first, then the secret)`);
+    if (keys.has(kid)) throw new TypeError(`${entry}: its kid is listed twice`);
     keys.set(kid, secret);
   }
   if (keys.size === 0) throw new TypeError('no keys');

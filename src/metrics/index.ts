@@ -36,6 +36,8 @@ export interface GateMetrics {
   rateLimited: Counter<'limiter'>;
   revocationChecks: Counter<'method' | 'result'>;
   revocationCacheHits: Counter<'method'>;
+  /** Requests let through without a revocation status (`GATE_REVOCATION_FAIL=open`). */
+  revocationFailOpen: Counter;
   forwardedVerifications: Counter<'result'>;
   /** Authorizer mode: decisions answered to nginx, by result (section 13). */
   authzDecisions: Counter<'result'>;
@@ -71,6 +73,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): GateMetr
     rateLimited: counter('rate_limited_total', 'Requests refused by a rate limit', ['limiter']),
     revocationChecks: counter('revocation_checks_total', 'Revocation checks, by method and result', ['method', 'result']),
     revocationCacheHits: counter('revocation_cache_hits_total', 'Revocation answers served from cache', ['method']),
+    revocationFailOpen: counter('revocation_fail_open_total', 'Requests let through without a revocation status (GATE_REVOCATION_FAIL=open)'),
     forwardedVerifications: counter('forwarded_verifications_total', 'Forwarded-header verifications, by result', ['result']),
     authzDecisions: counter('authz_decisions_total', 'Authorizer-mode decisions answered to nginx, by result', ['result']),
     errors: counter('errors_total', 'Refusals and errors answered, by contract code', ['code']),

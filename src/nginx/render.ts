@@ -142,7 +142,11 @@ async function readSecret(file: string, kid: unknown): Promise<{ kid: string; se
   try {
     keys = parseHmacKeys(`${kid}:${b64}`);
   } catch (err) {
-    const why = (err as Error).message.replace(/^secret of \S+/, 'the secret').replace(/^kid /, '--kid ');
+    // The kid here is --kid (an argument, not a swapped secret): name it.
+    const why = (err as Error).message
+      .replace(/^entry 1: the kid /, `--kid ${JSON.stringify(kid)} `)
+      .replace(/^entry 1: /, '')
+      .replace(/ \(kid first, then the secret\)$/, '');
     throw new TypeError(`--hmac-key-file ${file} / --kid: ${why}`);
   }
   return { kid, secret: keys.get(kid)!.toString('base64') };

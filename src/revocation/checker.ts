@@ -99,6 +99,9 @@ export class RevocationChecker {
     if (entry?.status === 'revoked') throw new GateError('client_cert_revoked', { detail: `serial ${agent.serial} revoked (${entry.method})` });
     if (entry?.status === 'good') return;
     if (this.opts.fail === 'open') {
+      // Every admission counts, also those in the back-off after a failed lookup (which counted
+      // the lookup once in revocation_checks_total).
+      this.opts.metrics.revocationFailOpen.inc();
       this.opts.log?.({ event: 'revocation_fail_open', agent_id: agent.agentId, serial: agent.serial });
       return;
     }

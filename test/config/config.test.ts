@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 /**
  * Configuration (PROTOCOL.md sections 11 and 12): per-environment defaults, every refusal of
  * staging/prod that loadConfig implements, invalid values, unknown variables, the features this
@@ -248,6 +249,10 @@ describe('staging and prod refusals (section 11)', () => {
         expect(added(base, strictEnv('prod', { GATE_UPSTREAM_URL: loop })), loop).toEqual([]);
       }
       expect(added(strictEnv('staging'), strictEnv('staging', { GATE_UPSTREAM_URL: 'http://api.internal:8080/' }))).toEqual([]);
+      // Judged as the URL parses (as the forwarder parses it), not by its spelling.
+      for (const spelled of ['HTTP://api.internal:8080/', ' http://api.internal:8080/', 'Http://10.1.2.3/']) {
+        expect(vars(added(base, strictEnv('prod', { GATE_UPSTREAM_URL: spelled }))), spelled).toEqual(['GATE_UPSTREAM_URL']);
+      }
     });
 
     it('signing key file readable by group or others (0644) -> GATE_SIGNING_KEY_FILE; 0600 is accepted', () => {
@@ -384,6 +389,26 @@ describe('invalid values: one violation naming the variable', () => {
       expect(vars(result!.violations)).toContain('GATE_UPSTREAM_URL');
     });
   }
+});
+
+describe('secrets never echoed, node lists checked', () => {
+  it('GATE_FWD_HMAC_KEYS with kid and secret swapped: the violation names the entry, never the secret', () => {
+    for (const secret of [randomBytes(32).toString('base64'), randomBytes(33).toString('base64url'), randomBytes(2).toString('base64url')]) {
+      const { violations } = loadConfig(strictEnv('prod', { GATE_MODE: 'forwarded', GATE_FWD_TRUSTED_PROXIES: '127.0.0.1/32', GATE_FWD_HMAC_KEYS: `${secret}:kid1` }));
+      const lines = violations.map(formatViolation).join('\n');
+      expect(lines).toMatch(/GATE_FWD_HMAC_KEYS: entry 1/);
+      expect(lines).not.toContain(secret);
+    }
+  });
+
+  it('GATE_REDIS_CLUSTER_NODES: every node is host:port, [v6]:port or a redis:// URL', () => {
+    for (const bad of ['redis-node', 'a:6379,b:port', 'a:0', 'a:70000', 'a:6379,', ':6379']) {
+      expect(vars(loadConfig(devEnv({ GATE_STORE: 'redis', GATE_REDIS_CLUSTER_NODES: bad })).violations), bad).toEqual(['GATE_REDIS_CLUSTER_NODES']);
+    }
+    for (const good of ['a:1,b:2', '10.0.0.1:7000', '[::1]:7000', 'redis://:pw@a:1,rediss://b:2']) {
+      expect(loadConfig(devEnv({ GATE_STORE: 'redis', GATE_REDIS_CLUSTER_NODES: good })).violations, good).toEqual([]);
+    }
+  });
 });
 
 describe('unknown and empty variables', () => {
