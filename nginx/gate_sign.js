@@ -220,6 +220,7 @@ var STATUS_RE = /^[45][0-9][0-9]$/;
 var B64URL_RE = /^[A-Za-z0-9_-]+$/;
 /* Values nginx took from the gate's answer header; never a CR or LF, but judge them anyway. */
 var HEADER_VALUE_RE = /^[\x20-\x7e]{1,512}$/;
+var REFUSAL_INSTANCE_RE = /"instance":"urn:agent-gate:refusal:([A-Za-z0-9]{1,64})"/;
 
 /*
  * js_content of @agent_gate_refusal (authorizer mode): the client's answer to a refused
@@ -248,6 +249,12 @@ function refusal(r) {
     setIf(h, 'RateLimit', v.agent_gate_rl_gate);
     if (status === '401') {
         setIf(h, 'WWW-Authenticate', v.agent_gate_www_auth || 'Bearer realm="agent-gate"');
+    }
+    // The refusal id as direct mode sends it in X-Agent-Gate-Refusal (the SDK's sign that the
+    // gate refused before anything was forwarded).
+    var id = REFUSAL_INSTANCE_RE.exec(body.toString());
+    if (id) {
+        h['X-Agent-Gate-Refusal'] = id[1];
     }
     r.return(Number(status), body);
 }

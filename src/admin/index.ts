@@ -42,7 +42,16 @@ export async function buildAdminApp(services: GateServices, opts: AdminAppOption
   if (config.admin.tokenFile && (!token || token.length < 16)) {
     throw new StartupError([{ variable: 'GATE_ADMIN_TOKEN_FILE', why: `${config.admin.tokenFile} must hold a secret of at least 16 characters` }]);
   }
-  const app = Fastify({ logger: opts.logger, logController: new LogController({ disableRequestLogging: true }), return503OnClosing: false, ...(https ? { https } : {}) } as FastifyServerOptions);
+  const app = Fastify({
+    logger: opts.logger,
+    logController: new LogController({ disableRequestLogging: true }),
+    return503OnClosing: false,
+    // A body the schema does not describe is refused, never trimmed or converted: ajv's fastify
+    // defaults dropped an unknown field (a mistyped `ttl` made a permanent deny entry) and read
+    // `ttl_s: true` as 1 second.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+    ...(https ? { https } : {}),
+  } as FastifyServerOptions);
   app.decorateRequest('agent', null);
   app.decorateRequest('refusedWith', null);
   app.decorateRequest('clientAddress', '');

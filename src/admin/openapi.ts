@@ -27,7 +27,11 @@ const PROBLEM = {
 
 /** Merges the gate's paths (those under `prefix`) into the admin document. */
 export function mergeOpenApi(admin: Record<string, unknown>, gate: Record<string, unknown> | undefined, prefix: string): Record<string, unknown> {
-  const paths: Record<string, unknown> = { ...((admin.paths as Record<string, unknown>) ?? {}) };
+  const paths: Record<string, unknown> = {};
+  for (const [p, item] of Object.entries((admin.paths as Record<string, Record<string, Record<string, unknown>>>) ?? {})) {
+    // Every admin operation takes the admin credential and answers refusals as problem+json.
+    paths[p] = p.startsWith('/admin/v1/') ? Object.fromEntries(Object.entries(item).map(([method, op]) => [method, withAdminRefusals(op)])) : item;
+  }
   for (const [p, item] of Object.entries((gate?.paths as Record<string, unknown>) ?? {})) {
     if (p.startsWith(prefix)) paths[p] = item;
   }
@@ -41,8 +45,22 @@ export function mergeOpenApi(admin: Record<string, unknown>, gate: Record<string
       schemas: { ...(components.schemas ?? {}), Problem: PROBLEM },
       securitySchemes: {
         adminBearer: { type: 'http', scheme: 'bearer', description: 'secret from GATE_ADMIN_TOKEN_FILE' },
+        adminCertificate: { type: 'mutualTLS', description: 'admin client certificate issued by GATE_ADMIN_CLIENT_CA (admin listener over HTTPS)' },
         agentCertificate: { type: 'mutualTLS', description: 'agent X.509 client certificate (or signed forwarded headers behind nginx)' },
       },
+    },
+  };
+}
+
+/** `op` with the admin credentials as its security and a 4XX problem+json answer. */
+function withAdminRefusals(op: Record<string, unknown>): Record<string, unknown> {
+  const responses = (op.responses as Record<string, unknown> | undefined) ?? {};
+  return {
+    ...op,
+    security: [{ adminBearer: [] }, { adminCertificate: [] }],
+    responses: {
+      ...responses,
+      '4XX': { description: 'refused (401 without the admin credential; 400, 404, 413, 415 for the request)', content: { 'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } } } },
     },
   };
 }

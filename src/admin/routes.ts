@@ -23,12 +23,15 @@ export interface AdminRoutesOptions {
 const digest = (s: string) => createHash('sha256').update(s).digest();
 const THUMBPRINT = /^[A-Za-z0-9_-]{43}$/;
 
+/** An answer without a body (what the DELETE operations send). */
+const NO_CONTENT = { type: 'null', description: 'done' } as const;
 const denyBody = {
   type: 'object',
   additionalProperties: false,
   properties: {
     thumbprint: { type: 'string', pattern: THUMBPRINT.source, description: 'x5t#S256 of the certificate to deny' },
-    agent_id: { type: 'string', minLength: 1, maxLength: 256, description: 'agent id to deny (all its certificates)' },
+    // As section 2 derives it: printable ASCII, at most 256 (anything else matches no certificate).
+    agent_id: { type: 'string', pattern: '^[\\x20-\\x7e]{1,256}$', description: 'agent id to deny (all its certificates)' },
     reason: { type: 'string', minLength: 1, maxLength: 512 },
     ttl_s: { type: 'integer', minimum: 1, maximum: 31_536_000, description: 'expiry; absent means until removed' },
   },
@@ -74,7 +77,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminRoutesOptions
 
   app.delete<{ Params: { thumbprint: string } }>(
     '/admin/v1/cooldowns/:thumbprint',
-    { schema: { summary: 'Clear a cooldown: the agent may try again at once', params: { type: 'object', properties: { thumbprint: { type: 'string', pattern: THUMBPRINT.source } }, required: ['thumbprint'] } } },
+    { schema: { summary: 'Clear a cooldown: the agent may try again at once', params: { type: 'object', properties: { thumbprint: { type: 'string', pattern: THUMBPRINT.source } }, required: ['thumbprint'] }, response: { 204: NO_CONTENT } } },
     async (request, reply) => {
       const { thumbprint } = request.params;
       await limits?.clearCooldown(thumbprint);
@@ -102,7 +105,7 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminRoutesOptions
 
   app.delete<{ Params: { id: string } }>(
     '/admin/v1/denylist/:id',
-    { schema: { summary: 'Remove a deny-list entry', params: { type: 'object', properties: { id: { type: 'string', pattern: '^[0-9a-f]{16}$' } }, required: ['id'] } } },
+    { schema: { summary: 'Remove a deny-list entry', params: { type: 'object', properties: { id: { type: 'string', pattern: '^[0-9a-f]{16}$' } }, required: ['id'] }, response: { 204: NO_CONTENT } } },
     async (request, reply) => {
       const removed = await denyList.undeny(request.params.id);
       audited(request, 'deny_removed', { id: request.params.id, removed });

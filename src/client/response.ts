@@ -137,6 +137,9 @@ export function retryAfterSeconds(value: string | undefined, now: number = Date.
   if (value === undefined) return undefined;
   const v = value.trim();
   if (/^\d+$/.test(v)) return Number(v);
+  // An HTTP-date starts with the day's name (all three RFC 9110 forms); anything else ("-1",
+  // "1.5") is invalid, though Date.parse would read it as a date long past (a retry at once).
+  if (!/^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,? /.test(v)) return undefined;
   const at = Date.parse(v);
   if (Number.isNaN(at)) return undefined;
   return Math.max(0, Math.ceil((at - now) / 1000));

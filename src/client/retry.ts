@@ -15,6 +15,7 @@
  * - Connection errors ({@link isConnectionError}) are retried once, for safe methods only.
  * @module
  */
+import { REFUSAL_HEADER } from '../errors.js';
 import { gateRefusalCode, type RawResponse } from './response.js';
 
 /** Default of the `maxRetries` option. */
@@ -93,9 +94,14 @@ export function refusalDelayMs(
   return status === 503 ? backoffDelayMs(attempt, random) : undefined;
 }
 
-/** True when `res` is the gate's own 429/503 refusal with a code it answers before forwarding. */
+/**
+ * True when `res` is the gate's own 429/503 refusal with a code it answers before forwarding:
+ * it carries the gate's refusal header (removed from the API's answers), so an API answer of the
+ * same shape is never taken for one.
+ */
 export function isGateRetryableRefusal(res: RawResponse): boolean {
   if (res.status !== 429 && res.status !== 503) return false;
+  if (typeof res.headers[REFUSAL_HEADER] !== 'string') return false;
   const code = gateRefusalCode(res);
   return code !== undefined && GATE_RETRY_CODES.has(code);
 }

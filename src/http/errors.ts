@@ -5,7 +5,7 @@
  */
 import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
-import { GateError, isGateError, newRefusalId, problemFor, wwwAuthenticateFor, type ErrorCode } from '../errors.js';
+import { GateError, isGateError, newRefusalId, problemFor, REFUSAL_HEADER, wwwAuthenticateFor, type ErrorCode } from '../errors.js';
 import type { AuditSink } from '../audit/index.js';
 import { GATE_BODY_LIMIT } from './body.js';
 import type { GateMetrics } from '../metrics/index.js';
@@ -103,7 +103,7 @@ export function sendRefusal(request: FastifyRequest, reply: FastifyReply, refusa
   // The refusal id is what an agent's owner quotes in an appeal: it must be in the trail.
   sinks.audit?.record({ ...log, method: request.method, client_address: request.clientAddress });
   sinks.refusals?.record({ refusal_id: id, code: err.code, status, at: Date.now(), agent_id: request.agent?.agentId, thumbprint: request.agent?.thumbprint, method: request.method });
-  reply.code(status).headers({ ...err.headers, 'cache-control': 'no-store', 'content-type': 'application/problem+json' });
+  reply.code(status).headers({ ...err.headers, 'cache-control': 'no-store', 'content-type': 'application/problem+json', [REFUSAL_HEADER]: id });
   // A body still on its way would otherwise be read and discarded to keep the connection: a
   // refused client must not make the gate take in its upload. Small bodies (up to the gate
   // endpoints' limit) are let through, so that an agent keeps its connection after a refusal.
@@ -168,7 +168,7 @@ function answerOnSocket(socket: import('node:stream').Duplex, err: GateError, si
   const body = JSON.stringify(problemFor(err.code, status, id));
   const extra = Object.entries(err.headers ?? {}).map(([k, v]) => `${k}: ${String(v)}\r\n`).join('');
   socket.end(
-    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/problem+json\r\ncache-control: no-store\r\n${extra}content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\ncontent-type: application/problem+json\r\ncache-control: no-store\r\n${REFUSAL_HEADER}: ${id}\r\n${extra}content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
   );
   // end() closes only our side: a client that neither reads nor closes must not keep the socket.
   const linger = setTimeout(() => socket.destroy(), CLIENT_ERROR_LINGER_MS);

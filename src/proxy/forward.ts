@@ -6,7 +6,7 @@
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { errors as undiciErrors, Pool, type Dispatcher } from 'undici';
-import { GateError } from '../errors.js';
+import { GateError, REFUSAL_HEADER } from '../errors.js';
 import { DEFAULT_HEADER_POLICY, HOP_BY_HOP, upstreamRawHeaders, type ForwardIdentity, type HeaderPolicy } from './headers.js';
 
 /** Options of {@link Forwarder}. */
@@ -147,6 +147,8 @@ function downstreamHeaders(raw: Buffer[]): Record<string, string | string[]> {
       if (name === 'connection') named = named === undefined ? value : `${named},${value}`;
       continue;
     }
+    // Only the gate's own refusals carry it (the client's sign that nothing was forwarded).
+    if (name === REFUSAL_HEADER) continue;
     const prior = out[name];
     if (prior === undefined) out[name] = value;
     else if (Array.isArray(prior)) prior.push(value);

@@ -95,6 +95,10 @@ async function parseKeyText(text: string, variable: string): Promise<SigningKey[
     keys.push(await toSigningKey(key, typeof jwk.kid === 'string' ? jwk.kid : undefined, variable));
   }
   if (new Set(keys.map((k) => k.kid)).size !== keys.length) throw new KeySourceError(variable, 'duplicate kid in the JWK Set');
+  // One key under two kids: tokens it signed would verify under either, and a rotation step that
+  // drops one kid would not retire the key.
+  const xs = list.map((jwk) => (jwk as { x: string }).x);
+  if (new Set(xs).size !== xs.length) throw new KeySourceError(variable, 'the same key is listed twice (under two kids)');
   return keys;
 }
 

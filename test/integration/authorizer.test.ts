@@ -870,6 +870,20 @@ describe('a decision answer without usable carriers', () => {
     // A refusal the gate decided (401 token_missing) is answered on a connection nginx keeps.
     const kept = await rawUntilClose(nginxOff.port, who, 'GET /waf HTTP/1.1\r\nHost: localhost\r\n\r\n', 1000);
     expect([kept.status, codeOf(kept.body), kept.headers.connection, kept.closed]).toEqual([401, 'token_missing', 'keep-alive', false]);
+    // ...with the refusal id in X-Agent-Gate-Refusal, as direct mode sends it.
+    expect(kept.headers['x-agent-gate-refusal']).toBe(/"instance":"urn:agent-gate:refusal:([A-Za-z0-9]+)"/.exec(kept.body)?.[1]);
+  });
+
+  it("the upstream's own X-Agent-Gate-Refusal never reaches the client (only the gate's refusals carry it)", async () => {
+    const who = fx.agents.p256;
+    const token = await tokenOf(who);
+    up.reply = (s) => (s.url === '/forged-refusal' ? { status: 503, headers: { 'x-agent-gate-refusal': 'forged' }, body: 'busy' } : undefined);
+    try {
+      const r = await rawUntilClose(nginxOff.port, { ca: fx.ca.certPem, cert: who.certPem, key: who.keyPem }, `GET /forged-refusal HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`);
+      expect([r.status, r.headers['x-agent-gate-refusal']]).toEqual([503, undefined]);
+    } finally {
+      up.reply = undefined;
+    }
   });
 });
 
