@@ -133,6 +133,7 @@ const FIXED: Record<string, Record<string, readonly string[]>> = {
   agent_gate_rate_limited_total: { limiter: LABELS.limiter },
   agent_gate_revocation_checks_total: { method: LABELS.revocationMethod, result: LABELS.revocationResult },
   agent_gate_revocation_cache_hits_total: { method: LABELS.revocationMethod },
+  agent_gate_revocation_fail_open_total: {},
   agent_gate_forwarded_verifications_total: { result: LABELS.forwardedResult },
   agent_gate_errors_total: { code: ERROR_CODES },
   agent_gate_load_shed_total: { reason: LABELS.shedReason },
