@@ -156,7 +156,7 @@ export class RevocationChecker {
     try {
       const q = await buildOcspRequest(agent.certDer, agent.issuer);
       const der = await fetchBounded(this.http, url, { method: 'POST', body: q.der, contentType: 'application/ocsp-request', timeoutMs: this.opts.timeoutMs, maxBytes: OCSP_MAX_BYTES });
-      const a = verifyOcspResponse(der, q, agent.issuer, this.now());
+      const a = verifyOcspResponse(der, q, agent.issuer, this.now(), undefined, this.opts.maxStaleS * 1000);
       if (a.status === 'unknown') return { status: 'unknown', detail: 'responder does not know the certificate' };
       return { status: a.status, until: a.nextUpdate ?? this.now() + this.opts.maxStaleS * 1000 };
     } catch (err) {

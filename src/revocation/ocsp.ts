@@ -80,9 +80,11 @@ function validAt(cert: NodeX509, now: number): boolean {
 /**
  * Parses and verifies `der` as the answer to `q` about a certificate of `issuer`; throws
  * {@link OcspResponseError} for anything not to be believed (bad signature, other CertID,
- * stale or future times, wrong nonce, error status).
+ * stale or future times, wrong nonce, error status). An answer with neither nextUpdate nor our
+ * nonce says nothing of when it was made but its thisUpdate: older than `maxAgeMs`, it is stale
+ * (else a captured "good" could be replayed for ever on a plain-HTTP responder path).
  */
-export function verifyOcspResponse(der: Buffer, q: OcspQuestion, issuer: NodeX509, now: number, skewMs = 60_000): OcspAnswer {
+export function verifyOcspResponse(der: Buffer, q: OcspQuestion, issuer: NodeX509, now: number, skewMs = 60_000, maxAgeMs = Number.POSITIVE_INFINITY): OcspAnswer {
   let resp: pkijs.OCSPResponse;
   try {
     resp = pkijs.OCSPResponse.fromBER(new Uint8Array(der));
@@ -105,11 +107,13 @@ export function verifyOcspResponse(der: Buffer, q: OcspQuestion, issuer: NodeX50
     throw new OcspResponseError('signature not by the issuer or an authorised responder');
   }
   const nonceExt = basic.tbsResponseData.responseExtensions?.find((e) => e.extnID === OID_OCSP_NONCE);
+  let fresh = false;
   if (nonceExt) {
     // Responders that pre-sign answers omit the nonce; one that echoes it must echo ours.
     const echoed = Buffer.from(nonceExt.extnValue.valueBlock.valueHexView);
     const want = Buffer.from(new asn1js.OctetString({ valueHex: q.nonce }).toBER(false));
     if (!echoed.equals(want) && !echoed.equals(q.nonce)) throw new OcspResponseError('nonce mismatch');
+    fresh = true;
   }
   const single = basic.tbsResponseData.responses.find((r) => r.certID.isEqual(q.certId));
   if (!single) throw new OcspResponseError('no answer for the certificate asked about');
@@ -117,6 +121,7 @@ export function verifyOcspResponse(der: Buffer, q: OcspQuestion, issuer: NodeX50
   const nextUpdate = single.nextUpdate?.getTime();
   if (thisUpdate > now + skewMs) throw new OcspResponseError('thisUpdate in the future');
   if (nextUpdate !== undefined && nextUpdate < now - skewMs) throw new OcspResponseError('stale: nextUpdate has passed');
+  if (nextUpdate === undefined && !fresh && thisUpdate < now - maxAgeMs - skewMs) throw new OcspResponseError('stale: no nextUpdate, no nonce, and thisUpdate older than GATE_REVOCATION_MAX_STALE_S');
   const tag = (single.certStatus as { idBlock?: { tagNumber?: number } }).idBlock?.tagNumber;
   const s = tag === 0 ? 'good' : tag === 1 ? 'revoked' : 'unknown';
   return { status: s, thisUpdate, nextUpdate };

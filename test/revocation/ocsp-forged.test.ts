@@ -4,6 +4,7 @@
  * OCSPSigning delegate), about the certificate asked for, with a live nextUpdate, counts.
  */
 import { X509Certificate } from 'node:crypto';
+import * as pkijs from 'pkijs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { buildOcspRequest, OcspResponseError, verifyOcspResponse, type OcspQuestion } from '../../src/revocation/index.js';
 import { buildOcspResponse, createCa, issueAgentCert, issueOcspSignerCert, type KeyAndCert } from '../../src/pki/index.js';
@@ -58,6 +59,21 @@ describe('forged OCSP responses are refused, genuine ones accepted', () => {
     expect(() =>
       verify(buildOcspResponse({ request: q.der, issuer: ca, lookup: good, thisUpdate: new Date(Date.now() - 3 * hour), nextUpdate: new Date(Date.now() - hour) })),
     ).toThrow(/stale/);
+  });
+
+  it('no nextUpdate and no nonce: believed only while thisUpdate is within the max age (a captured answer cannot be replayed for ever)', () => {
+    // A request without a nonce, so the answer echoes none.
+    const bare = new pkijs.OCSPRequest();
+    bare.tbsRequest.requestList = [new pkijs.Request({ reqCert: q.certId })];
+    const bareDer = Buffer.from(bare.toSchema(true).toBER(false));
+    const maxAge = 300_000;
+    const old = buildOcspResponse({ request: bareDer, issuer: ca, lookup: good, thisUpdate: new Date(Date.now() - 2 * 3600_000), nextUpdate: null });
+    expect(() => verifyOcspResponse(old, q, issuer, Date.now(), 60_000, maxAge)).toThrow(/stale/);
+    const recent = buildOcspResponse({ request: bareDer, issuer: ca, lookup: good, thisUpdate: new Date(Date.now() - 60_000), nextUpdate: null });
+    expect(verifyOcspResponse(recent, q, issuer, Date.now(), 60_000, maxAge).status).toBe('good');
+    // Our nonce echoed: made for this request, however old its thisUpdate claims to be.
+    const echoed = buildOcspResponse({ request: q.der, issuer: ca, lookup: good, thisUpdate: new Date(Date.now() - 2 * 3600_000), nextUpdate: null });
+    expect(verifyOcspResponse(echoed, q, issuer, Date.now(), 60_000, maxAge).status).toBe('good');
   });
 
   it('an answer from the future (thisUpdate ahead beyond skew): refused', () => {
