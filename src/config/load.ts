@@ -4,7 +4,8 @@
  * `config violation: <VARIABLE>: <why>`.
  * @module
  */
-import { statSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { autoWorkers } from '../cluster/cpus.js';
 import { parseHmacKeys, parseTrustedProxies } from '../identity/index.js';
@@ -126,6 +127,24 @@ export interface LoadOptions {
 /** Formats a violation as the contract's stderr line. */
 export function formatViolation(v: ConfigViolation): string {
   return `config violation: ${v.variable}: ${v.why}`;
+}
+
+/**
+ * True when the PEM bundles `a` and `b` hold a certificate in common (or are one file). Files
+ * that cannot be read are judged where they are loaded, so they count as sharing nothing here.
+ */
+function sharesCertificate(a: string, b: string): boolean {
+  const prints = (file: string): Set<string> => {
+    try {
+      const pem = readFileSync(file, 'utf8');
+      return new Set((pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((block) => new X509Certificate(block).fingerprint256));
+    } catch {
+      return new Set();
+    }
+  };
+  const left = prints(a);
+  for (const p of prints(b)) if (left.has(p)) return true;
+  return false;
 }
 
 /** True for loopback hosts (names that cannot leave the machine). */
@@ -307,6 +326,9 @@ function checkPolicy(c: GateConfig, opts: LoadOptions): ConfigViolation[] {
   if (strict) {
     if (!c.signing.jwk && !c.signing.keyFile) add('GATE_SIGNING_KEY_FILE', `an ephemeral signing key is dev-only; set GATE_SIGNING_KEY_FILE or GATE_SIGNING_JWK in ${c.env}`);
     if (c.mode !== 'direct' && !c.forwarded.trustedProxies) add('GATE_FWD_TRUSTED_PROXIES', `required in ${c.mode} mode outside dev`);
+  }
+  if (c.admin.clientCaFile && c.tls.clientCaFile && sharesCertificate(c.admin.clientCaFile, c.tls.clientCaFile)) {
+    add('GATE_ADMIN_CLIENT_CA', 'shares a certificate with GATE_CLIENT_CA: every agent certificate would authorize the admin API; use a CA that issues admin certificates only');
   }
   if (!isLoopbackHost(c.adminListen.host)) {
     if (!c.admin.public) add('GATE_ADMIN_PUBLIC', `admin listener on non-loopback ${c.adminListen.host} needs GATE_ADMIN_PUBLIC=true`);

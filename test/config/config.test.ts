@@ -1,10 +1,10 @@
-import { randomBytes } from 'node:crypto';
 /**
  * Configuration (PROTOCOL.md sections 11 and 12): per-environment defaults, every refusal of
  * staging/prod that loadConfig implements, invalid values, unknown variables, the features this
  * build refuses (fail closed), and the `agent-gate config check` CLI.
  */
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -407,6 +407,28 @@ describe('secrets never echoed, node lists checked', () => {
     }
     for (const good of ['a:1,b:2', '10.0.0.1:7000', '[::1]:7000', 'redis://:pw@a:1,rediss://b:2']) {
       expect(loadConfig(devEnv({ GATE_STORE: 'redis', GATE_REDIS_CLUSTER_NODES: good })).violations, good).toEqual([]);
+    }
+  });
+});
+
+describe('the admin client CA', () => {
+  it('GATE_ADMIN_CLIENT_CA sharing a certificate with GATE_CLIENT_CA is refused in every profile: every agent would be an admin', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'agent-gate-adminca-'));
+    try {
+      const agentsCa = await createCa({ alg: 'ec-p256', commonName: 'agents' });
+      const adminsCa = await createCa({ alg: 'ec-p256', commonName: 'admins' });
+      const file = (name: string, pem: string) => (writeFileSync(join(dir, name), pem), join(dir, name));
+      const agents = file('agents.pem', agentsCa.certPem);
+      const admins = file('admins.pem', adminsCa.certPem);
+      const both = file('both.pem', adminsCa.certPem + agentsCa.certPem);
+      const admin = (ca: string) => ({ GATE_CLIENT_CA: agents, GATE_ADMIN_TLS_CERT: '/nonexistent/a.crt', GATE_ADMIN_TLS_KEY: '/nonexistent/a.key', GATE_ADMIN_CLIENT_CA: ca });
+      for (const ca of [agents, both]) {
+        expect(vars(loadConfig(devEnv(admin(ca))).violations), ca).toEqual(['GATE_ADMIN_CLIENT_CA']);
+        expect(vars(added(strictEnv('prod', { GATE_CLIENT_CA: agents }), strictEnv('prod', admin(ca)))), ca).toEqual(['GATE_ADMIN_CLIENT_CA']);
+      }
+      expect(loadConfig(devEnv(admin(admins))).violations).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
