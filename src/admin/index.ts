@@ -56,7 +56,18 @@ export async function buildAdminApp(services: GateServices, opts: AdminAppOption
   app.decorateRequest('refusedWith', null);
   app.decorateRequest('clientAddress', '');
   app.setErrorHandler(makeErrorHandler(sinks));
-  app.setNotFoundHandler(async () => {
+  // A known path with another method is 405 with Allow, as under P; anything else 404.
+  const routes = new Map<string, { re: RegExp; methods: Set<string> }>();
+  app.addHook('onRoute', (r) => {
+    const entry = routes.get(r.url) ?? { re: new RegExp(`^${r.url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/:[A-Za-z_]+/g, '[^/]+')}$`), methods: new Set<string>() };
+    for (const m of [r.method].flat()) entry.methods.add(m);
+    routes.set(r.url, entry);
+  });
+  app.setNotFoundHandler(async (request) => {
+    const path = (request.raw.url ?? '/').split('?', 1)[0]!;
+    for (const { re, methods } of routes.values()) {
+      if (re.test(path)) throw new GateError('method_not_allowed', { headers: { allow: [...methods].join(', ') } });
+    }
     throw new GateError('not_found');
   });
   await app.register(swagger, { openapi: { openapi: '3.1.0', info: OPENAPI_INFO } });

@@ -70,6 +70,20 @@ describe('admin API', () => {
     for (const p of ['/metrics', '/healthz', '/readyz', '/openapi.json']) expect((await admin(a, p, { secret: null })).status, p).toBe(200);
   });
 
+  it('a known path with another method is 405 with its Allow (as under P); an unknown path 404', async () => {
+    for (const [method, path, allow] of [
+      ['PUT', '/admin/v1/denylist', 'GET, HEAD, POST'],
+      ['POST', '/metrics', 'GET, HEAD'],
+      ['GET', `/admin/v1/denylist/${'a'.repeat(16)}`, 'DELETE'],
+      ['PATCH', `/admin/v1/cooldowns/${'Z'.repeat(43)}`, 'DELETE'],
+    ] as const) {
+      const r = await admin(a, path, { method });
+      expect([method, path, r.status, r.headers.get('allow'), r.headers.get('content-type'), ((await r.json()) as { code: string }).code]).toEqual([method, path, 405, allow, 'application/problem+json', 'method_not_allowed']);
+    }
+    const unknown = await admin(a, '/admin/v1/nope');
+    expect([unknown.status, ((await unknown.json()) as { code: string }).code]).toEqual([404, 'not_found']);
+  });
+
   it("a refusal's instance id can be looked up", async () => {
     const r = await call(tlsAgent(fx, fx.agents.foreign), `${a.url}/.agent-gate/v1/challenge`, { method: 'POST' });
     const id = String(r.json().instance).split(':').at(-1)!;
