@@ -55,7 +55,10 @@ export async function buildAdminApp(services: GateServices, opts: AdminAppOption
   app.decorateRequest('agent', null);
   app.decorateRequest('refusedWith', null);
   app.decorateRequest('clientAddress', '');
-  app.setErrorHandler(makeErrorHandler(sinks));
+  // Refusals here are logged and counted but not kept for lookup: they are operators' tools'
+  // (no agent quotes them), and they must not spend the per-second budget of anonymous records
+  // that agents' refusals need (a client of this listener could otherwise use it up).
+  app.setErrorHandler(makeErrorHandler({ ...sinks, refusals: undefined }));
   // A known path with another method is 405 with Allow, as under P; anything else 404.
   const routes = new Map<string, { re: RegExp; methods: Set<string> }>();
   app.addHook('onRoute', (r) => {

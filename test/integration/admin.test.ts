@@ -81,7 +81,10 @@ describe('admin API', () => {
       expect([method, path, r.status, r.headers.get('allow'), r.headers.get('content-type'), ((await r.json()) as { code: string }).code]).toEqual([method, path, 405, allow, 'application/problem+json', 'method_not_allowed']);
     }
     const unknown = await admin(a, '/admin/v1/nope');
-    expect([unknown.status, ((await unknown.json()) as { code: string }).code]).toEqual([404, 'not_found']);
+    const body = (await unknown.json()) as { code: string; instance: string };
+    expect([unknown.status, body.code]).toEqual([404, 'not_found']);
+    // The admin listener's refusals are not kept for lookup (nor do they spend the anonymous budget).
+    expect((await admin(a, `/admin/v1/refusals/${body.instance.split(':').at(-1)!}`)).status).toBe(404);
   });
 
   it("a refusal's instance id can be looked up", async () => {
