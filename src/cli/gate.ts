@@ -72,6 +72,12 @@ export async function runGate(config: GateConfig, onListening?: (ports: { public
     return undefined;
   }
   const link = config.workers > 1 ? new WorkerLink() : undefined;
+  // SIGTERM/SIGINT before the gate listens: nothing is in flight to drain, so exit 0 at once (a
+  // worker the primary restarts and then stops while it starts must not die by the signal, which
+  // made the primary exit 1).
+  const early = () => process.exit(0);
+  process.once('SIGTERM', early);
+  process.once('SIGINT', early);
   let gate: Gate;
   try {
     gate = await buildGate(link ? workerConfig(config) : config, link?.deps());
@@ -103,6 +109,8 @@ export async function runGate(config: GateConfig, onListening?: (ports: { public
       },
     );
   };
+  process.removeListener('SIGTERM', early);
+  process.removeListener('SIGINT', early);
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
   // A worker whose primary is gone (killed) drains instead of serving on alone.

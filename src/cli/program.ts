@@ -15,6 +15,7 @@ import { registerDemoCommands } from './demo.js';
 import { runDev } from './dev.js';
 import { configCheck, configOrExit, runGate } from './gate.js';
 import { registerPkiCommands } from './pki.js';
+import { OneLineCommand } from './command.js';
 
 /** The package version, read from package.json (two levels up from both src/cli and dist/cli). */
 export function packageVersion(): string {
@@ -67,10 +68,12 @@ export function walkCommands(cmd: Command, prefix: string[] = []): { path: strin
 
 /** Builds the whole `agent-gate` program: commands, `--version`, and an example after each command's help. */
 export function buildProgram(): Command {
-  const program = new Command('agent-gate')
+  // Every failure is one line on stderr and exit 2 (docs/reference/cli.md), usage errors of every
+  // command included: subcommands made with .command() are OneLineCommands too. `--help` shows
+  // the usage.
+  const program = new OneLineCommand('agent-gate')
     .description('mTLS challenge/token access gate for software agents')
-    .version(packageVersion(), '-V, --version', 'print the agent-gate version')
-    .showHelpAfterError();
+    .version(packageVersion(), '-V, --version', 'print the agent-gate version');
 
   program
     .command('serve')

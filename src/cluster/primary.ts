@@ -153,7 +153,10 @@ export async function runPrimary(config: GateConfig, opts: PrimaryOptions = {}):
     slots.delete(worker.id);
     if (slot?.stableTimer) clearTimeout(slot.stableTimer);
     if (stopping) {
-      if (code !== 0) exitCode = 1;
+      // A worker still starting when the SIGTERM came (before it could install its drain, even
+      // before its code loaded) ends by that signal: it was serving nothing, so that is drained.
+      const startingAndSignalled = !slot?.listening && (signal === 'SIGTERM' || signal === 'SIGINT');
+      if (code !== 0 && !startingAndSignalled) exitCode = 1;
       log.info({ event: 'worker_exit', worker: worker.id, pid: worker.process.pid, code, signal }, 'worker drained');
       if (slots.size === 0) finish?.();
       return;

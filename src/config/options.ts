@@ -117,7 +117,25 @@ const rate = z
 
 const maskAll = () => '***';
 /** A Redis URL's user:password part. */
-const maskUserinfo = (v: string) => v.replace(/\/\/([^@/]*)@/, '//***@');
+/**
+ * A store URL or node shown without its credentials: the user-info up to the authority's last
+ * `@` (where the URL parser ends it, so a password holding `@` is hidden whole) and every query
+ * value (ioredis reads `?password=` as the password).
+ */
+const maskUserinfo = (v: string) => v.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^/?#]*@/i, (_m, scheme: string | undefined) => `${scheme ?? ''}***@`).replace(/([?&][^=&#]*=)[^&#]*/g, '$1***');
+/**
+ * `GATE_FWD_HMAC_KEYS` shown as its kids only. An entry without a plausible kid (no colon, or a
+ * "kid" too long to be one: with kid and secret swapped it is the secret) is `***` whole.
+ */
+const maskHmacKeys = (v: string) =>
+  v
+    .split(',')
+    .map((e) => {
+      const i = e.indexOf(':');
+      const kid = i > 0 ? e.slice(0, i).trim() : '';
+      return /^[A-Za-z0-9._-]{1,32}$/.test(kid) ? `${kid}:***` : '***';
+    })
+    .join(',');
 
 // --- the table -----------------------------------------------------------------------------------
 
@@ -220,7 +238,7 @@ export const OPTIONS = {
   GATE_FWD_HMAC_KEYS: option({
     schema: z.string(),
     doc: '`kid:<base64 secret of at least 32 bytes>[,kid2:…]` shared with nginx; required in forwarded mode',
-    secret: { at: 'forwarded.hmacKeys', mask: (v) => v.replace(/:[^,]*/g, ':***') },
+    secret: { at: 'forwarded.hmacKeys', mask: maskHmacKeys },
   }),
   GATE_FWD_MAX_SKEW_S: option({ schema: int(1, 300), default: '30', doc: 'allowed age of `x-gate-fwd-ts`' }),
   GATE_FWD_TRUSTED_PROXIES: option({ schema: z.string(), doc: 'CIDR list of the nginx addresses; required in forwarded mode outside dev' }),
