@@ -737,6 +737,8 @@ describe('the request line', () => {
       seen.push([start, r.status, codeOf(r.body)]);
       if (r.status === 405) expect(r.headers.allow).toBe(ALLOW);
       expect(r.headers['content-type'], start).toBe('application/problem+json');
+      // nginx's own refusals carry the refusal id in X-Agent-Gate-Refusal, as the gate's do.
+      expect(r.headers['x-agent-gate-refusal'], start).toBe(/"instance":"urn:agent-gate:refusal:([A-Za-z0-9]+)"/.exec(r.body)?.[1]);
     }
     expect(seen).toEqual([
       ['GET http://localhost?q=1', 400, 'request_malformed'],
@@ -833,6 +835,8 @@ describe('a 2xx decision answer that names no agent', () => {
     for (const who of [undefined, fx.agents.p256]) {
       const r = await rawUntilClose(n.port, { ca: fx.ca.certPem, cert: who?.certPem, key: who?.keyPem }, 'GET /fail-open HTTP/1.1\r\nHost: localhost\r\n\r\n', 2000);
       expect([r.status, codeOf(r.body), r.headers['retry-after'], r.headers['content-type'], r.closed]).toEqual([503, 'gate_unavailable', '1', 'application/problem+json', true]);
+      // Nothing was forwarded: the SDK may send a POST again after this one.
+      expect(r.headers['x-agent-gate-refusal']).toBe(/"instance":"urn:agent-gate:refusal:([A-Za-z0-9]+)"/.exec(r.body)?.[1]);
     }
     expect(fake.seen.length).toBe(2);
     expect(up.seen.length).toBe(before);

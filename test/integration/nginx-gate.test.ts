@@ -423,6 +423,8 @@ describe('request lines nginx refuses before signing', () => {
       const r = await rawUntilClose(nginx.port, { ca: fx.ca.certPem }, line(start));
       seen.push([start, r.status, codeOf(r.body)]);
       expect(r.headers['content-type'], start).toBe('application/problem+json');
+      // nginx's own refusals carry the refusal id in X-Agent-Gate-Refusal, as the gate's do.
+      expect(r.headers['x-agent-gate-refusal'], start).toBe(/"instance":"urn:agent-gate:refusal:([A-Za-z0-9]+)"/.exec(r.body)?.[1]);
       if (r.status === 405) expect(r.headers.allow).toBe(ALLOW);
     }
     expect(seen).toEqual([
