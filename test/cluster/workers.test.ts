@@ -2,7 +2,8 @@
  * `agent-gate serve` with GATE_WORKERS=2 as a real process tree (primary + two workers) on
  * Redis: the conformance flow, /metrics of the whole gate on the one admin listener, TLS
  * sessions resumed across workers, a killed worker restarted and counted, one audit trail that
- * verifies, SIGTERM draining every worker, and the memory store refused.
+ * verifies, SIGTERM draining every worker (also while a restarted one is still starting), and the
+ * memory store refused.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -198,6 +199,28 @@ it('SIGTERM drains every worker (in-flight request finishes, readyz 503), exits 
   const tokenEvents = readFileSync(auditFile, 'utf8').split('\n').filter((l) => l.includes("\"event\":\"token_issued\""));
   expect(tokenEvents.length).toBeGreaterThanOrEqual(6);
 });
+
+// Section 12: "every worker drains that way, then the primary exits 0", also when a restarted
+// worker is still starting (before its SIGTERM handler exists, even before its code loaded).
+it('SIGTERM while a restarted worker is starting still exits 0', async () => {
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const g = serve({ ...env, GATE_LISTEN: `127.0.0.1:${port}`, GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`, GATE_AUDIT_FILE: join(fx.dir, 'audit-restart.log'), GATE_DRAIN_TIMEOUT_MS: '3000' });
+  try {
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, 40_000, `cluster ready (stderr: ${g.err()})`, 200);
+    const [victim] = childrenOf(g.child.pid!);
+    process.kill(victim!, 'SIGKILL');
+    // The replacement is forked 250 ms later; signal the primary while it is still starting.
+    await waitFor(() => childrenOf(g.child.pid!).length === 2 && !childrenOf(g.child.pid!).includes(victim!), 10_000, 'replacement forked', 10);
+    g.child.kill('SIGTERM');
+    const code = await g.exited;
+    expect(code, g.out().split('\n').filter((l) => /worker_exit|shutdown/.test(l)).join('\n')).toBe(0);
+  } finally {
+    if (g.child.exitCode === null) {
+      for (const pid of childrenOf(g.child.pid!)) process.kill(pid, 'SIGKILL');
+      g.child.kill('SIGKILL');
+    }
+  }
+}, 90_000);
 
 it('GATE_WORKERS=2 with the memory store is a config violation (exit 2)', async () => {
   const s = serve({ ...env, GATE_STORE: 'memory', GATE_LISTEN: '127.0.0.1:0', GATE_ADMIN_LISTEN: '127.0.0.1:0', GATE_AUDIT_FILE: '', GATE_AUDIT_KEY_FILE: '' });
