@@ -11,7 +11,6 @@
  * (./pin.ts); retries with jitter on 429/503 only where they are safe (./retry.ts).
  * @module
  */
-import { REFUSAL_HEADER } from '../errors.js';
 import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
@@ -21,9 +20,9 @@ import { solvePowAsync } from './pow.js';
 import { createProof, proofAlgFor, type ProofAlg, type ProofOverrides } from './proof.js';
 import {
   GATE_MAX_RESPONSE_BYTES,
-  gateRefusalCode,
   headerValue,
   isGateProblem,
+  ownRefusalCode,
   parseProblem,
   rawResponse,
   readBounded,
@@ -459,10 +458,9 @@ export class GateClient {
    */
   #tokenCanCure(res: RawResponse, safe: boolean): boolean {
     if (!safe) {
-      // Only the gate's own refusal (its header, which the API's answers never carry): then
-      // nothing was forwarded and sending again cannot repeat what the API did.
-      if (typeof res.headers[REFUSAL_HEADER] !== 'string') return false;
-      const code = gateRefusalCode(res);
+      // Only the gate's own refusal: then nothing was forwarded and sending again cannot repeat
+      // what the API did.
+      const code = ownRefusalCode(res);
       return code !== undefined && TOKEN_CODES.has(code);
     }
     const problem = parseProblem(res);

@@ -3,6 +3,7 @@
  * @module
  */
 import type { Readable } from 'node:stream';
+import { REFUSAL_HEADER } from '../errors.js';
 
 /** A fully read response. Header names are lowercase. */
 export interface RawResponse {
@@ -127,6 +128,15 @@ export function isGateProblem(p: ProblemInfo | undefined): p is ProblemInfo {
 export function gateRefusalCode(res: RawResponse): string | undefined {
   const p = parseProblem(res);
   return p !== undefined && p.type === `urn:agent-gate:error:${p.code}` ? p.code : undefined;
+}
+
+/**
+ * The code of a refusal the gate itself answered: as {@link gateRefusalCode}, and only with the
+ * gate's X-Agent-Gate-Refusal header, which it removes from the API's answers (so nothing was
+ * forwarded for a 401, 429 or 503 carrying it).
+ */
+export function ownRefusalCode(res: RawResponse): string | undefined {
+  return typeof res.headers[REFUSAL_HEADER] === 'string' ? gateRefusalCode(res) : undefined;
 }
 
 /**

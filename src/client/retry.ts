@@ -15,8 +15,7 @@
  * - Connection errors ({@link isConnectionError}) are retried once, for safe methods only.
  * @module
  */
-import { REFUSAL_HEADER } from '../errors.js';
-import { gateRefusalCode, type RawResponse } from './response.js';
+import { ownRefusalCode, type RawResponse } from './response.js';
 
 /** Default of the `maxRetries` option. */
 export const DEFAULT_MAX_RETRIES = 2;
@@ -101,8 +100,7 @@ export function refusalDelayMs(
  */
 export function isGateRetryableRefusal(res: RawResponse): boolean {
   if (res.status !== 429 && res.status !== 503) return false;
-  if (typeof res.headers[REFUSAL_HEADER] !== 'string') return false;
-  const code = gateRefusalCode(res);
+  const code = ownRefusalCode(res);
   return code !== undefined && GATE_RETRY_CODES.has(code);
 }
 
