@@ -13,10 +13,7 @@ import { certificateSubject } from '../lib/der.js';
 import { crlDistributionPoints, parseCrl, type ParsedCrl } from './crl.js';
 import { certCrlScope, crlVerdict, type CertCrlScope } from './crl-scope.js';
 import { fetchBounded } from './fetch.js';
-import { buildOcspRequest, ocspResponderUrls, verifyOcspResponse } from './ocsp.js';
-
-/** How far a CRL's thisUpdate may lie ahead of the gate's clock (as OCSP's thisUpdate). */
-const CRL_NOT_YET_VALID_SKEW_MS = 60_000;
+import { buildOcspRequest, ocspResponderUrls, REVOCATION_SKEW_MS, verifyOcspResponse } from './ocsp.js';
 
 /** Revocation modes of `GATE_REVOCATION`. */
 export type RevocationMode = 'off' | 'crl' | 'ocsp' | 'ocsp,crl';
@@ -196,7 +193,7 @@ export class RevocationChecker {
     for (const crl of candidates) {
       if (crl.nextUpdate !== undefined && crl.nextUpdate < now) {
         errors.push('CRL past nextUpdate');
-      } else if (crl.thisUpdate > now + CRL_NOT_YET_VALID_SKEW_MS) {
+      } else if (crl.thisUpdate > now + REVOCATION_SKEW_MS) {
         // Not yet valid (OpenSSL refuses it too): as the newest by number or date it would
         // otherwise decide, and clear what the CRL in force still lists.
         errors.push('CRL not yet valid (thisUpdate in the future)');

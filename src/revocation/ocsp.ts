@@ -77,6 +77,9 @@ function validAt(cert: NodeX509, now: number): boolean {
   return Date.parse(cert.validFrom) <= now && now <= Date.parse(cert.validTo);
 }
 
+/** How far a revocation answer's times (OCSP thisUpdate/nextUpdate, a CRL's thisUpdate) may be off the gate's clock. */
+export const REVOCATION_SKEW_MS = 60_000;
+
 /**
  * Parses and verifies `der` as the answer to `q` about a certificate of `issuer`; throws
  * {@link OcspResponseError} for anything not to be believed (bad signature, other CertID,
@@ -84,7 +87,7 @@ function validAt(cert: NodeX509, now: number): boolean {
  * nonce says nothing of when it was made but its thisUpdate: older than `maxAgeMs`, it is stale
  * (else a captured "good" could be replayed for ever on a plain-HTTP responder path).
  */
-export function verifyOcspResponse(der: Buffer, q: OcspQuestion, issuer: NodeX509, now: number, skewMs = 60_000, maxAgeMs = Number.POSITIVE_INFINITY): OcspAnswer {
+export function verifyOcspResponse(der: Buffer, q: OcspQuestion, issuer: NodeX509, now: number, skewMs = REVOCATION_SKEW_MS, maxAgeMs = Number.POSITIVE_INFINITY): OcspAnswer {
   let resp: pkijs.OCSPResponse;
   try {
     resp = pkijs.OCSPResponse.fromBER(new Uint8Array(der));
