@@ -45,7 +45,9 @@ export function metricsOf(r: RunRecord): Metrics {
   const util = (cpu: number) => (r.windowS > 0 ? Math.round((cpu / r.windowS) * 100) / 100 : 0);
   const groupCpu: Metrics = {};
   for (const [k, v] of Object.entries(r.cpuSeconds)) if (k !== MACHINE) groupCpu[`cpu_${k}_cores`] = util(v);
-  if (r.cpuSeconds[MACHINE] !== undefined) groupCpu.cpu_other_cores = util(otherCpu(r));
+  // A probe's record reads no process CPU (the main load generator's record of the window does).
+  const readCpu = Object.keys(groupCpu).length > 0;
+  if (readCpu && r.cpuSeconds[MACHINE] !== undefined) groupCpu.cpu_other_cores = util(otherCpu(r));
   // The gate's (or nginx's) own processes alone, for targets on "gate CPU" (upstream and redis excluded).
   const own = (ops: number): Metrics => ({
     ...(r.cpuSeconds.gate !== undefined ? { gateCpuUsPerOp: perOp(ops, r.cpuSeconds.gate) } : {}),
@@ -94,8 +96,7 @@ export function metricsOf(r: RunRecord): Metrics {
         flowP50: res.flow.p50,
         flowP99: res.flow.p99,
         schedLagP99: res.schedLagMs.p99,
-        serverCpuUsPerOp: perOp(res.ok, server),
-        ...own(res.ok),
+        ...(readCpu ? { serverCpuUsPerOp: perOp(res.ok, server), ...own(res.ok) } : {}),
         ...groupCpu,
       };
   }
@@ -180,6 +181,10 @@ const SETUP_LABELS: Record<string, string> = {
   'open.70': 'open-loop flows at 70% of max, gate direct',
   'open.80': 'open-loop flows at 80% of max, gate direct',
   'openfwd.70': 'open-loop flows at 70% of forwarded max, nginx + gate',
+  'open.50.probe': 'the probe\'s flows within the 50% load (rows 3-50)',
+  'open.70.probe': 'the probe\'s flows within the 70% load (row 3-70)',
+  'open.80.probe': 'the probe\'s flows within the 80% load (row 3-80)',
+  'openfwd.70.probe': 'the probe\'s flows within the forwarded 70% load (row 3-70f)',
 };
 
 /** The gate's own CPU per op, else nginx's (authorizer and forwarded setups show both). */
