@@ -30,8 +30,8 @@
  * @module
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, release, tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, release } from 'node:os';
 import { join } from 'node:path';
 import { connect } from 'node:tls';
 import type { Job } from './bench/jobs.js';
@@ -47,13 +47,12 @@ import {
   OUT_OF_REACH_RATE,
   ROOT,
   gateEnv,
-  makePki,
   startAuthorizer,
+  startBase,
   startBaselineNginx,
   startForwarded,
   startGate,
   startLoadgen,
-  startRedis,
   startServer,
   type BenchPki,
   type CpuGroups,
@@ -171,18 +170,10 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const date = started.toISOString().slice(0, 10);
   const cores = availableParallelism();
-  const work = mkdtempSync(join(tmpdir(), 'agent-gate-bench-'));
-  // nginx workers (nobody when started as root) must be able to reach their temp dirs.
-  chmodSync(work, 0o755);
   const log = (s: string) => process.stdout.write(`[${((performance.now() - t0) / 1000).toFixed(0).padStart(3)} s] ${s}\n`);
+  const { work, pki, redis, upstream, redisUrl, upstreamUrl } = await startBase('bench');
   log(`work dir ${work}; ${RUNS} run(s) per measurement${QUICK ? ' (quick)' : ''}`);
-
-  const pki = await makePki(work);
-  const redis = await startRedis(work);
-  const upstream = await startServer('upstream', pki);
   const tlsBase = await startServer('tls-baseline', pki);
-  const redisUrl = `redis://127.0.0.1:${redis.port}`;
-  const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
   const gate = await startGate('gate-direct', work, gateEnv(pki, redisUrl, upstreamUrl));
   const gateInfo = await startGate('gate-direct-info', work, gateEnv(pki, redisUrl, upstreamUrl, { GATE_LOG_LEVEL: 'info' }));
   // The direct gate's config with rate limits on (every ceiling out of reach, see gateEnv): the limiter's cost per flow.

@@ -11,22 +11,16 @@
  * @module
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import type { Job } from './jobs.js';
-import { makePki, startAuthorizer, startBaselineNginx, startLoadgen, startRedis, startServer, type Started } from './setup.js';
+import { startAuthorizer, startBase, startBaselineNginx, type Started, startLoadgen } from './setup.js';
 import { median } from './stats.js';
 
 const args = process.argv.slice(2);
 const ROUNDS = Number(args.find((a) => a.startsWith('--rounds='))?.slice('--rounds='.length) ?? 5);
-const work = mkdtempSync(join(tmpdir(), 'agent-gate-authz-ab-'));
-chmodSync(work, 0o755);
-const pki = await makePki(work);
-const redis = await startRedis(work);
-const up = await startServer('upstream', pki);
-const redisUrl = `redis://127.0.0.1:${redis.port}`;
-const upUrl = `http://127.0.0.1:${up.port}`;
+const { work, pki, redis, upstream: up, redisUrl, upstreamUrl: upUrl } = await startBase('authz-ab');
 const base = await startBaselineNginx('baseline', work, pki, up.port, '1', 2);
 const rendered = await startAuthorizer(work, 'rendered', pki, redisUrl, upUrl, 2);
 const noScreen = await startAuthorizer(work, 'no-screen', pki, redisUrl, upUrl, 2, rendered.gate, 'no-screen');

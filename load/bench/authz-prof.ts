@@ -8,12 +8,12 @@
  * For working on rows 1k/1l between full `npm run bench` runs.
  * @module
  */
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import { analyzeProfile, type CpuProfile } from './profile.js';
 import { median } from './stats.js';
-import { ROOT, makePki, startAuthorizer, startAuthorizerGate, startLoadgen, startRedis, startServer, type Started, type StartedGate } from './setup.js';
+import { ROOT, startAuthorizer, startAuthorizerGate, startBase, type Started, type StartedGate, startLoadgen } from './setup.js';
 
 const args = process.argv.slice(2);
 const RUNS = Number(args.find((a) => a.startsWith('--runs='))?.slice('--runs='.length) ?? 4);
@@ -21,13 +21,7 @@ const PROF = args.includes('--prof');
 const dists = args.filter((a) => a.startsWith('--dist=')).map((a) => a.slice('--dist='.length).split(':') as [string, string]);
 if (dists.length === 0) dists.push(['this', ROOT]);
 
-const work = mkdtempSync(join(tmpdir(), 'agent-gate-authz-prof-'));
-chmodSync(work, 0o755);
-const pki = await makePki(work);
-const redis = await startRedis(work);
-const upstream = await startServer('upstream', pki);
-const redisUrl = `redis://127.0.0.1:${redis.port}`;
-const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
+const { work, pki, redis, upstream, redisUrl, upstreamUrl } = await startBase('authz-prof');
 const setups: { name: string; gate: StartedGate; nginx: Started; prof: string }[] = [];
 for (const [name, dir] of dists) {
   const prof = join(work, `prof-${name}`);

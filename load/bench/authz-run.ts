@@ -9,13 +9,13 @@
  * `load/results/<date>-authorizer.json`.
  * @module
  */
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import type { Job } from './jobs.js';
 import { fmt, medianMetrics, metricsOf, type RunRecord } from './report.js';
 import { median } from './stats.js';
-import { ROOT, makePki, startAuthorizer, startBaselineNginx, startLoadgen, startRedis, startServer, AUTHORIZER_EDITS, type CpuGroups, type Started } from './setup.js';
+import { AUTHORIZER_EDITS, type CpuGroups, ROOT, startAuthorizer, startBase, startBaselineNginx, type Started, startLoadgen } from './setup.js';
 
 const PREFIX = '/.agent-gate';
 const GATED_PATH = '/api/items/42?view=full';
@@ -25,13 +25,7 @@ export async function authorizerMain(args: string[]): Promise<void> {
   const ka = { warm: 1000, dur: 3000 };
   const t0 = performance.now();
   const log = (s: string) => process.stdout.write(`[${((performance.now() - t0) / 1000).toFixed(0).padStart(3)} s] ${s}\n`);
-  const work = mkdtempSync(join(tmpdir(), 'agent-gate-bench-authz-'));
-  chmodSync(work, 0o755);
-  const pki = await makePki(work);
-  const redis = await startRedis(work);
-  const upstream = await startServer('upstream', pki);
-  const redisUrl = `redis://127.0.0.1:${redis.port}`;
-  const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
+  const { work, pki, redis, upstream, redisUrl, upstreamUrl } = await startBase('bench-authz');
   const cores = 2;
   const nginx1 = await startBaselineNginx('nginx-baseline-1', work, pki, upstream.port, '1', cores);
   const warm = await startAuthorizer(work, 'nginx-authz-cache', pki, redisUrl, upstreamUrl, 2);

@@ -9,13 +9,13 @@
  * `npm run bench` runs.
  * @module
  */
-import { chmodSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import type { Job } from './jobs.js';
 import { analyzeProfile, type CpuProfile } from './profile.js';
 import { median } from './stats.js';
-import { gateEnv, makePki, startGate, startLoadgen, startRedis, startServer, type StartedGate } from './setup.js';
+import { gateEnv, startBase, type StartedGate, startGate, startLoadgen } from './setup.js';
 
 const args = process.argv.slice(2);
 const RUNS = Number(args.find((a) => a.startsWith('--runs='))?.slice('--runs='.length) ?? 3);
@@ -23,13 +23,9 @@ const PROFILE = args.includes('--profile');
 /** Full flows over a new mTLS connection each (rows 2a/2b) instead of kept-alive connections. */
 const NEW_CONNS = args.includes('--new-conns');
 
-const work = mkdtempSync(join(tmpdir(), 'agent-gate-flow-ab-'));
-chmodSync(work, 0o755);
+const { work, pki, redis, upstream, redisUrl, upstreamUrl } = await startBase('flow-ab');
 const profDir = join(work, 'prof');
-const pki = await makePki(work);
-const redis = await startRedis(work);
-const upstream = await startServer('upstream', pki);
-const env = gateEnv(pki, `redis://127.0.0.1:${redis.port}`, `http://127.0.0.1:${upstream.port}`);
+const env = gateEnv(pki, redisUrl, upstreamUrl);
 const on = await startGate('gate-limits', work, { ...env, GATE_RATE_LIMITS: 'on' }, PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []);
 const off = await startGate('gate-nolimits', work, env);
 const lg = await startLoadgen(pki.clientTls);

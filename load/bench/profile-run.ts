@@ -14,15 +14,15 @@
  * @module
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, chmodSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import type { Job, JobResult } from './jobs.js';
 import { analyzeProfile, flameSvg, type CpuProfile, type ProfileRow, type ProfileSummary } from './profile.js';
 import { fmt, upsertBlock } from './report.js';
 import { MACHINE, QUIET_CORES, waitQuiet } from './procs.js';
 import { perfAvailable, perfRecord, perfSummary, removePerfMap, type PerfSummary } from './perf.js';
-import { ROOT, gateEnv, type BenchPki, type LoadGen, makePki, startGate, startLoadgen, startRedis, startServer } from './setup.js';
+import { type BenchPki, gateEnv, type LoadGen, ROOT, startBase, startGate, startLoadgen } from './setup.js';
 
 const PREFIX = '/.agent-gate';
 
@@ -73,14 +73,8 @@ interface Scenario {
 export async function profileMain(args: string[]): Promise<void> {
   const quick = args.includes('--quick');
   const date = new Date().toISOString().slice(0, 10);
-  const work = mkdtempSync(join(tmpdir(), 'agent-gate-prof-'));
-  chmodSync(work, 0o755);
-  const pki = await makePki(work);
-  const redis = await startRedis(work);
-  const upstream = await startServer('upstream', pki);
+  const { work, pki, redis, upstream, redisUrl, upstreamUrl } = await startBase('prof');
   const lg = await startLoadgen(pki.clientTls);
-  const redisUrl = `redis://127.0.0.1:${redis.port}`;
-  const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
   const warm = quick ? 500 : 2000;
   const dur = quick ? 2000 : 8000;
   const scenarios: Scenario[] = [

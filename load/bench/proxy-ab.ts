@@ -11,15 +11,15 @@
  * connection per agent) instead. Short by design: the machine is shared.
  * @module
  */
-import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { closeSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { Job } from './jobs.js';
 import { analyzeProfile, type CpuProfile } from './profile.js';
 import { freePort, killAll, spawnTracked, statusKb, stopChild, waitFor } from './procs.js';
 import { fmt, metricsOf, type RunRecord } from './report.js';
 import { median } from './stats.js';
-import { gateEnv, makePki, startBaselineNginx, startLoadgen, startRedis, startServer, type Started } from './setup.js';
+import { gateEnv, startBase, startBaselineNginx, type Started, startLoadgen } from './setup.js';
 
 const PREFIX = '/.agent-gate';
 const GATED_PATH = '/api/items/42?view=full';
@@ -54,12 +54,8 @@ async function main(): Promise<void> {
   if (dists.length === 0) throw new Error('give at least one --dist=name:DIR');
   const runs = Number(args.find((a) => a.startsWith('--runs='))?.slice(7) ?? 5);
   const dur = Number(args.find((a) => a.startsWith('--dur='))?.slice(6) ?? 2500);
-  const work = mkdtempSync(join(tmpdir(), 'agent-gate-proxy-ab-'));
-  chmodSync(work, 0o755);
-  const pki = await makePki(work);
-  const redis = await startRedis(work);
-  const upstream = await startServer('upstream', pki);
-  const env = gateEnv(pki, `redis://127.0.0.1:${redis.port}`, `http://127.0.0.1:${upstream.port}`);
+  const { work, pki, redis, upstream, redisUrl, upstreamUrl } = await startBase('proxy-ab');
+  const env = gateEnv(pki, redisUrl, upstreamUrl);
   const gates: Record<string, Started> = {};
   // --prof: every gate runs under --cpu-prof; the top self-time rows are printed at the end.
   const prof = args.includes('--prof');

@@ -7,7 +7,8 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { renderNginxConfig } from '../../src/nginx/index.js';
@@ -46,6 +47,27 @@ export async function makePki(dir: string): Promise<BenchPki> {
   file('agent.pem', agent.certPem);
   file('agent.key', agent.keyPem, 0o600);
   return { caFile, serverCertFile, serverKeyFile, clientTls: { cert: agent.certPem, key: agent.keyPem, ca: ca.certPem, servername: 'localhost' }, ca };
+}
+
+/** What every benchmark script starts first (see {@link startBase}). */
+export interface BenchBase {
+  /** A new temporary directory, mode 0755: nginx workers (nobody when started as root) reach their temp dirs below it. */
+  work: string;
+  pki: BenchPki;
+  redis: Started;
+  upstream: Started;
+  redisUrl: string;
+  upstreamUrl: string;
+}
+
+/** The work directory `agent-gate-NAME-*` under the OS temp dir, the PKI, redis-server and the upstream. */
+export async function startBase(name: string): Promise<BenchBase> {
+  const work = mkdtempSync(join(tmpdir(), `agent-gate-${name}-`));
+  chmodSync(work, 0o755);
+  const pki = await makePki(work);
+  const redis = await startRedis(work);
+  const upstream = await startServer('upstream', pki);
+  return { work, pki, redis, upstream, redisUrl: `redis://127.0.0.1:${redis.port}`, upstreamUrl: `http://127.0.0.1:${upstream.port}` };
 }
 
 /** A started process with the pids whose CPU time counts as its own. */

@@ -8,15 +8,15 @@
  * `load/results/<date>-workers.json`.
  * @module
  */
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+
 import { join } from 'node:path';
 import { generateSigningJwk } from '../../src/tokens/index.js';
 import type { Job } from './jobs.js';
 import { childPids, statusKb } from './procs.js';
 import { fmt, medianMetrics, type RunRecord } from './report.js';
 import { median } from './stats.js';
-import { ROOT, gateEnv, makePki, startGate, startLoadgen, startRedis, startServer, type CpuGroups, type StartedGate } from './setup.js';
+import { type CpuGroups, gateEnv, ROOT, startBase, type StartedGate, startGate, startLoadgen } from './setup.js';
 
 const PREFIX = '/.agent-gate';
 const GATED_PATH = '/api/items/42?view=full';
@@ -26,12 +26,8 @@ export async function workersMain(args: string[]): Promise<void> {
   const win = { warm: 500, ka: 2000, flow: 2000, open: 3000 };
   const t0 = performance.now();
   const log = (s: string) => process.stdout.write(`[${((performance.now() - t0) / 1000).toFixed(0).padStart(3)} s] ${s}\n`);
-  const work = mkdtempSync(join(tmpdir(), 'agent-gate-bench-workers-'));
-  chmodSync(work, 0o755);
-  const pki = await makePki(work);
-  const redis = await startRedis(work);
-  const upstream = await startServer('upstream', pki);
-  const env = gateEnv(pki, `redis://127.0.0.1:${redis.port}`, `http://127.0.0.1:${upstream.port}`, { GATE_SIGNING_JWK: JSON.stringify(await generateSigningJwk()) });
+  const { work, pki, redis, upstream, redisUrl, upstreamUrl } = await startBase('bench-workers');
+  const env = gateEnv(pki, redisUrl, upstreamUrl, { GATE_SIGNING_JWK: JSON.stringify(await generateSigningJwk()) });
   const w1 = await startGate('gate-w1', work, { ...env, GATE_WORKERS: '1' });
   const w2 = await startGate('gate-w2', work, { ...env, GATE_WORKERS: '2' });
   const w2pids = () => [w2.pid, ...childPids(w2.pid)];
