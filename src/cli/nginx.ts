@@ -38,6 +38,9 @@ interface NginxFlags {
   passHeaders?: string;
 }
 
+/** How the help of every option that only authorizer mode reads begins (also how they are found). */
+const AUTHORIZER_ONLY = 'authorizer mode:';
+
 function shellQuote(s: string): string {
   return /^[A-Za-z0-9_./:=@%+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
@@ -63,16 +66,16 @@ export function registerNginxCommands(program: Command): void {
     .option('--tls-min-version <version>', 'minimum TLS version offered to agents: TLSv1.2 or TLSv1.3', 'TLSv1.2')
     .option('--max-connections-per-address <n>', "nginx limit_conn per client address (default: the gate's GATE_MAX_CONNECTIONS_PER_ADDRESS default)")
     .option('--mode <mode>', 'forwarded (nginx -> gate -> upstream) or authorizer (nginx -> upstream, the gate decides; PROTOCOL.md section 13)', 'forwarded')
-    .option('--upstream-url <url>', 'authorizer mode: the protected service origin (as GATE_UPSTREAM_URL, no path)')
-    .option('--upstream-ca <file>', "authorizer mode: CA bundle (PEM) that verifies the upstream's certificate")
-    .option('--upstream-tls-name <name>', "authorizer mode: DNS name the upstream's certificate must carry")
-    .option('--authz-cache-s <n>', 'authorizer mode: decision cache on (as GATE_AUTHZ_CACHE_S, whose max-age sets the TTL) or 0 for none', '2')
-    .option('--authz-cache-zone <size>', 'authorizer mode: shared key zone of the decision cache', '10m')
-    .option('--authz-cache-max-size <size>', 'authorizer mode: disk bound of the decision cache', '100m')
-    .option('--rate-proxy-identity <N/S>', 'authorizer mode: edge limit per client certificate (as GATE_RATE_PROXY_IDENTITY)', '1000/1')
-    .option('--authz-timeout-s <n>', 'authorizer mode: seconds to wait for a decision before 503 gate_unavailable', '5')
-    .option('--xff <mode>', 'authorizer mode: X-Forwarded-For replace or append (as GATE_PROXY_XFF)', 'replace')
-    .option('--pass-headers <names>', 'authorizer mode: stripped headers passed anyway (as GATE_PROXY_PASS_HEADERS)')
+    .option('--upstream-url <url>', `${AUTHORIZER_ONLY} the protected service origin (as GATE_UPSTREAM_URL, no path)`)
+    .option('--upstream-ca <file>', `${AUTHORIZER_ONLY} CA bundle (PEM) that verifies the upstream's certificate`)
+    .option('--upstream-tls-name <name>', `${AUTHORIZER_ONLY} DNS name the upstream's certificate must carry`)
+    .option('--authz-cache-s <n>', `${AUTHORIZER_ONLY} decision cache on (as GATE_AUTHZ_CACHE_S, whose max-age sets the TTL) or 0 for none`, '2')
+    .option('--authz-cache-zone <size>', `${AUTHORIZER_ONLY} shared key zone of the decision cache`, '10m')
+    .option('--authz-cache-max-size <size>', `${AUTHORIZER_ONLY} disk bound of the decision cache`, '100m')
+    .option('--rate-proxy-identity <N/S>', `${AUTHORIZER_ONLY} edge limit per client certificate (as GATE_RATE_PROXY_IDENTITY)`, '1000/1')
+    .option('--authz-timeout-s <n>', `${AUTHORIZER_ONLY} seconds to wait for a decision before 503 gate_unavailable`, '5')
+    .option('--xff <mode>', `${AUTHORIZER_ONLY} X-Forwarded-For replace or append (as GATE_PROXY_XFF)`, 'replace')
+    .option('--pass-headers <names>', `${AUTHORIZER_ONLY} stripped headers passed anyway (as GATE_PROXY_PASS_HEADERS)`)
     .action(async (flags: NginxFlags, self: Command) => {
       try {
         const opts: NginxConfigOptions = {
@@ -106,8 +109,10 @@ export function registerNginxCommands(program: Command): void {
             ...(flags.xff !== undefined ? { xff: flags.xff as 'replace' | 'append' } : {}),
             ...(flags.passHeaders !== undefined ? { passHeaders: flags.passHeaders.split(',').map((n) => n.trim()).filter(Boolean) } : {}),
           };
-        } else if (flags.upstreamUrl !== undefined) {
-          throw new TypeError('--upstream-url is for --mode authorizer (in forwarded mode the gate proxies, GATE_UPSTREAM_URL)');
+        } else {
+          // A forwarded config would silently ignore them: the operator meant authorizer mode.
+          const given = self.options.find((o) => o.description.startsWith(AUTHORIZER_ONLY) && self.getOptionValueSource(o.attributeName()) === 'cli');
+          if (given) throw new TypeError(`${given.long ?? given.flags} is for --mode authorizer${given.long === '--upstream-url' ? ' (in forwarded mode the gate proxies, GATE_UPSTREAM_URL)' : ''}`);
         }
         const out = await renderNginxConfig(opts);
         writeOut(self, [out.confPath, out.jsPath, out.keyPath].join('\n') + '\n');

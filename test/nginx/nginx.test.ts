@@ -302,6 +302,10 @@ describe('nginx-config: the command line', () => {
       [[...argv(opts), '--tls-min-version', 'SSLv3'], /^error: --tls-min-version/],
       [[...argv(opts), '--max-connections-per-address', 'many'], /^error: --max-connections-per-address must be a whole number/],
       [[...argv(opts), '--bogus'], /unknown option '--bogus'/],
+      // Flags only authorizer mode reads, given without it: refused, not silently ignored.
+      [[...argv(opts), '--upstream-url', 'http://127.0.0.1:9'], /^error: --upstream-url is for --mode authorizer \(in forwarded mode the gate proxies/],
+      [[...argv(opts), '--authz-cache-s', '0'], /^error: --authz-cache-s is for --mode authorizer$/m],
+      [[...argv(opts), '--mode', 'forwarded', '--rate-proxy-identity', '5/1'], /^error: --rate-proxy-identity is for --mode authorizer$/m],
     ];
     for (const [args, message] of cases) {
       const f = await failure(args);
