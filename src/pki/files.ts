@@ -24,7 +24,9 @@ export const PRIVATE_DIR_MODE = 0o700;
  */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode: number): Promise<void> {
   const tmp = join(dirname(path), `.${randomBytes(8).toString('hex')}.tmp`);
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600).catch((err: unknown) => {
+    throw writeError(path, err);
+  });
   try {
     try {
       await fh.chmod(mode);
@@ -37,8 +39,16 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
   } catch (err) {
     // Only the file this call created: never a name it failed to create.
     await rm(tmp, { force: true });
-    throw err;
+    throw writeError(path, err);
   }
+}
+
+/** The error of a failed write, naming the file asked for (the temporary file's name means nothing to the caller). */
+function writeError(path: string, err: unknown): Error {
+  const e = err as NodeJS.ErrnoException;
+  // Node's message ends with the syscall and the temporary path: keep what went wrong.
+  const why = typeof e?.message === 'string' ? e.message.split(', ')[0] : String(err);
+  return Object.assign(new Error(`cannot write ${path}: ${why}`, { cause: err }), e?.code ? { code: e.code } : {});
 }
 
 /** Creates `dir` (and missing parents) as 0700; an existing directory keeps its mode. */

@@ -3,10 +3,12 @@
  * at 903a77b): `config check` never prints a secret, also in the forms ioredis and operators
  * use (a Redis password in the query or holding `@`, an HMAC secret without its kid); a usage
  * error of any command is one line on stderr and exit 2. (`serve` with workers on SIGTERM while
- * a restarted worker starts: test/cluster/workers.test.ts.)
+ * a restarted worker starts: test/cluster/workers.test.ts.) Also, found later: a dev-PKI file
+ * that cannot be written is named as asked.
  */
 import { execFile } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { testEnv } from '../helpers/gate.js';
@@ -66,4 +68,16 @@ it.each([
   const r = await cli(args, { GATE_ENV: 'dev' });
   expect(r.code).toBe(2);
   expect(r.err.trimEnd().split('\n'), r.err).toHaveLength(1);
+});
+
+// A file the dev PKI cannot write is named as asked, not by the private temporary file written
+// first (writeFileAtomic), and the temporary file does not stay behind.
+it('pki crl --out into a missing directory names the file asked for', async () => {
+  const dir = join(fx.dir, 'pki-crl-out');
+  expect((await cli(['pki', 'init', '--dir', dir], { GATE_ENV: 'dev' })).code).toBe(0);
+  const out = join(fx.dir, 'no-such-dir', 'ca.crl');
+  const r = await cli(['pki', 'crl', '--dir', dir, '--out', out], { GATE_ENV: 'dev' });
+  expect(r.code).toBe(2);
+  expect(r.err).toBe(`error: cannot write ${out}: ENOENT: no such file or directory\n`);
+  expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
 });
