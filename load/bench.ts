@@ -45,8 +45,10 @@ import {
   AUTHORIZER_EDITS,
   FORWARDED_EDITS,
   OUT_OF_REACH_RATE,
+  PROBE_TEXT,
   ROOT,
   gateEnv,
+  probeSplit,
   startAuthorizer,
   startBase,
   startBaselineNginx,
@@ -74,15 +76,6 @@ const S = QUICK
 const CONNECTIONS = 32;
 const FLOW_CONCURRENCY = 16;
 const DEADLINE_MS = 3000;
-/**
- * Open-loop flows: the share of the offered rate sent by the probe, a second load-generator
- * process doing nothing else, whose /v1/token latency is the row's. The main load generator
- * shares 2 cores with the gate and runs the client side of every other handshake and proof;
- * its own event loop stalls (scheduler lag p99 11-125 ms at 70 % on 2026-12-07) and those
- * stalls land in every latency it measures.
- */
-const PROBE_SHARE = 0.2;
-const PROBE_MAX_RATE = 30;
 const PREFIX = '/.agent-gate';
 const GATED_PATH = '/api/items/42?view=full';
 
@@ -292,8 +285,8 @@ async function main(): Promise<void> {
   const openJob = (o: string, rate: number): Job => ({ kind: 'flow-open', origin: o, prefix: PREFIX, rate, warmupMs: S.openWarm, durationMs: S.openDur, deadlineMs: DEADLINE_MS, maxOutstanding: 5000 });
   /** `rate` flows/s in all: the probe's share from the probe, the rest from the load generator. */
   const openRecord = async (key: string, o: Started, rate: number, groups: CpuGroups) => {
-    const probeRate = Math.max(1, Math.min(PROBE_MAX_RATE, Math.round(rate * PROBE_SHARE)));
-    const r = await record(key, openJob(origin(o), Math.max(1, rate - probeRate)), groups, openJob(origin(o), probeRate));
+    const split = probeSplit(rate);
+    const r = await record(key, openJob(origin(o), split.main), groups, openJob(origin(o), split.probe));
     // The gate served both: counts (and so CPU per flow, on time, ok) are the sum; latencies stay each one's own.
     const p = runs[`${key}.probe`]?.at(-1)?.result;
     if (r.result.kind === 'flow-open' && p?.kind === 'flow-open') {
@@ -518,7 +511,7 @@ async function main(): Promise<void> {
       'max flow rate, forwarded (median closed-loop flows/s)': maxFlowFwd,
       'open-loop keep-alive rate (half the gate max)': kaRate,
       'flow deadline (ms)': DEADLINE_MS,
-      'open-loop latency probe': `a second load-generator process sends ${PROBE_SHARE * 100}% of each open-loop rate (at most ${PROBE_MAX_RATE} flows/s) and does nothing else; rows 3-* report its /v1/token latency`,
+      'open-loop latency probe': `${PROBE_TEXT}; rows 3-* report its /v1/token latency`,
       'agent key': 'ECDSA P-256, proof ES256 (node:crypto, ieee-p1363)',
       'nginx baseline workers': `1 and auto (${cores})`,
       'forwarded nginx workers': fwd ? fwd.workers : 'not measured',

@@ -12,7 +12,6 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-
 import { join } from 'node:path';
 import type { Job } from './jobs.js';
 import { startAuthorizer, startBase, startBaselineNginx, type Started, startLoadgen } from './setup.js';

@@ -9,7 +9,6 @@
  * @module
  */
 import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
-
 import { join } from 'node:path';
 import { analyzeProfile, type CpuProfile } from './profile.js';
 import { median } from './stats.js';

@@ -10,7 +10,6 @@
  * @module
  */
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
-
 import { join } from 'node:path';
 import type { Job } from './jobs.js';
 import { fmt, medianMetrics, metricsOf, type RunRecord } from './report.js';

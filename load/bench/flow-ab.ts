@@ -10,7 +10,6 @@
  * @module
  */
 import { readdirSync, readFileSync } from 'node:fs';
-
 import { join } from 'node:path';
 import type { Job } from './jobs.js';
 import { analyzeProfile, type CpuProfile } from './profile.js';

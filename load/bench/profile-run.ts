@@ -15,7 +15,6 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-
 import { join } from 'node:path';
 import type { Job, JobResult } from './jobs.js';
 import { analyzeProfile, flameSvg, type CpuProfile, type ProfileRow, type ProfileSummary } from './profile.js';
