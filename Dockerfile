@@ -57,6 +57,13 @@ EXPOSE 8443 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["node", "/app/deploy/compose/healthcheck.mjs"]
 
+# V8 sizes its heap from the machine, not the container, and collects the old generation late:
+# under sustained new-connection load a gate on node's defaults peaked at 191-207 MB of RSS
+# before its first full GC, against 135 MB with this bound, at the same CPU per flow
+# (load/bench/rss.ts, load/RESULTS.md). Worker processes inherit it; override NODE_OPTIONS to
+# change it (the Kubernetes manifests set the same value).
+ENV NODE_OPTIONS=--max-old-space-size=384
+
 # SIGTERM drains (readyz 503, in-flight requests finish within GATE_DRAIN_TIMEOUT_MS, exit 0).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["agent-gate"]
