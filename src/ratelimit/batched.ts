@@ -1,7 +1,9 @@
 /**
  * A shared fixed-window limit that costs no store round trip per request: each gate counts
  * locally and adds its count to the shared counter in batches. The shared total can overshoot
- * by at most (batch - 1) per gate instance; when the store is down the local count still limits.
+ * by (batch - 1) per gate instance plus what that gate admits while a write to the store is in
+ * flight (its view of the total is as old as its last answer, so a gate new to a key admits
+ * until its first write returns); when the store is down the local count still limits.
  * @module
  */
 

@@ -182,16 +182,18 @@ describe('refusal records are bounded and refusals rate limited per identity (Re
     expect(await metric(g, REFUSAL_LIMITED)).toBe(before + 60 - LIMIT.q);
     await waitFor(async () => (await adminGet(g, `/admin/v1/refusals/${instanceId(denied.at(-1)!)}`)).status === 200, 5000, 'the newest refusal record');
     expect((await recordsOf(ag.thumbprint)).length).toBe(PER_IDENTITY);
-    // Two gates share the limit through the store: a second gate does not reset it. It learns
-    // the shared count with its first refusal of this certificate (the batched limiter's sync),
-    // so at most that one gets through.
+    // Two gates share the limit through the store: a second gate does not reset it (a reset would
+    // answer LIMIT.q more refusals). It learns the shared count from its first write to the store
+    // (the batched limiter's sync); what it answers while that write is in flight still gets
+    // through, one request here, a few on a loaded machine (three were seen in a CI run).
     const g2 = await onRedis();
     const onG2: Res[] = [];
     await waitFor(async () => {
       onG2.push(await call(d, `${g2.url}/.agent-gate/v1/challenge`, { method: 'POST' }));
-      return onG2.at(-1)!.status === 429 || onG2.length >= 5;
+      return onG2.at(-1)!.status === 429 || onG2.length >= LIMIT.q - 1;
     }, 5000, 'the shared refusal count to reach gate 2');
-    expect(onG2.slice(0, -1).map((r) => [r.status, r.json().code])).toEqual(onG2.length === 1 ? [] : [[403, 'agent_denied']]);
+    // A 429 before LIMIT.q requests: a reset gate would answer LIMIT.q more 403s first.
+    for (const r of onG2.slice(0, -1)) expect([r.status, r.json().code]).toEqual([403, 'agent_denied']);
     expect429(onG2.at(-1)!);
   });
 
