@@ -11,8 +11,11 @@ export class RandomPool {
   private readonly pool: Buffer;
   private at: number;
 
-  /** `size` bytes refilled at once; a draw may not exceed it. */
-  constructor(size = 4096) {
+  /** `size` bytes refilled at once by `fill` (the CSPRNG; tests pass a stand-in); a draw may not exceed it. */
+  constructor(
+    size = 4096,
+    private readonly fill: (buf: Buffer) => unknown = randomFillSync,
+  ) {
     this.pool = Buffer.alloc(size);
     this.at = size;
   }
@@ -26,7 +29,7 @@ export class RandomPool {
   private take(n: number): number {
     if (!Number.isInteger(n) || n <= 0 || n > this.pool.length) throw new RangeError(`cannot draw ${n} bytes from a pool of ${this.pool.length}`);
     if (this.at + n > this.pool.length) {
-      randomFillSync(this.pool);
+      this.fill(this.pool);
       this.at = 0;
     }
     const at = this.at;
