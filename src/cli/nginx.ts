@@ -7,7 +7,7 @@
  */
 import { dirname } from 'node:path';
 import type { Command } from 'commander';
-import { DEFAULT_PATH_PREFIX, renderNginxConfig, type NginxConfigOptions } from '../nginx/index.js';
+import { DEFAULT_PATH_PREFIX, parseMode, renderNginxConfig, type NginxConfigOptions } from '../nginx/index.js';
 import { EXIT_ERROR, OneLineCommand } from './command.js';
 import { writeOut, writeErr, oneLine } from './output.js';
 
@@ -94,7 +94,8 @@ export function registerNginxCommands(program: Command): void {
         if (flags.tlsMinVersion !== undefined) opts.tlsMinVersion = flags.tlsMinVersion as NginxConfigOptions['tlsMinVersion'];
         // The renderer refuses a value that is not a whole number in range, naming the flag.
         if (flags.maxConnectionsPerAddress !== undefined) opts.maxConnectionsPerAddress = Number(flags.maxConnectionsPerAddress);
-        if (flags.mode !== undefined) opts.mode = flags.mode as NginxConfigOptions['mode'];
+        // Judged first, so that a misspelt mode is named as such, not as a flag it does not take.
+        if (flags.mode !== undefined) opts.mode = parseMode(flags.mode);
         if (opts.mode === 'authorizer') {
           // The renderer refuses values out of range, naming the flag.
           opts.authorizer = {

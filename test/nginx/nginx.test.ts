@@ -280,6 +280,17 @@ describe('nginx-config: the command line', () => {
     expect(nginxTest(opts.dir).ok).toBe(true);
   });
 
+  it('takes the authorizer-only flags with --mode authorizer', async () => {
+    const key = writeKeyFile(keyDir);
+    const opts = baseOptions(await freePort(), 'http://127.0.0.1:8080', key.file);
+    const p = program();
+    await p.program.parseAsync([...argv(opts), '--mode', 'authorizer', '--upstream-url', 'http://127.0.0.1:9', '--authz-cache-s', '0', '--xff', 'append', '--rate-proxy-identity', '5/1'], { from: 'user' });
+    const conf = readFileSync(join(opts.dir, 'nginx.conf'), 'utf8');
+    expect(conf).toContain('auth_request /./agent-gate-authorize;');
+    expect(conf).not.toContain('proxy_cache agent_gate_authz;');
+    expect(conf).toMatch(/rate=5r\/s/);
+  });
+
   async function failure(args: string[]): Promise<{ code: number; err: string }> {
     const p = program();
     try {
@@ -306,6 +317,10 @@ describe('nginx-config: the command line', () => {
       [[...argv(opts), '--upstream-url', 'http://127.0.0.1:9'], /^error: --upstream-url is for --mode authorizer \(in forwarded mode the gate proxies/],
       [[...argv(opts), '--authz-cache-s', '0'], /^error: --authz-cache-s is for --mode authorizer$/m],
       [[...argv(opts), '--mode', 'forwarded', '--rate-proxy-identity', '5/1'], /^error: --rate-proxy-identity is for --mode authorizer$/m],
+      // Given, even at its default value: the operator asked for something forwarded mode does not do.
+      [[...argv(opts), '--xff', 'replace'], /^error: --xff is for --mode authorizer$/m],
+      // A misspelt mode is named as such, before any flag it would take.
+      [[...argv(opts), '--mode', 'Authorizer', '--upstream-url', 'http://127.0.0.1:9'], /^error: --mode must be forwarded or authorizer, got "Authorizer"$/m],
     ];
     for (const [args, message] of cases) {
       const f = await failure(args);
