@@ -46,8 +46,8 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
 /** The error of a failed write, naming the file asked for (the temporary file's name means nothing to the caller). */
 function writeError(path: string, err: unknown): Error {
   const e = err as NodeJS.ErrnoException;
-  // Node's message ends with the syscall and the temporary path: keep what went wrong.
-  const why = typeof e?.message === 'string' ? e.message.split(', ')[0] : String(err);
+  // A system error's message ends with ", <syscall> '<temporary path>'": keep what went wrong.
+  const why = typeof e?.syscall === 'string' && typeof e.message === 'string' ? e.message.split(`, ${e.syscall}`)[0] : String((err as Error)?.message ?? err);
   return Object.assign(new Error(`cannot write ${path}: ${why}`, { cause: err }), e?.code ? { code: e.code } : {});
 }
 

@@ -7,7 +7,7 @@
  * that cannot be written is named as asked.
  */
 import { execFile } from 'node:child_process';
-import { readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
@@ -79,5 +79,13 @@ it('pki crl --out into a missing directory names the file asked for', async () =
   const r = await cli(['pki', 'crl', '--dir', dir, '--out', out], { GATE_ENV: 'dev' });
   expect(r.code).toBe(2);
   expect(r.err).toBe(`error: cannot write ${out}: ENOENT: no such file or directory\n`);
-  expect(readdirSync(dir).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+  // A write that fails after the temporary file exists (the rename onto a directory): the same
+  // form of message, and the temporary file beside the target is gone.
+  const parent = join(fx.dir, 'pki-crl-parent');
+  const target = join(parent, 'is-a-dir');
+  mkdirSync(target, { recursive: true });
+  const r2 = await cli(['pki', 'crl', '--dir', dir, '--out', target], { GATE_ENV: 'dev' });
+  expect(r2.code).toBe(2);
+  expect(r2.err).toMatch(new RegExp(`^error: cannot write ${target.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: E[A-Z]+: [^,']+\n$`));
+  expect(readdirSync(parent)).toEqual(['is-a-dir']);
 });
