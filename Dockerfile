@@ -60,8 +60,9 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 # V8 sizes its heap from the machine, not the container, and collects the old generation late:
 # under sustained new-connection load a gate on node's defaults peaked at 191-207 MB of RSS
 # before its first full GC, against 135 MB with this bound, at the same CPU per flow
-# (load/bench/rss.ts, load/RESULTS.md). Worker processes inherit it; override NODE_OPTIONS to
-# change it (the Kubernetes manifests set the same value).
+# (load/bench/rss.ts, load/RESULTS.md). It bounds each process (the primary and every worker
+# inherit it), not the container: size the memory limit as HARDENING.md says. Override
+# NODE_OPTIONS to change it (the Kubernetes manifests set the same value).
 ENV NODE_OPTIONS=--max-old-space-size=384
 
 # SIGTERM drains (readyz 503, in-flight requests finish within GATE_DRAIN_TIMEOUT_MS, exit 0).

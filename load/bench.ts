@@ -39,7 +39,7 @@ import { profileMain } from './bench/profile-run.js';
 import { authorizerMain } from './bench/authz-run.js';
 import { workersMain } from './bench/workers-run.js';
 import { MACHINE, QUIET_CORES, QUIET_TOTAL_MS, killAll, quietWaitedMs, statusKb, waitQuiet } from './bench/procs.js';
-import { fmt, markdownSection, medianMetrics, metricsOf, targetTable, upsertBlock, detailTable, type BenchData, type RunRecord, type TargetRow } from './bench/report.js';
+import { addProbeCounts, fmt, markdownSection, medianMetrics, metricsOf, targetTable, upsertBlock, detailTable, type BenchData, type RunRecord, type TargetRow } from './bench/report.js';
 import { median } from './bench/stats.js';
 import {
   AUTHORIZER_EDITS,
@@ -223,6 +223,7 @@ async function main(): Promise<void> {
     const [r, p] = await Promise.all([lg.run(job, groups), probeJob ? probe.run(probeJob, {}) : undefined]);
     (runs[key] ??= []).push(r);
     if (p) (runs[`${key}.probe`] ??= []).push(p);
+    addProbeCounts(r, p);
     const res = r.result;
     const summary =
       res.kind === 'keepalive'
@@ -286,12 +287,7 @@ async function main(): Promise<void> {
   /** `rate` flows/s in all: the probe's share from the probe, the rest from the load generator. */
   const openRecord = async (key: string, o: Started, rate: number, groups: CpuGroups) => {
     const split = probeSplit(rate);
-    const r = await record(key, openJob(origin(o), split.main), groups, openJob(origin(o), split.probe));
-    // The gate served both: counts (and so CPU per flow, on time, ok) are the sum; latencies stay each one's own.
-    const p = runs[`${key}.probe`]?.at(-1)?.result;
-    if (r.result.kind === 'flow-open' && p?.kind === 'flow-open') {
-      for (const f of ['targetRate', 'scheduled', 'ok', 'onTime', 'expired', 'failed', 'dropped', 'achievedRate'] as const) r.result[f] += p[f];
-    }
+    await record(key, openJob(origin(o), split.main), groups, openJob(origin(o), split.probe));
   };
   for (let i = 0; i < RUNS; i++) {
     for (const pct of pcts) await openRecord(`open.${pct}`, gate, Math.max(2, Math.round((maxFlow * pct) / 100)), cpu.gate!);

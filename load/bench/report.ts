@@ -37,6 +37,19 @@ function otherCpu(r: RunRecord): number {
 }
 
 /** The numbers of one run. CPU per op is the servers' CPU (everything but the load generator). */
+/**
+ * Adds the probe's open-loop run to the main one of the same window: the gate served both, so
+ * counts (and with them CPU per flow, ok and on time) are the sum; latencies stay each one's own.
+ */
+export function addProbeCounts(main: RunRecord, probe: RunRecord | undefined): void {
+  const m = main.result;
+  const p = probe?.result;
+  if (m.kind !== 'flow-open' || p?.kind !== 'flow-open') return;
+  for (const f of ['targetRate', 'scheduled', 'ok', 'onTime', 'expired', 'failed', 'dropped', 'achievedRate'] as const) m[f] += p[f];
+  for (const [status, n] of Object.entries(p.statuses)) m.statuses[status] = (m.statuses[status] ?? 0) + n;
+  m.examples.push(...p.examples.slice(0, 3).map((e) => `probe: ${e}`));
+}
+
 export function metricsOf(r: RunRecord): Metrics {
   const res = r.result;
   const server = serverCpu(r);

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { generateSigningJwk } from '../../src/tokens/index.js';
 import type { Job } from './jobs.js';
 import { childPids, statusKb } from './procs.js';
-import { fmt, medianMetrics, type RunRecord } from './report.js';
+import { addProbeCounts, fmt, medianMetrics, type RunRecord } from './report.js';
 import { median } from './stats.js';
 import { type CpuGroups, gateEnv, probeSplit, PROBE_TEXT, ROOT, startBase, type StartedGate, startGate, startLoadgen } from './setup.js';
 
@@ -41,10 +41,7 @@ export async function workersMain(args: string[]): Promise<void> {
     const [r, p] = await Promise.all([lg.run(job, g), probeJob ? probe.run(probeJob, {}) : undefined]);
     (all[key] ??= []).push(r);
     if (p) (all[`${key}.probe`] ??= []).push(p);
-    // The gate served both: counts (so CPU per flow and on time) are the sum; latencies stay each one's own.
-    if (r.result.kind === 'flow-open' && p?.result.kind === 'flow-open') {
-      for (const f of ['targetRate', 'scheduled', 'ok', 'onTime', 'expired', 'failed', 'dropped', 'achievedRate'] as const) r.result[f] += p.result[f];
-    }
+    addProbeCounts(r, p);
     const res = r.result;
     const summary =
       res.kind === 'keepalive'
