@@ -135,16 +135,16 @@ export function isGateError(err: unknown): err is GateError {
 }
 
 /**
- * A unique, time-sortable refusal id: 10 base36 digits of milliseconds (sortable until the
- * year 5188) and 16 random hex digits, so only `[a-z0-9]`, 26 characters.
- */
-/**
  * The response header carrying the refusal id on every refusal the gate answers itself. The gate
  * (and the rendered nginx) remove it from the upstream's answers, so a client can tell the gate's
  * refusal (nothing was forwarded) from the API's own answer of the same shape.
  */
 export const REFUSAL_HEADER = 'x-agent-gate-refusal';
 
+/**
+ * A unique, time-sortable refusal id: 10 base36 digits of milliseconds (sortable until the
+ * year 5188) and 16 random hex digits, so only `[a-z0-9]`, 26 characters.
+ */
 export function newRefusalId(now: number = Date.now()): string {
   return now.toString(36).padStart(10, '0') + randomBytes(8).toString('hex');
 }

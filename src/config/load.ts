@@ -4,11 +4,10 @@
  * `config violation: <VARIABLE>: <why>`.
  * @module
  */
-import { X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { autoWorkers } from '../cluster/cpus.js';
-import { parseHmacKeys, parseTrustedProxies } from '../identity/index.js';
+import { parseHmacKeys, parseTrustedProxies, TrustBundle } from '../identity/index.js';
 import { OPTION_ENTRIES, OPTIONS, defaultFor, type GateEnv, type OptionName } from './options.js';
 import { envSchemaFor, type RawEnv } from './schema.js';
 
@@ -134,17 +133,15 @@ export function formatViolation(v: ConfigViolation): string {
  * that cannot be read are judged where they are loaded, so they count as sharing nothing here.
  */
 function sharesCertificate(a: string, b: string): boolean {
-  const prints = (file: string): Set<string> => {
+  const bundle = (file: string): TrustBundle | undefined => {
     try {
-      const pem = readFileSync(file, 'utf8');
-      return new Set((pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((block) => new X509Certificate(block).fingerprint256));
+      return new TrustBundle(readFileSync(file, 'utf8'));
     } catch {
-      return new Set();
+      return undefined;
     }
   };
-  const left = prints(a);
-  for (const p of prints(b)) if (left.has(p)) return true;
-  return false;
+  const left = bundle(a);
+  return left !== undefined && (bundle(b)?.anchors.some((cert) => left.contains(cert)) ?? false);
 }
 
 /** True for loopback hosts (names that cannot leave the machine). */
