@@ -350,6 +350,22 @@ describe('refusals reach the client as in direct mode', () => {
       expect(up.seen.at(-1)!.url).toBe(p);
     }
   });
+  // pcre_jit is on: the path rule's repetition is possessive, so a long target stays within
+  // PCRE's JIT stack (past it, pcre2_match fails with -46 and the rule refuses a good path).
+  it('judges a 14 KB target (2,000 encoded characters) like a short one, without a regex failure', async () => {
+    const who = fx.agents.p256;
+    const a = agent(who);
+    const token = await tokenOf(who);
+    const long = '/' + 'caf%C3%A9/'.repeat(1400);
+    const ok = await send(a, `${nginx.url}${long}`, { headers: { authorization: `Bearer ${token}` } });
+    expect(ok.status).toBe(200);
+    expect(up.seen.at(-1)!.url).toBe(long);
+    for (const bad of [`${long}..;x/y`, `${long}%zz`, `${long}a%2fb`]) {
+      const r = await send(a, `${nginx.url}${bad}`, { headers: { authorization: `Bearer ${token}` } });
+      expect([bad.slice(-8), r.status]).toEqual([bad.slice(-8), 400]);
+    }
+    expect(nginx.errorLog()).not.toMatch(/pcre2?_(match|exec)\(\) failed/);
+  });
 });
 
 function fx_(name: keyof Fixtures['agents']): KeyAndCert {
