@@ -76,7 +76,7 @@ export async function authorizerMain(args: string[]): Promise<void> {
     ['authorizer, cache off: p99 vs nginx', `${fmt(m('ka.authz-off').p99, 2)} ms`, `${fmt(m('ka.nginx').p99, 2)} ms`, paired('ka.authz-off', 'ka.nginx', 'p99'), '≤ 2'],
     ['full flows/s through the authorizer nginx', fmt(m('flow.authz').rate, 1), '–', '–', '–'],
     ['authorizer, cache warm, without the njs header screen: req/s vs nginx', fmt(m('ka.authz-noscreen').rps), fmt(m('ka.nginx').rps), paired('ka.authz-noscreen', 'ka.nginx', 'rps'), '–'],
-    ['authorizer, cache warm, as first built (no screen, log per request, no open_file_cache): req/s vs nginx', fmt(m('ka.authz-first').rps), fmt(m('ka.nginx').rps), paired('ka.authz-first', 'ka.nginx', 'rps'), '–'],
+    ['authorizer, cache warm, as first built (no screen, log per request, no open_file_cache, no pcre_jit): req/s vs nginx', fmt(m('ka.authz-first').rps), fmt(m('ka.nginx').rps), paired('ka.authz-first', 'ka.nginx', 'rps'), '–'],
     ...(['ka.nginx', 'ka.authz', 'ka.authz-noscreen', 'ka.authz-first', 'ka.authz-off'] as const).map((k) => [`nginx CPU per request (µs): ${k}`, fmt(nginxUs(k)), fmt(nginxUs('ka.nginx')), Math.round((nginxUs(k) / nginxUs('ka.nginx')) * 100) / 100, '–']),
   ];
   const table = ['| measurement | authorizer | nginx proxy_pass | ratio (median of per-round ratios) | goal |', '|---|---|---|---|---|', ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');

@@ -469,16 +469,22 @@ export const AUTHORIZER_EDITS =
 /**
  * What `--authorizer` compares with the rendered config, to price its parts per request:
  * `no-screen` without the njs header screen ($agent_gate_bad_headers); `unbuffered` also
- * without the warm-path tuning (access log written per request, no open_file_cache), i.e. the
- * config as first built.
+ * without the warm-path tuning (access log written per request, no open_file_cache, no
+ * pcre_jit), i.e. the config as first built; `no-jit` the rendered config with `pcre_jit off` (its regular
+ * expressions interpreted).
  */
-export type AuthorizerVariant = 'rendered' | 'no-screen' | 'unbuffered';
+export type AuthorizerVariant = 'rendered' | 'no-screen' | 'unbuffered' | 'no-jit';
 
 function variantOf(conf: string, variant: AuthorizerVariant): string {
   if (variant === 'rendered') return conf;
+  if (variant === 'no-jit') {
+    const out = conf.replace(/^pcre_jit on;$/m, 'pcre_jit off;');
+    if (out === conf) throw new Error('bench variant no-jit: the rendered config no longer has pcre_jit on');
+    return out;
+  }
   let out = conf.replace(/\n\s*if \(\$agent_gate_bad_headers\) \{\n\s*return 400;\n\s*\}/, '');
-  if (variant === 'unbuffered') out = out.replace(' buffer=64k flush=1s;', ';').replace(/^\s*open_file_cache(_valid|_errors)?\s.*\n/gm, '');
-  if (out === conf || (variant === 'unbuffered' && /^\s*open_file_cache|buffer=64k/m.test(out))) throw new Error(`bench variant ${variant}: the rendered config no longer has what it removes`);
+  if (variant === 'unbuffered') out = out.replace(' buffer=64k flush=1s;', ';').replace(/^\s*open_file_cache(_valid|_errors)?\s.*\n/gm, '').replace(/^pcre_jit on;$/m, 'pcre_jit off;');
+  if (out === conf || (variant === 'unbuffered' && /^\s*open_file_cache|buffer=64k|^pcre_jit on;/m.test(out))) throw new Error(`bench variant ${variant}: the rendered config no longer has what it removes`);
   return out;
 }
 
