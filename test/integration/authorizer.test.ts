@@ -10,6 +10,7 @@ import { createServer } from 'node:http';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Agent } from 'undici';
+import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { findK6, runK6, type SmokeRun } from '../../load/smoke.js';
 import { GateClient } from '../../src/client/index.js';
@@ -350,6 +351,30 @@ describe('refusals reach the client as in direct mode', () => {
       expect(up.seen.at(-1)!.url).toBe(p);
     }
   });
+  // An independent oracle for nginx's path rules: the gate's own path policy (direct mode),
+  // on targets made of the pieces the rules tell apart. Without Authorization, a target the
+  // rules pass is the gate's 401 token_missing both ways; one they refuse is 400 both ways.
+  it('judges random targets as direct mode does (property: same status and code)', async () => {
+    const who = fx.agents.p256;
+    const tls = { ca: fx.ca.certPem, cert: who.certPem, key: who.keyPem };
+    const piece = fc.constantFrom(
+      'a', 'Z', '-', '~', '/', '.', '..', ';', ';x', '?', '=', '&', '%41', '%2e', '%2E', '%2f', '%5c', '%00', '%3b', '%25', '%zz', '%4', '%',
+      '%c3%a9', '%C3%A9', '%c3', '%c0%80', '%e0%a0%80', '%e0%80%80', '%ed%9f%bf', '%ed%a0%80', '%f0%90%80%80', '%f4%8f%bf%bf', '%f4%90%80%80', '%ff', '\\',
+    );
+    const verdict = async (port: number, target: string) => {
+      const r = await rawExchange(port, tls, `GET ${target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`);
+      return `${r.status} ${(JSON.parse(r.text) as { code?: string }).code}`;
+    };
+    await fc.assert(
+      fc.asyncProperty(fc.array(piece, { maxLength: 10 }), async (pieces) => {
+        const target = `/p/${pieces.join('')}`;
+        const viaDirect = await verdict(portOf(direct.url), target);
+        expect(['400 request_malformed', '401 token_missing']).toContain(viaDirect);
+        expect([target, await verdict(nginx.port, target)]).toEqual([target, viaDirect]);
+      }),
+      { numRuns: 150 },
+    );
+  }, 60_000);
   // pcre_jit is on: the path rule's repetition is possessive, so a long target stays within
   // PCRE's JIT stack (past it, pcre2_match fails with -46 and the rule refuses a good path).
   it('judges a 14 KB target (2,000 encoded characters) like a short one, without a regex failure', async () => {
