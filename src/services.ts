@@ -36,18 +36,21 @@ export class StartupError extends Error {
 
 /**
  * Opens the audit trail of GATE_AUDIT_FILE (none without it), logging checkpoints and trail
- * errors to `log()`; a bad trail or key file is a {@link StartupError}.
+ * errors to `log()` and exporting its backlog and drops through `metrics`; a bad trail or key
+ * file is a {@link StartupError}.
  */
-export async function openAuditTrail(audit: GateConfig['audit'], log: () => Pick<BaseLogger, 'info' | 'error'> | undefined): Promise<AuditLog | undefined> {
+export async function openAuditTrail(audit: GateConfig['audit'], metrics: GateMetrics, log: () => Pick<BaseLogger, 'info' | 'error'> | undefined): Promise<AuditLog | undefined> {
   if (!audit.file) return undefined;
   try {
-    return await AuditLog.open({
+    const trail = await AuditLog.open({
       file: audit.file,
       keyFile: audit.keyFile!,
       // Checkpoints also go to the log, so truncating both trail files together is still seen.
       onCheckpoint: (cp) => log()?.info({ event: 'audit_checkpoint', ...cp }, 'audit checkpoint'),
       onError: (err) => log()?.error({ event: 'audit_error', err }, 'audit trail error'),
     });
+    metrics.watchAudit(trail);
+    return trail;
   } catch (err) {
     if (err instanceof AuditSetupError) throw new StartupError([{ variable: err.variable, why: err.why }]);
     throw err;
@@ -190,7 +193,7 @@ export async function createServices(config: GateConfig, deps: ServiceDeps = {})
   } catch (err) {
     throw new StartupError([{ variable: 'GATE_ATTESTATION_REGISTRY', why: (err as Error).message }]);
   }
-  const audit = await openAuditTrail(config.audit, () => log.current);
+  const audit = await openAuditTrail(config.audit, metrics, () => log.current);
   const denyList = new DenyList({ store, now, log: (event) => log.current?.warn(event, String(event.event)) });
   const cooldowns = new CooldownRegistry(store, now);
   const refusals = new RefusalRecords({ store, now, perIdentity: config.refusalRecords.perIdentity, max: config.refusalRecords.max });

@@ -45,17 +45,17 @@ interface Slot {
 export async function runPrimary(config: GateConfig, opts: PrimaryOptions = {}): Promise<void> {
   const log = opts.log ?? pino({ level: config.logLevel, base: { pid: process.pid, role: 'primary' } });
   // Files and keys are checked once here, so a bad one is one violation line, not one per worker.
+  const metrics: GateMetrics = createMetrics();
   let audit: AuditLog | undefined;
   try {
     await loadMaterials(config, () => {});
-    audit = await openAuditTrail(config.audit, () => log);
+    audit = await openAuditTrail(config.audit, metrics, () => log);
   } catch (err) {
     if (!(err instanceof StartupError)) throw err;
     for (const v of err.violations) process.stderr.write(formatViolation(v) + '\n');
     process.exit(EXIT_CONFIG);
   }
 
-  const metrics: GateMetrics = createMetrics();
   const slots = new Map<number, Slot>();
   let everListening = false;
   let stopping = false;

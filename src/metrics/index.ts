@@ -55,6 +55,21 @@ export interface GateMetrics {
   signatureVerification: Histogram<'alg'>;
   /** Worker processes restarted after dying (`GATE_WORKERS` > 1; counted by the primary, 0 in workers). */
   workerRestarts: Counter;
+  /** Audit events dropped (the trail's queue full, or recorded after shutdown); read from the trail at each scrape. */
+  auditDropped: Counter;
+  /** Audit records accepted but not yet durable; read from the trail at each scrape. */
+  auditPending: Gauge;
+  /**
+   * Makes the two audit metrics report `trail`'s counts (this process's own: the writer's
+   * backlog, or a cluster worker's events dropped after shutdown); 0 until called.
+   */
+  watchAudit(trail: AuditCounts): void;
+}
+
+/** What the audit metrics read from a trail (AuditLog and RemoteAuditLog have both). */
+export interface AuditCounts {
+  readonly dropped: number;
+  readonly pending: number;
 }
 
 /** Creates the metrics on a fresh registry, with every known label value present at 0. */
@@ -64,6 +79,7 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): GateMetr
   const p = 'agent_gate_';
   const counter = <L extends string>(name: string, help: string, labelNames: readonly L[] = []) =>
     new Counter<L>({ name: p + name, help, labelNames: labelNames as L[], registers: [registry] });
+  let trail: AuditCounts | undefined;
   const m: GateMetrics = {
     registry,
     challengesIssued: counter('challenges_issued_total', 'Challenges issued'),
@@ -98,6 +114,26 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): GateMetr
       registers: [registry],
     }),
     workerRestarts: counter('worker_restarts_total', 'Worker processes restarted after dying'),
+    auditDropped: new Counter({
+      name: p + 'audit_dropped_total',
+      help: 'Audit events dropped: the trail queue was full (writes failing or too slow) or the event came after shutdown',
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(trail?.dropped ?? 0);
+      },
+    }),
+    auditPending: new Gauge({
+      name: p + 'audit_pending_records',
+      help: 'Audit records accepted but not yet written and fsynced',
+      registers: [registry],
+      collect() {
+        this.set(trail?.pending ?? 0);
+      },
+    }),
+    watchAudit(t) {
+      trail = t;
+    },
   };
   for (const v of LABELS.proofResult) m.proofs.inc({ result: v }, 0);
   for (const v of LABELS.replayKind) m.replaysDetected.inc({ kind: v }, 0);

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuditLog, AuditSetupError, generateAuditKey, loadAuditKey, verifyAudit, type AuditOptions } from '../../src/audit/index.js';
 import { waitFor } from '../helpers/ports.js';
+import { createMetrics } from '../../src/metrics/index.js';
 
 let tmp: string;
 let keyFile: string;
@@ -431,6 +432,27 @@ describe('recording', () => {
     await expect(log.close()).rejects.toThrow(/ENOSPC/);
     // The two records and the final checkpoint record, kept for a retried close().
     expect(log.pending).toBe(3);
+  });
+
+  it.runIf(existsSync('/dev/full'))('the gate metrics report an unwritable trail: its backlog, then every dropped event', async () => {
+    const metrics = createMetrics({ defaultMetrics: false });
+    const scrape = async () => {
+      const text = await metrics.registry.metrics();
+      const value = (name: string) => Number(new RegExp(`^agent_gate_${name} (\\S+)$`, 'm').exec(text)?.[1]);
+      return { pending: value('audit_pending_records'), dropped: value('audit_dropped_total') };
+    };
+    // Exported at 0 before any trail is watched (no trail configured).
+    expect(await scrape()).toEqual({ pending: 0, dropped: 0 });
+    const log = await openLog('/dev/full', { checkpointFile: trailPath(), maxQueue: 10, flushIntervalMs: 10, onError: () => {} });
+    metrics.watchAudit(log);
+    for (let i = 0; i < 4; i++) log.record({ event: 'token_issued', jti: `j${i}` });
+    await expect(log.flush()).rejects.toThrow(/ENOSPC/);
+    expect(await scrape()).toEqual({ pending: 4, dropped: 0 });
+    // The queue holds 10: 6 more are taken, the next 5 dropped.
+    for (let i = 4; i < 15; i++) log.record({ event: 'token_issued', jti: `j${i}` });
+    expect(await scrape()).toEqual({ pending: 10, dropped: 5 });
+    expect(log.dropped).toBe(5);
+    await expect(log.close()).rejects.toThrow(/ENOSPC/);
   });
 
   it('record() of 100k events takes well under a second or two in total', async () => {

@@ -146,6 +146,8 @@ const FIXED: Record<string, Record<string, readonly string[]>> = {
   agent_gate_connection_timeouts_total: { phase: LABELS.connectionPhase },
   agent_gate_open_connections: {},
   agent_gate_worker_restarts_total: {},
+  agent_gate_audit_dropped_total: {},
+  agent_gate_audit_pending_records: {},
 };
 /** Labels the scrape adds, and `le` on histogram buckets. */
 const TARGET_LABELS = ['job', 'instance'];
@@ -495,6 +497,20 @@ describe('deploy/prometheus: promtool', () => {
           { series: `agent_gate_request_duration_seconds_count{${J}, route="proxy"}`, values: '0+300x20' },
         ],
         alert_rule_test: [alert('AgentGateUpstreamFailures', '15m', [{ severity: 'warning', ...job }])],
+      },
+      {
+        // A trail that stops being written at 5m: the backlog grows 5,000 a minute, passes
+        // 20,000 at 10m (firing a minute later); from 26m events are dropped.
+        input_series: [
+          { series: `agent_gate_audit_pending_records{${J}}`, values: '50x5 5000+5000x18 100000x10' },
+          { series: `agent_gate_audit_dropped_total{${J}}`, values: '0x24 0+700x10' },
+        ],
+        alert_rule_test: [
+          alert('AgentGateAuditBacklog', '10m', []),
+          alert('AgentGateAuditBacklog', '12m', [{ severity: 'warning', ...job, instance: 'gate-1:9464' }]),
+          alert('AgentGateAuditDropping', '20m', []),
+          alert('AgentGateAuditDropping', '26m', [{ severity: 'critical', ...job, instance: 'gate-1:9464' }]),
+        ],
       },
     ].map((t) => ({ interval: '1m', ...t }));
     writeFileSync(join(work, 'tests.yml'), JSON.stringify({ rule_files: ['rules.yml'], evaluation_interval: '1m', tests }, null, 2));

@@ -2,7 +2,7 @@
  * The gate's audit trail: every refusal's `instance` id is in it, issued tokens are, the file
  * verifies, and SIGTERM under load loses no refusal the agent was told about.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Agent, request } from 'undici';
@@ -107,4 +107,26 @@ it('SIGTERM during load: every refusal answered before the exit is in the trail,
   const report = await verifyAudit(file, loadAuditKey(keyFile));
   expect(report.ok).toBe(true);
   expect(report.unconfirmed).toBe(0);
+});
+
+// A trail on a full disk (/dev/full behind a symlink: every write fails with ENOSPC): the gate
+// keeps answering, and its metrics show the records it holds unwritten, for the alert to see.
+it.runIf(existsSync('/dev/full'))('an unwritable trail shows in /metrics as a backlog; the gate keeps answering', async () => {
+  const file = join(fx.dir, 'trail-full.log');
+  symlinkSync('/dev/full', file);
+  const g = await startGate(testEnv(fx, { GATE_STORE: 'memory', GATE_UPSTREAM_URL: up.url, GATE_AUDIT_FILE: file, GATE_AUDIT_KEY_FILE: keyFile }));
+  const a = tlsAgent(fx);
+  const metric = async (name: string) => Number(new RegExp(`^agent_gate_${name} (\\S+)$`, 'm').exec(await (await fetch(`${g.adminUrl}/metrics`)).text())?.[1]);
+  try {
+    expect(await metric('audit_pending_records')).toBe(0);
+    for (let i = 0; i < 3; i++) expect((await call(a, `${g.url}/.agent-gate/v1/challenge`, { method: 'POST' })).status).toBe(401);
+    // Refusals are recorded before they are answered; several flush intervals (200 ms) pass
+    // and nothing becomes durable.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(await metric('audit_pending_records')).toBeGreaterThanOrEqual(3);
+    expect(await metric('audit_dropped_total')).toBe(0);
+  } finally {
+    await a.close();
+    await g.close().catch(() => undefined);
+  }
 });
