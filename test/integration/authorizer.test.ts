@@ -357,9 +357,16 @@ describe('refusals reach the client as in direct mode', () => {
   it('judges random targets as direct mode does (property: same status and code)', async () => {
     const who = fx.agents.p256;
     const tls = { ca: fx.ca.certPem, cert: who.certPem, key: who.keyPem };
+    // Every branch of the UTF-8 rule, each side of its bounds (lone continuation bytes, overlong
+    // forms, surrogates, past U+10FFFF), and the separators the other rules look for.
+    const utf8 = [
+      '%c3%a9', '%C3%A9', '%c3', '%80', '%bf', '%c0%80', '%c1%bf', '%c2%80', '%df%bf', '%d0%b0', '%e0%a0%80', '%e0%9f%bf', '%e0%80%80', '%e2%82%ac',
+      '%ef%bf%bf', '%ed%9f%bf', '%ed%a0%80', '%ee%80%80', '%f0%90%80%80', '%f0%8f%bf%bf', '%f1%80%80%80', '%f3%bf%bf%bf', '%f4%8f%bf%bf', '%f4%90%80%80',
+      '%f5%80%80%80', '%f8%80%80%80%80', '%ff', '%c3%c3', '%e2%82',
+    ];
     const piece = fc.constantFrom(
-      'a', 'Z', '-', '~', '/', '.', '..', ';', ';x', '?', '=', '&', '%41', '%2e', '%2E', '%2f', '%5c', '%00', '%3b', '%25', '%zz', '%4', '%',
-      '%c3%a9', '%C3%A9', '%c3', '%c0%80', '%e0%a0%80', '%e0%80%80', '%ed%9f%bf', '%ed%a0%80', '%f0%90%80%80', '%f4%8f%bf%bf', '%f4%90%80%80', '%ff', '\\',
+      'a', 'Z', '-', '~', '/', '.', '..', ';', ';x', '?', '=', '&', '#', '%41', '%7e', '%2e', '%2E', '%2f', '%2F', '%5c', '%5C', '%00', '%3b', '%3B', '%25', '%zz', '%4', '%',
+      '\\', ...utf8,
     );
     const verdict = async (port: number, target: string) => {
       const r = await rawExchange(port, tls, `GET ${target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`);
@@ -367,27 +374,30 @@ describe('refusals reach the client as in direct mode', () => {
     };
     await fc.assert(
       fc.asyncProperty(fc.array(piece, { maxLength: 10 }), async (pieces) => {
-        const target = `/p/${pieces.join('')}`;
+        const target = `/${pieces.join('')}`;
         const viaDirect = await verdict(portOf(direct.url), target);
         expect(['400 request_malformed', '401 token_missing']).toContain(viaDirect);
         expect([target, await verdict(nginx.port, target)]).toEqual([target, viaDirect]);
       }),
-      { numRuns: 150 },
+      // Each UTF-8 piece alone and after a dot, every run; then random mixes.
+      { numRuns: 250, examples: [...utf8.map((u) => [[u]]), ...utf8.map((u) => [['.', u, '/']]), [['/', 'a']], [['..', '%3B']], [['a', '#']]] },
     );
   }, 60_000);
-  // pcre_jit is on: the path rule's repetition is possessive, so a long target stays within
-  // PCRE's JIT stack (past it, pcre2_match fails with -46 and the rule refuses a good path).
-  it('judges a 14 KB target (2,000 encoded characters) like a short one, without a regex failure', async () => {
+  // pcre_jit is on: the UTF-8 rule's repetition is possessive, so a long target stays within
+  // PCRE's JIT stack (without it, pcre2_match fails with -46 after 1,364 repeats, a 1.4 KB
+  // plain path, and the rule refuses a good path).
+  it('judges long targets (14 KB of encoded UTF-8, 4 KB of plain ASCII) like short ones, without a regex failure', async () => {
     const who = fx.agents.p256;
     const a = agent(who);
     const token = await tokenOf(who);
-    const long = '/' + 'caf%C3%A9/'.repeat(1400);
-    const ok = await send(a, `${nginx.url}${long}`, { headers: { authorization: `Bearer ${token}` } });
-    expect(ok.status).toBe(200);
-    expect(up.seen.at(-1)!.url).toBe(long);
-    for (const bad of [`${long}..;x/y`, `${long}%zz`, `${long}a%2fb`]) {
-      const r = await send(a, `${nginx.url}${bad}`, { headers: { authorization: `Bearer ${token}` } });
-      expect([bad.slice(-8), r.status]).toEqual([bad.slice(-8), 400]);
+    for (const long of ['/' + 'caf%C3%A9/'.repeat(1400), '/' + 'abcdefgh/'.repeat(450)]) {
+      const ok = await send(a, `${nginx.url}${long}`, { headers: { authorization: `Bearer ${token}` } });
+      expect([long.length, ok.status]).toEqual([long.length, 200]);
+      expect(up.seen.at(-1)!.url).toBe(long);
+      for (const bad of [`${long}..;x/y`, `${long}%zz`, `${long}a%2fb`]) {
+        const r = await send(a, `${nginx.url}${bad}`, { headers: { authorization: `Bearer ${token}` } });
+        expect([bad.slice(-8), r.status]).toEqual([bad.slice(-8), 400]);
+      }
     }
     expect(nginx.errorLog()).not.toMatch(/pcre2?_(match|exec)\(\) failed/);
   });
