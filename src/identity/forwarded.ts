@@ -68,6 +68,16 @@ export class ForwardedVerifier {
    * only after the signature, timestamp and replay checks: unsigned headers leave nothing here.
    */
   private readonly identities = new Map<string, AgentIdentity>();
+  /**
+   * The decoded certificate (DER and thumbprint) of each certificate header a request carried
+   * whose signature held, by the header's exact text: a keep-alive agent's next request skips
+   * decoding and hashing it again. A header is decoded the same way every time, so a hit gives
+   * what decoding would; written at the same point as {@link identities}, so unsigned headers
+   * never enter it.
+   */
+  private readonly certHeaders = new Map<string, { der: Buffer; thumbprint: string }>();
+  /** The trusted-proxy verdict of each connection: its peer address does not change. */
+  private readonly peers = new WeakMap<object, boolean>();
   /** The RFC 5280 path validator; its `validations` counter shows what reached it. */
   readonly validator: ForwardedPathValidator;
 
@@ -80,6 +90,11 @@ export class ForwardedVerifier {
   /** Certificates held in memory (verified identities): bounded, and only signed ones. */
   get cachedCertificates(): number {
     return this.identities.size;
+  }
+
+  /** Decoded certificate headers held in memory: bounded, and only signed ones. */
+  get cachedCertificateHeaders(): number {
+    return this.certHeaders.size;
   }
 
   private fail(result: LabelOf<'forwardedResult'>, detail: string, reason?: GateReason): GateError {
@@ -111,7 +126,9 @@ export class ForwardedVerifier {
 
   /** Checks the headers of `request` (section 6 order); throws the contract's refusals. */
   async verify(request: FastifyRequest): Promise<AgentIdentity> {
-    if (!this.peerTrusted(request.socket.remoteAddress)) throw this.fail('untrusted_proxy', `peer ${request.socket.remoteAddress} is not a trusted proxy`);
+    let trusted = this.peers.get(request.socket);
+    if (trusted === undefined) this.peers.set(request.socket, (trusted = this.peerTrusted(request.socket.remoteAddress)));
+    if (!trusted) throw this.fail('untrusted_proxy', `peer ${request.socket.remoteAddress} is not a trusted proxy`);
     const raw = request.raw.rawHeaders;
     const v: Record<string, string> = {};
     for (const name of FWD_HEADERS) {
@@ -127,12 +144,16 @@ export class ForwardedVerifier {
     const secret = this.opts.keys.get(kid);
     if (!secret) throw this.fail('unknown_kid', `unknown kid ${kid}`);
     // Before the signature holds, the certificate header is only decoded and hashed (its
-    // thumbprint is part of the signed string): no X.509 parse, nothing remembered.
-    let cert: { der: Buffer; thumbprint: string } | undefined;
-    try {
-      cert = certFromHeader(v['x-gate-fwd-cert']!);
-    } catch (err) {
-      throw this.fail('bad_signature', `certificate header: ${(err as Error).message}`);
+    // thumbprint is part of the signed string), or found among headers whose signature held
+    // before: no X.509 parse, nothing remembered.
+    const certHeader = v['x-gate-fwd-cert']!;
+    let cert = this.certHeaders.get(certHeader);
+    if (!cert) {
+      try {
+        cert = certFromHeader(certHeader);
+      } catch (err) {
+        throw this.fail('bad_signature', `certificate header: ${(err as Error).message}`);
+      }
     }
     const host = v['x-gate-fwd-host']!;
     const authz = this.opts.authorizeRoute !== undefined && request.routeOptions.url === this.opts.authorizeRoute;
@@ -155,6 +176,9 @@ export class ForwardedVerifier {
       }
     }
     this.opts.metrics.forwardedVerifications.inc({ result: 'ok' });
+    // Fewer than identities: each entry holds the header's text too (up to 48 KiB), and a miss
+    // only costs the decoding again.
+    if (cert && !this.certHeaders.has(certHeader)) remember(this.certHeaders, certHeader, cert, 1_000);
     // From here on the certificate is parsed and judged: RFC 5280 path validation against
     // GATE_CLIENT_CA, then the contract's rules as in direct mode.
     const verify = v['x-gate-fwd-verify']!;
@@ -179,7 +203,8 @@ function isV1Path(rawUrl: string, prefix: string): boolean {
   }
 }
 
-function remember<V>(map: Map<string, V>, key: string, value: V): void {
-  if (map.size >= 10_000) map.delete(map.keys().next().value!);
+/** Adds `key` to `map`, dropping the oldest entry when it holds `cap`. */
+function remember<V>(map: Map<string, V>, key: string, value: V, cap = 10_000): void {
+  if (map.size >= cap) map.delete(map.keys().next().value!);
   map.set(key, value);
 }

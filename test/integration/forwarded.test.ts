@@ -210,16 +210,19 @@ describe('forwarded mode', () => {
     // Each certificate is made larger with SANs, as an attacker filling memory would.
     const sans = Array.from({ length: 30 }, (_, i) => `n${i}-${'x'.repeat(40)}.test`);
     const certs = await Promise.all(Array.from({ length: 40 }, (_, i) => issueAgentCert(fx.ca, `flood-${i}`, { alg: 'ec-p256', sanDns: sans })));
-    const before = { cached: verifier.cachedCertificates, parsed: verifier.validator.validations };
+    const before = { cached: verifier.cachedCertificates, headers: verifier.cachedCertificateHeaders, parsed: verifier.validator.validations };
     for (const c of certs) {
       // Good certificate header, signature made with a key the gate does not hold.
       expect(await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who: c, secret: randomBytes(32) })).toMatchObject({ status: 403, code: 'forwarded_signature_invalid' });
     }
-    expect({ cached: verifier.cachedCertificates, parsed: verifier.validator.validations }).toEqual(before);
+    expect({ cached: verifier.cachedCertificates, headers: verifier.cachedCertificateHeaders, parsed: verifier.validator.validations }).toEqual(before);
     // The same certificates signed properly are parsed and cached: the counters do count.
     expect((await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who: certs[0]! })).status).toBe(201);
     expect(verifier.validator.validations).toBe(before.parsed + 1);
     expect(verifier.cachedCertificates).toBe(before.cached + 1);
+    expect(verifier.cachedCertificateHeaders).toBe(before.headers + 1);
+    // A decoded header in memory spares only the decoding: the signature is checked as before.
+    expect(await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who: certs[0]!, secret: randomBytes(32) })).toMatchObject({ status: 403, code: 'forwarded_signature_invalid' });
   });
 
   it('trailing data after the PEM block, or two blocks, is refused even when signed (class 8)', async () => {
