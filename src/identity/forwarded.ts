@@ -69,13 +69,14 @@ export class ForwardedVerifier {
    */
   private readonly identities = new Map<string, AgentIdentity>();
   /**
-   * The decoded certificate (DER and thumbprint) of each certificate header a request carried
-   * whose signature held, by the header's exact text: a keep-alive agent's next request skips
-   * decoding and hashing it again. A header is decoded the same way every time, so a hit gives
-   * what decoding would; written at the same point as {@link identities}, so unsigned headers
-   * never enter it.
+   * The thumbprint of each certificate header that gave an identity, by the header's exact
+   * text: a keep-alive agent's next request skips decoding and hashing it again. A header is
+   * decoded the same way every time, so a hit gives the thumbprint decoding would. Written
+   * only when {@link verify} returns an identity: unsigned headers and refused certificates
+   * never enter it. At most 1,000 (each holds the header's text, up to ~22 KB for a 16 KiB
+   * certificate); a miss only costs the decoding again.
    */
-  private readonly certHeaders = new Map<string, { der: Buffer; thumbprint: string }>();
+  private readonly certHeaders = new Map<string, string>();
   /** The trusted-proxy verdict of each connection: its peer address does not change. */
   private readonly peers = new WeakMap<object, boolean>();
   /** The RFC 5280 path validator; its `validations` counter shows what reached it. */
@@ -147,19 +148,21 @@ export class ForwardedVerifier {
     // thumbprint is part of the signed string), or found among headers whose signature held
     // before: no X.509 parse, nothing remembered.
     const certHeader = v['x-gate-fwd-cert']!;
-    let cert = this.certHeaders.get(certHeader);
-    if (!cert) {
+    let thumbprint = this.certHeaders.get(certHeader);
+    let cert: { der: Buffer; thumbprint: string } | undefined;
+    if (thumbprint === undefined) {
       try {
         cert = certFromHeader(certHeader);
       } catch (err) {
         throw this.fail('bad_signature', `certificate header: ${(err as Error).message}`);
       }
+      thumbprint = cert?.thumbprint;
     }
     const host = v['x-gate-fwd-host']!;
     const authz = this.opts.authorizeRoute !== undefined && request.routeOptions.url === this.opts.authorizeRoute;
     const target = authz ? this.authzTarget(raw) : { method: request.method, requestUri: request.raw.url ?? '' };
     const canonical = canonicalString(
-      { kid, ts, id, ...target, host, addr: v['x-gate-fwd-addr']!, verify: v['x-gate-fwd-verify']!, thumbprint: cert?.thumbprint ?? '-' },
+      { kid, ts, id, ...target, host, addr: v['x-gate-fwd-addr']!, verify: v['x-gate-fwd-verify']!, thumbprint: thumbprint ?? '-' },
       authz ? AUTHZ_VERSION : FWD_VERSION,
     );
     if (!signatureMatches(v['x-gate-fwd-sig']!, signCanonical(secret, canonical))) throw this.fail('bad_signature', 'signature does not match');
@@ -176,21 +179,28 @@ export class ForwardedVerifier {
       }
     }
     this.opts.metrics.forwardedVerifications.inc({ result: 'ok' });
-    // Fewer than identities: each entry holds the header's text too (up to 48 KiB), and a miss
-    // only costs the decoding again.
-    if (cert && !this.certHeaders.has(certHeader)) remember(this.certHeaders, certHeader, cert, 1_000);
     // From here on the certificate is parsed and judged: RFC 5280 path validation against
     // GATE_CLIENT_CA, then the contract's rules as in direct mode.
     const verify = v['x-gate-fwd-verify']!;
-    if (verify === 'NONE' || !cert) throw new GateError('client_cert_required', { detail: `nginx verify ${verify}` });
+    if (verify === 'NONE' || thumbprint === undefined) throw new GateError('client_cert_required', { detail: `nginx verify ${verify}` });
     if (verify !== 'SUCCESS') throw new GateError('client_cert_invalid', { detail: `nginx verify ${verify}` });
     const now = this.now();
-    const known = this.identities.get(cert.thumbprint);
+    const known = this.identities.get(thumbprint);
     // Only successes are cached, and their validity window is checked on every use.
-    if (known && known.notBefore <= now && now <= known.notAfter) return known;
+    if (known && known.notBefore <= now && now <= known.notAfter) {
+      this.rememberHeader(certHeader, thumbprint);
+      return known;
+    }
+    // A header known by its text decoded before, so it decodes again (to a certificate).
+    cert ??= certFromHeader(certHeader)!;
     const identity = await this.validator.validate(cert.der, now);
-    remember(this.identities, cert.thumbprint, identity);
+    remember(this.identities, thumbprint, identity);
+    this.rememberHeader(certHeader, thumbprint);
     return identity;
+  }
+
+  private rememberHeader(text: string, thumbprint: string): void {
+    if (!this.certHeaders.has(text)) remember(this.certHeaders, text, thumbprint, 1_000);
   }
 }
 

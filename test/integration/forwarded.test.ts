@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { request } from 'undici';
 import { canonicalString, signCanonical, thumbprintOf } from '../../src/identity/index.js';
 import { X509Certificate } from 'node:crypto';
-import { issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
+import { createCa, issueAgentCert, type KeyAndCert } from '../../src/pki/index.js';
 import { GateClient } from '../../src/client/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { forwardedTestEnv, startGate, type RunningGate } from '../helpers/gate.js';
@@ -223,6 +223,38 @@ describe('forwarded mode', () => {
     expect(verifier.cachedCertificateHeaders).toBe(before.headers + 1);
     // A decoded header in memory spares only the decoding: the signature is checked as before.
     expect(await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who: certs[0]!, secret: randomBytes(32) })).toMatchObject({ status: 403, code: 'forwarded_signature_invalid' });
+  });
+
+  it('signed headers of certificates the gate refuses leave no decoded header behind (class 8)', async () => {
+    const verifier = gw.gate.services.identity.forwarded!;
+    const before = verifier.cachedCertificateHeaders;
+    const hour = 3600_000;
+    const foreignCa = await createCa({ alg: 'ec-p256', commonName: 'foreign CA' });
+    // Fresh certificates, so that no earlier test has put them there.
+    const refused = [
+      await issueAgentCert(foreignCa, 'foreign-signed', { alg: 'ec-p256' }),
+      await issueAgentCert(fx.ca, 'expired-signed', { alg: 'ec-p256', notBefore: new Date(Date.now() - 48 * hour), notAfter: new Date(Date.now() - hour) }),
+    ];
+    for (const who of refused) {
+      expect(await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who })).toMatchObject({ status: 403, code: 'client_cert_invalid' });
+    }
+    expect(verifier.cachedCertificateHeaders).toBe(before);
+  });
+
+  it('decoded headers: a hit gives the same identity, and 1,001 texts of one certificate keep 1,000 (class 8)', async () => {
+    const verifier = gw.gate.services.identity.forwarded!;
+    const who = fx.agents.p256;
+    expect((await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who })).status).toBe(201);
+    expect((await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who })).status).toBe(201);
+    // Distinct header texts of one certificate: each %XX escape in upper or lower case.
+    const escaped = encodeURIComponent(who.certPem);
+    expect([...escaped.matchAll(/%[0-9A-F]{2}/g)].length).toBeGreaterThan(10);
+    for (let n = 0; n <= 1000; n++) {
+      let i = 0;
+      const text = escaped.replace(/%([0-9A-F]{2})/g, (m, x: string) => ((n >> i++ % 11) & 1 ? '%' + x.toLowerCase() : m));
+      expect((await send(gw, { method: 'POST', path: '/.agent-gate/v1/challenge', who, cert: text })).status).toBe(201);
+    }
+    expect(verifier.cachedCertificateHeaders).toBe(1000);
   });
 
   it('trailing data after the PEM block, or two blocks, is refused even when signed (class 8)', async () => {
