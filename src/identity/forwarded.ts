@@ -93,7 +93,7 @@ export class ForwardedVerifier {
     return this.identities.size;
   }
 
-  /** Decoded certificate headers held in memory: bounded, and only signed ones. */
+  /** Certificate headers remembered with their thumbprint: bounded, and only ones that gave an identity. */
   get cachedCertificateHeaders(): number {
     return this.certHeaders.size;
   }
@@ -145,7 +145,7 @@ export class ForwardedVerifier {
     const secret = this.opts.keys.get(kid);
     if (!secret) throw this.fail('unknown_kid', `unknown kid ${kid}`);
     // Before the signature holds, the certificate header is only decoded and hashed (its
-    // thumbprint is part of the signed string), or found among headers whose signature held
+    // thumbprint is part of the signed string), or found among headers that gave an identity
     // before: no X.509 parse, nothing remembered.
     const certHeader = v['x-gate-fwd-cert']!;
     let thumbprint = this.certHeaders.get(certHeader);
