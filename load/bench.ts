@@ -43,11 +43,13 @@ import { addProbeCounts, fmt, markdownSection, medianMetrics, metricsOf, targetT
 import { median } from './bench/stats.js';
 import {
   AUTHORIZER_EDITS,
+  FLOW_DEADLINE_MS,
   FORWARDED_EDITS,
   OUT_OF_REACH_RATE,
   PROBE_TEXT,
   ROOT,
   gateEnv,
+  openFlowJob,
   probeSplit,
   startAuthorizer,
   startBase,
@@ -75,7 +77,6 @@ const S = QUICK
   : { kaWarm: 2000, kaDur: 6000, flowWarm: 1000, flowDur: 5000, openWarm: 1000, openDur: 5000 };
 const CONNECTIONS = 32;
 const FLOW_CONCURRENCY = 16;
-const DEADLINE_MS = 3000;
 const PREFIX = '/.agent-gate';
 const GATED_PATH = '/api/items/42?view=full';
 
@@ -230,7 +231,7 @@ async function main(): Promise<void> {
         ? `${fmt(res.rps)} rps p50 ${res.latency.p50} p99 ${res.latency.p99} ms, errors ${res.errors}`
         : res.kind === 'flow'
           ? `${fmt(res.rate, 1)}/s flow p50 ${res.flow.p50} p99 ${res.flow.p99} ms, token p99 ${res.token.p99} ms, errors ${res.errors}`
-          : `${res.ok}/${res.scheduled} ok, ${res.onTime} within ${DEADLINE_MS} ms, expired ${res.expired}, failed ${res.failed}, token p50 ${res.token.p50} p99 ${res.token.p99} ms`;
+          : `${res.ok}/${res.scheduled} ok, ${res.onTime} within ${FLOW_DEADLINE_MS} ms, expired ${res.expired}, failed ${res.failed}, token p50 ${res.token.p50} p99 ${res.token.p99} ms`;
     const other = r.cpuSeconds[MACHINE] !== undefined && r.windowS > 0 ? (r.cpuSeconds[MACHINE] - Object.entries(r.cpuSeconds).filter(([k]) => k !== MACHINE).reduce((a, [, v]) => a + v, 0)) / r.windowS : 0;
     log(`${key.padEnd(14)} ${summary}${other > QUIET_CORES ? ` [other processes used ${other.toFixed(2)} cores]` : ''}${res.examples.length ? ` (e.g. ${res.examples[0]})` : ''}`);
     return r;
@@ -283,7 +284,7 @@ async function main(): Promise<void> {
   const maxFlow = medianMetrics(runs['flow.gate'] ?? []).rate ?? 0;
   const maxFlowFwd = fwd ? (medianMetrics(runs['flow.fwd'] ?? []).rate ?? 0) : 0;
   const pcts = [50, 70, 80];
-  const openJob = (o: string, rate: number): Job => ({ kind: 'flow-open', origin: o, prefix: PREFIX, rate, warmupMs: S.openWarm, durationMs: S.openDur, deadlineMs: DEADLINE_MS, maxOutstanding: 5000 });
+  const openJob = (o: string, rate: number): Job => openFlowJob(o, rate, { warmupMs: S.openWarm, durationMs: S.openDur });
   /** `rate` flows/s in all: the probe's share from the probe, the rest from the load generator. */
   const openRecord = async (key: string, o: Started, rate: number, groups: CpuGroups) => {
     const split = probeSplit(rate);
@@ -448,7 +449,7 @@ async function main(): Promise<void> {
     });
     targets.push({
       id: `3-${pct}d`,
-      measurement: `proofs accepted on time / flows done within ${DEADLINE_MS} ms at ${pct}%`,
+      measurement: `proofs accepted on time / flows done within ${FLOW_DEADLINE_MS} ms at ${pct}%`,
       gate: `${fmt(o.okPct, 2)}% / ${fmt(o.onTimePct, 2)}%`,
       baseline: '–',
       ratio: '–',
@@ -506,7 +507,7 @@ async function main(): Promise<void> {
       'max flow rate (median closed-loop gate flows/s)': maxFlow,
       'max flow rate, forwarded (median closed-loop flows/s)': maxFlowFwd,
       'open-loop keep-alive rate (half the gate max)': kaRate,
-      'flow deadline (ms)': DEADLINE_MS,
+      'flow deadline (ms)': FLOW_DEADLINE_MS,
       'open-loop latency probe': `${PROBE_TEXT}; rows 3-* report its /v1/token latency`,
       'agent key': 'ECDSA P-256, proof ES256 (node:crypto, ieee-p1363)',
       'nginx baseline workers': `1 and auto (${cores})`,

@@ -11,7 +11,7 @@ import { chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { renderNginxConfig } from '../../src/nginx/index.js';
+import { DEFAULT_PATH_PREFIX, renderNginxConfig } from '../../src/nginx/index.js';
 import { createCa, issueAgentCert, issueServerCert, type KeyAndCert } from '../../src/pki/index.js';
 import type { ClientTls, FromLoadgen, Job, JobResult, ToLoadgen } from './jobs.js';
 import type { CpuGroups, CpuReading } from './procs.js';
@@ -60,6 +60,14 @@ const PROBE_SHARE = 0.2;
 const PROBE_MAX_RATE = 30;
 /** The probe, in one line, for the reports' settings. */
 export const PROBE_TEXT = `a second load-generator process sends ${PROBE_SHARE * 100}% of each open-loop rate (at most ${PROBE_MAX_RATE} flows/s) and does nothing else`;
+
+/** How long an open-loop flow may take, challenge to token, to count as on time (rows 3-80d and the workers bench). */
+export const FLOW_DEADLINE_MS = 3000;
+
+/** An open-loop flow job against `origin`: `rate` flows/s, each due within {@link FLOW_DEADLINE_MS}. */
+export function openFlowJob(origin: string, rate: number, window: { warmupMs: number; durationMs: number }): Job {
+  return { kind: 'flow-open', origin, prefix: DEFAULT_PATH_PREFIX, rate, ...window, deadlineMs: FLOW_DEADLINE_MS, maxOutstanding: 5000 };
+}
 
 /** `rate` flows/s in all (at least 2): what the main load generator and the probe each send. */
 export function probeSplit(rate: number): { main: number; probe: number } {

@@ -11,7 +11,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import type { Job } from './jobs.js';
-import { gateEnv, probeSplit, startBase, startGate, startLoadgen } from './setup.js';
+import { gateEnv, openFlowJob, probeSplit, startBase, startGate, startLoadgen } from './setup.js';
 import { median } from './stats.js';
 
 const rounds = Number(process.argv[2] ?? 4);
@@ -37,7 +37,7 @@ for (let i = 0; i < 3; i++) {
 const rate = Math.max(2, Math.round(median(maxes) * 0.7));
 const split = probeSplit(rate);
 process.stdout.write(`max flow rate ${maxes.map((m) => m.toFixed(0)).join(', ')} flows/s; 70 %: ${rate} flows/s (${split.probe} from the probe)\n`);
-const open = (n: number): Job => ({ kind: 'flow-open', origin, prefix: '/.agent-gate', rate: n, warmupMs: 1000, durationMs: 5000, deadlineMs: 3000, maxOutstanding: 5000 });
+const open = (n: number): Job => openFlowJob(origin, n, { warmupMs: 1000, durationMs: 5000 });
 const p99s: Record<string, number[]> = {};
 for (let i = 0; i < rounds; i++) {
   for (const nice of i % 2 ? [raised, '0'] : ['0', raised]) {

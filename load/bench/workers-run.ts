@@ -15,7 +15,7 @@ import type { Job } from './jobs.js';
 import { childPids, statusKb } from './procs.js';
 import { addProbeCounts, fmt, medianMetrics, type RunRecord } from './report.js';
 import { median } from './stats.js';
-import { type CpuGroups, gateEnv, probeSplit, PROBE_TEXT, ROOT, startBase, type StartedGate, startGate, startLoadgen } from './setup.js';
+import { type CpuGroups, gateEnv, openFlowJob, probeSplit, PROBE_TEXT, ROOT, startBase, type StartedGate, startGate, startLoadgen } from './setup.js';
 
 const PREFIX = '/.agent-gate';
 const GATED_PATH = '/api/items/42?view=full';
@@ -53,7 +53,7 @@ export async function workersMain(args: string[]): Promise<void> {
   };
   const ka = (g: StartedGate, rate?: number): Job => ({ kind: 'keepalive', origin: origin(g), path: GATED_PATH, connections: 32, warmupMs: win.warm, durationMs: win.ka, tokenPrefix: PREFIX, ...(rate ? { rate } : {}) });
   const flow = (g: StartedGate): Job => ({ kind: 'flow', mode: 'gate', origin: origin(g), prefix: PREFIX, concurrency: 16, warmupMs: win.warm, durationMs: win.flow });
-  const open = (g: StartedGate, rate: number): Job => ({ kind: 'flow-open', origin: origin(g), prefix: PREFIX, rate, warmupMs: win.warm, durationMs: win.open, deadlineMs: 3000, maxOutstanding: 5000 });
+  const open = (g: StartedGate, rate: number): Job => openFlowJob(origin(g), rate, { warmupMs: win.warm, durationMs: win.open });
   for (let i = 0; i < runs; i++) {
     await record('ka.w1', ka(w1), groups.w1!);
     await record('ka.w2', ka(w2), groups.w2!);
