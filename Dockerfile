@@ -65,6 +65,11 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
 # NODE_OPTIONS to change it (the Kubernetes manifests set the same value).
 ENV NODE_OPTIONS=--max-old-space-size=384
 
+# One TLS 1.3 session ticket per full handshake instead of two: ~4 % less gate CPU per agent
+# flow over a new connection (the file says why and how to combine it with a config of yours).
+COPY deploy/node-openssl.cnf ./deploy/
+ENV OPENSSL_CONF=/app/deploy/node-openssl.cnf
+
 # SIGTERM drains (readyz 503, in-flight requests finish within GATE_DRAIN_TIMEOUT_MS, exit 0).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["agent-gate"]

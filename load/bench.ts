@@ -510,6 +510,7 @@ async function main(): Promise<void> {
       'flow deadline (ms)': FLOW_DEADLINE_MS,
       'open-loop latency probe': `${PROBE_TEXT}; rows 3-* report its /v1/token latency`,
       'agent key': 'ECDSA P-256, proof ES256 (node:crypto, ieee-p1363)',
+      'Node TLS servers (gates, Node baseline)': 'OPENSSL_CONF=deploy/node-openssl.cnf as in the image (one TLS 1.3 ticket per full handshake)',
       'nginx baseline workers': `1 and auto (${cores})`,
       'forwarded nginx workers': fwd ? fwd.workers : 'not measured',
     },

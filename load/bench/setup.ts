@@ -107,6 +107,13 @@ export interface Started {
   stop(): Promise<void>;
 }
 
+/**
+ * The OpenSSL configuration the image gives the gate (`OPENSSL_CONF`, one TLS 1.3 ticket per
+ * handshake). Every TLS server the bench runs in Node, the gates and the Node mTLS baseline,
+ * gets it, so row 2 compares like with like.
+ */
+export const NODE_OPENSSL_CONF = join(ROOT, 'deploy', 'node-openssl.cnf');
+
 /** The environment for children: ours minus NODE_OPTIONS (a loader must not leak into the gate). */
 function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
@@ -128,7 +135,7 @@ export async function startServer(mode: 'upstream' | 'tls-baseline', pki: BenchP
   const child = track(
     fork(join(HERE, 'servers.ts'), [mode], {
       execArgv: ['--import', 'tsx'],
-      env: childEnv({ BENCH_TLS_CERT: pki.serverCertFile, BENCH_TLS_KEY: pki.serverKeyFile, BENCH_CLIENT_CA: pki.caFile }),
+      env: childEnv({ OPENSSL_CONF: NODE_OPENSSL_CONF, BENCH_TLS_CERT: pki.serverCertFile, BENCH_TLS_KEY: pki.serverKeyFile, BENCH_CLIENT_CA: pki.caFile }),
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     }),
   );
@@ -151,14 +158,14 @@ export interface StartedGate extends Started {
   logFile: string;
 }
 
-/** `node [nodeArgs] dist/cli/main.js serve` with `env` (from `root`: another build for A/B runs); waits for the admin /readyz. */
+/** `node [nodeArgs] dist/cli/main.js serve` with `env` (from `root`: another build for A/B runs), `OPENSSL_CONF` as in the image unless `env` sets it; waits for the admin /readyz. */
 export async function startGate(name: string, dir: string, env: Record<string, string>, nodeArgs: string[] = [], root = ROOT): Promise<StartedGate> {
   const [port, adminPort] = [await freePort(), await freePort()];
   const logFile = join(dir, `${name}.log`);
   const fd = openSync(logFile, 'a');
   const child = spawnTracked(process.execPath, [...nodeArgs, join(root, 'dist', 'cli', 'main.js'), 'serve'], {
     cwd: root,
-    env: childEnv({ ...env, GATE_LISTEN: `127.0.0.1:${port}`, GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}` }),
+    env: childEnv({ OPENSSL_CONF: NODE_OPENSSL_CONF, ...env, GATE_LISTEN: `127.0.0.1:${port}`, GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}` }),
     // Logs (JSON lines on stdout, warnings on stderr) go to a file, as a collector would take them.
     stdio: ['ignore', fd, fd],
   });

@@ -872,6 +872,14 @@ describe('Dockerfile and .dockerignore', () => {
     }
   });
 
+  it('sets OPENSSL_CONF to the deploy/node-openssl.cnf it copies in (one TLS 1.3 ticket per handshake: test/integration/tls-tickets.test.ts)', () => {
+    const workdir = of(finalStage, 'WORKDIR').at(-1)!.args;
+    const copied = contextCopies().find((c) => c.sources.includes('deploy/node-openssl.cnf'));
+    expect(copied, 'COPY deploy/node-openssl.cnf').toBeDefined();
+    const env = of(finalStage, 'ENV').map((e) => e.args).find((a) => a.startsWith('OPENSSL_CONF='));
+    expect(env).toBe(`OPENSSL_CONF=${posix.join(workdir, copied!.dest, 'node-openssl.cnf')}`);
+  });
+
   it('.dockerignore keeps node_modules, dist, pki/, .tmp and secrets out of the build context, and src/pki in', () => {
     for (const p of ['node_modules/x/index.js', 'load/node_modules/y.js', 'dist/cli/main.js', 'pki/dev/ca.key', '.tmp/x', '.env', 'deploy/.env', 'some.key']) expect(dockerIgnored(p), p).toBe(true);
     for (const p of ['src/pki/index.ts', 'src/cli/main.ts', 'nginx/agent-gate.conf', 'package.json', 'package-lock.json', 'tsconfig.build.json', 'deploy/compose/pki-init.sh']) expect(dockerIgnored(p), p).toBe(false);

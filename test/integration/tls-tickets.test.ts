@@ -1,0 +1,75 @@
+/**
+ * deploy/node-openssl.cnf, the OpenSSL configuration the image gives the gate (OPENSSL_CONF):
+ * a real `agent-gate serve` process sends one TLS 1.3 session ticket per full handshake with it
+ * and OpenSSL's default two without it, and the one ticket resumes, also more than once (a
+ * client that uses each ticket only once resumes half as often: HARDENING.md).
+ */
+import { fileURLToPath } from 'node:url';
+import { connect, type TLSSocket } from 'node:tls';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
+import { testEnv } from '../helpers/gate.js';
+import { spawnServe, type ServeProcess } from '../helpers/serve.js';
+
+const CONF = fileURLToPath(new URL('../../deploy/node-openssl.cnf', import.meta.url));
+
+let fx: Fixtures;
+let withConf: ServeProcess;
+let withoutConf: ServeProcess;
+
+beforeAll(async () => {
+  fx = await makeFixtures();
+  // The upstream is never asked: the connections below ask the gate's own health endpoint.
+  const env = (conf: string) => testEnv(fx, { GATE_UPSTREAM_URL: 'http://127.0.0.1:9', OPENSSL_CONF: conf });
+  [withConf, withoutConf] = await Promise.all([
+    spawnServe(env(CONF)),
+    // An empty configuration: what a gate run outside the image gets.
+    spawnServe(env('/dev/null')),
+  ]);
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all([withConf?.stop(), withoutConf?.stop()]);
+});
+
+/** One mTLS connection with one request, optionally resuming `session`: the tickets it was sent and whether it resumed. */
+async function connection(gate: ServeProcess, session?: Buffer): Promise<{ tickets: Buffer[]; reused: boolean; status: string }> {
+  const url = new URL(gate.url);
+  const socket: TLSSocket = connect({ host: url.hostname, port: Number(url.port), servername: 'localhost', ca: fx.ca.certPem, cert: fx.agents.p256.certPem, key: fx.agents.p256.keyPem, session });
+  const tickets: Buffer[] = [];
+  socket.on('session', (s: Buffer) => tickets.push(s));
+  await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
+  expect(socket.getProtocol()).toBe('TLSv1.3');
+  const reused = socket.isSessionReused();
+  socket.write('GET /.agent-gate/healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n');
+  let answer = '';
+  socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+  // Tickets come right after the handshake, before any answer: all are in once the gate closes.
+  await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  return { tickets, reused, status: answer.slice(0, answer.indexOf('\r\n')) };
+}
+
+it('with deploy/node-openssl.cnf a full handshake is sent one ticket; without it, two', async () => {
+  const one = await connection(withConf);
+  const two = await connection(withoutConf);
+  expect(one.reused).toBe(false);
+  expect(two.reused).toBe(false);
+  // The gate answered the request on both connections (the handshake was a whole mTLS one).
+  expect(one.status).toBe('HTTP/1.1 200 OK');
+  expect(two.status).toBe('HTTP/1.1 200 OK');
+  expect(one.tickets).toHaveLength(1);
+  expect(two.tickets).toHaveLength(2);
+});
+
+it('the one ticket resumes, more than once; a resumed handshake is sent no new ticket, with the file or without', async () => {
+  for (const gate of [withConf, withoutConf]) {
+    const first = await connection(gate);
+    for (let i = 0; i < 3; i++) {
+      const again = await connection(gate, first.tickets[0]);
+      expect(again.reused, `resumption ${i + 1}`).toBe(true);
+      expect(again.status).toBe('HTTP/1.1 200 OK');
+      // Node's ticket-key callback accepts a ticket without asking OpenSSL to renew it.
+      expect(again.tickets).toHaveLength(0);
+    }
+  }
+});
