@@ -81,7 +81,7 @@ export async function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'S
 }
 
 /** Free ports and bounded polling: the test helpers' own, so both behave the same. */
-export { freePort, waitFor } from '../../test/helpers/ports.js';
+export { freePort, GiveUp, waitFor } from '../../test/helpers/ports.js';
 
 /** True when something accepts TCP connections on 127.0.0.1:port. */
 export function tcpOpen(port: number): Promise<boolean> {

@@ -15,7 +15,7 @@ import { DEFAULT_PATH_PREFIX, renderNginxConfig } from '../../src/nginx/index.js
 import { createCa, issueAgentCert, issueServerCert, type KeyAndCert } from '../../src/pki/index.js';
 import type { ClientTls, FromLoadgen, Job, JobResult, ToLoadgen } from './jobs.js';
 import type { CpuGroups, CpuReading } from './procs.js';
-import { MACHINE, childPids, cpuSeconds, freePort, machineBusySeconds, redisPing, spawnTracked, stopChild, tcpOpen, track, trackPid, waitFor } from './procs.js';
+import { MACHINE, childPids, cpuSeconds, freePort, GiveUp, machineBusySeconds, redisPing, spawnTracked, stopChild, tcpOpen, track, trackPid, waitFor } from './procs.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 /** The repository root (load/bench/ is two levels below). */
@@ -174,7 +174,7 @@ export async function startGate(name: string, dir: string, env: Record<string, s
   try {
     await waitFor(
       async () => {
-        if (child.exitCode !== null) throw new Error('exited');
+        if (child.exitCode !== null) throw new GiveUp(`exited with ${child.exitCode}`);
         return (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200;
       },
       30_000,
@@ -256,7 +256,7 @@ export async function startNginx(name: string, dir: string, confPath: string, po
   try {
     await waitFor(
       async () => {
-        if (child.exitCode !== null) throw new Error('exited');
+        if (child.exitCode !== null) throw new GiveUp(`exited with ${child.exitCode}`);
         workerPids = childPids(pid);
         return workerPids.length >= workers && (await tcpOpen(port));
       },

@@ -14,14 +14,17 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Polls `check` until it resolves true or `timeoutMs` passes. */
+/** Thrown by a {@link waitFor} check when waiting longer cannot help (the process it waits for exited). */
+export class GiveUp extends Error {}
+
+/** Polls `check` until it resolves true or `timeoutMs` passes; any error but {@link GiveUp} means "not yet". */
 export async function waitFor(check: () => Promise<boolean> | boolean, timeoutMs: number, what: string, intervalMs = 25): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
       if (await check()) return;
-    } catch {
-      // not yet
+    } catch (err) {
+      if (err instanceof GiveUp) throw new Error(`${err.message} while waiting for ${what}`);
     }
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, intervalMs));

@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { inject } from 'vitest';
-import { freePort, waitFor } from './ports.js';
+import { freePort, GiveUp, waitFor } from './ports.js';
 
 /**
  * The arguments after `node` that make it `agent-gate`: `spawn(process.execPath, [...cliArgv(), 'serve'])`.
@@ -52,7 +52,7 @@ export async function spawnServe(env: Record<string, string>): Promise<ServeProc
   try {
     await waitFor(
       async () => {
-        if (child.exitCode !== null) throw new Error('exited');
+        if (child.exitCode !== null) throw new GiveUp(`exited with ${child.exitCode}`);
         return (await fetch(`${adminUrl}/readyz`)).status === 200;
       },
       30_000,
