@@ -68,7 +68,7 @@ it('the one ticket resumes, more than once; a resumed handshake is sent no new t
       const again = await connection(gate, first.tickets[0]);
       expect(again.reused, `resumption ${i + 1}`).toBe(true);
       expect(again.status).toBe('HTTP/1.1 200 OK');
-      // Node's ticket-key callback accepts a ticket without asking OpenSSL to renew it.
+      // As observed on Node 20 with OpenSSL 3.0: resumption then rests on the gate accepting a ticket again.
       expect(again.tickets).toHaveLength(0);
     }
   }
