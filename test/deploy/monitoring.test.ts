@@ -368,11 +368,11 @@ describe('deploy/grafana: dashboard', () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// promtool, the authoritative parser, when it is installed (Debian package `prometheus`).
+// promtool, the authoritative parser, when it is installed (the test setup takes it from Debian's `prometheus` package).
 
 const promtool = spawnSync('sh', ['-c', 'command -v promtool'], { encoding: 'utf8' }).stdout.trim();
 if (!promtool) {
-  console.warn('test/deploy/monitoring: promtool not on PATH (apt-get install prometheus): promtool checks skipped');
+  console.warn('test/deploy/monitoring: promtool not on PATH (the test setup installs it as root: test/setup/system.ts): promtool checks skipped');
 }
 const whenSkipped = promtool ? '' : ' (skipped: promtool not on PATH)';
 const work = mkdtempSync(join(tmpdir(), 'agent-gate-promtool-'));

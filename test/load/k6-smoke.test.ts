@@ -1,7 +1,8 @@
 /**
  * The k6 load scripts stay runnable: `load/smoke.ts` runs each for a few seconds against gates
- * started on loopback, with the functional thresholds enforced. Needs `k6` on PATH (`.ci/run`
- * installs it); without it the test is reported as skipped, with one line on stderr.
+ * started on loopback, with the functional thresholds enforced. Needs `k6` on PATH (the test
+ * setup installs it from ../shared/tools/k6 when it can); without it the test is reported as
+ * skipped, with one line on stderr.
  */
 import { describe, expect, it } from 'vitest';
 import { findK6, runSmoke, SCRIPTS, SKIP_LINE } from '../../load/smoke.js';

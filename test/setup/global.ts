@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { startRedis } from '../helpers/redis.js';
 import { buildCliBundle } from './cli-bundle.js';
 import { resetLogs, scanLogs } from './log-scan.js';
-import { ensureSystemPackages } from './system.js';
+import { ensureOptionalTools, ensureSystemPackages } from './system.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -25,6 +25,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     process.stderr.write(`\n${(err as Error).message}\n`);
     process.exit(1);
   }
+  for (const line of ensureOptionalTools()) process.stderr.write(`${line}\n`);
   // One directory per run, so concurrent runs on one machine do not judge each other's logs.
   const logDir = join(process.cwd(), '.tmp', 'test-logs', `run-${process.pid}`);
   resetLogs(logDir);

@@ -1,9 +1,13 @@
 /**
  * Finds (or, as root with apt-get, installs) the system packages the tests start. When a
- * package cannot be had, the run stops with one line naming it.
+ * package cannot be had, the run stops with one line naming it. The optional tools (docker-compose,
+ * promtool, k6) are installed the same way; without one, the tests that need it are skipped, with
+ * one line each.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 /** binary -> Debian package that provides it */
 export const REQUIRED: Record<string, string> = {
@@ -28,6 +32,21 @@ function has(bin: string): boolean {
 
 let updated = false;
 
+/** `apt-get update`, once per run. */
+function aptUpdate(): void {
+  if (!updated) execFileSync('apt-get', ['update', '-qq'], { stdio: 'ignore', timeout: 300_000 });
+  updated = true;
+}
+
+function aptInstall(pkgs: string[]): void {
+  aptUpdate();
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...pkgs], {
+    stdio: 'ignore',
+    timeout: 600_000,
+    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+  });
+}
+
 /**
  * Ensures every binary of `required` is on PATH and every file of `files` exists; throws one
  * clear line naming the missing packages.
@@ -47,13 +66,7 @@ export function ensureSystemPackages(required: Record<string, string> = REQUIRED
   const canInstall = process.getuid?.() === 0 && has('apt-get');
   if (canInstall) {
     try {
-      if (!updated) execFileSync('apt-get', ['update', '-qq'], { stdio: 'ignore', timeout: 300_000 });
-      updated = true;
-      execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...pkgs], {
-        stdio: 'ignore',
-        timeout: 600_000,
-        env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-      });
+      aptInstall(pkgs);
     } catch {
       // Fall through to the one-line report below.
     }
@@ -62,4 +75,81 @@ export function ensureSystemPackages(required: Record<string, string> = REQUIRED
   if (still.length > 0) {
     throw new Error(`missing system package: ${still.join(', ')} (install with: apt-get install ${still.join(' ')})`);
   }
+}
+
+/**
+ * A tool some tests use and skip without (each says so in one line): how to get it here.
+ * `install` runs only as root; it throws when it cannot.
+ */
+export interface OptionalTool {
+  /** The binary on PATH. */
+  bin: string;
+  /** What is skipped without it. */
+  skips: string;
+  install(): void;
+}
+
+/** The optional tools, in the order they are looked for. */
+export const OPTIONAL_TOOLS: OptionalTool[] = [
+  // Offline validation of docker-compose.yml (test/deploy/compose.test.ts); there is no engine here.
+  { bin: 'docker-compose', skips: "docker-compose's own check of docker-compose.yml", install: () => aptInstall(['docker-compose']) },
+  {
+    // promtool checks and unit-tests the alert rules (test/deploy/monitoring.test.ts). Only the
+    // binary is taken from Debian's prometheus package: installing the package would start a
+    // Prometheus server.
+    bin: 'promtool',
+    skips: 'the promtool checks of deploy/prometheus',
+    install: () => {
+      const dir = mkdtempSync(join(tmpdir(), 'agent-gate-promtool-'));
+      try {
+        const download = () => execFileSync('apt-get', ['download', 'prometheus'], { cwd: dir, stdio: 'ignore', timeout: 300_000 });
+        try {
+          download();
+        } catch {
+          // No package lists yet on a fresh machine.
+          aptUpdate();
+          download();
+        }
+        const deb = readdirSync(dir).find((f) => f.startsWith('prometheus_') && f.endsWith('.deb'));
+        if (!deb) throw new Error('no prometheus .deb');
+        execFileSync('dpkg', ['-x', deb, 'x'], { cwd: dir, stdio: 'ignore', timeout: 120_000 });
+        execFileSync('install', ['-m', '0755', join(dir, 'x', 'usr', 'bin', 'promtool'), '/usr/local/bin/promtool'], { stdio: 'ignore' });
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  },
+  {
+    // The k6 smoke of the load scripts (test/load). No registry ships k6: ../shared/tools/k6
+    // holds a checked binary, when this checkout has it beside it.
+    bin: 'k6',
+    skips: 'the k6 smoke of load/k6 (test/load)',
+    install: () => {
+      const installer = join(process.cwd(), '..', 'shared', 'tools', 'k6', 'install');
+      if (!existsSync(installer)) throw new Error(`no ${installer}`);
+      if (!has('xz')) aptInstall(['xz-utils']);
+      execFileSync(installer, ['/usr/local/bin'], { stdio: 'ignore', timeout: 120_000 });
+    },
+  },
+];
+
+/**
+ * Installs (as root with apt-get) the optional tools that are missing; returns one line for each
+ * that is still missing, naming what the run skips without it.
+ */
+export function ensureOptionalTools(tools: OptionalTool[] = OPTIONAL_TOOLS): string[] {
+  const canInstall = process.getuid?.() === 0 && has('apt-get');
+  const lines: string[] = [];
+  for (const tool of tools) {
+    if (has(tool.bin)) continue;
+    if (canInstall) {
+      try {
+        tool.install();
+      } catch {
+        // Reported below.
+      }
+    }
+    if (!has(tool.bin)) lines.push(`optional tool missing: ${tool.bin} (${canInstall ? 'could not install it' : 'install it as root'}): skipping ${tool.skips}`);
+  }
+  return lines;
 }
