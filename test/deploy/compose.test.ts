@@ -872,12 +872,18 @@ describe('Dockerfile and .dockerignore', () => {
     }
   });
 
-  it('sets OPENSSL_CONF to the deploy/node-openssl.cnf it copies in (one TLS 1.3 ticket per handshake: test/integration/tls-tickets.test.ts)', () => {
+  it('sets OPENSSL_CONF to the deploy/node-openssl.cnf its runtime stage copies in, root-owned (one TLS 1.3 ticket per handshake: test/integration/tls-tickets.test.ts)', () => {
     const workdir = of(finalStage, 'WORKDIR').at(-1)!.args;
-    const copied = contextCopies().find((c) => c.sources.includes('deploy/node-openssl.cnf'));
-    expect(copied, 'COPY deploy/node-openssl.cnf').toBeDefined();
-    const env = of(finalStage, 'ENV').map((e) => e.args).find((a) => a.startsWith('OPENSSL_CONF='));
-    expect(env).toBe(`OPENSSL_CONF=${posix.join(workdir, copied!.dest, 'node-openssl.cnf')}`);
+    // The runtime stage's own COPY from the context: a copy in the build stage never reaches the image.
+    const copies = of(finalStage, 'COPY').filter((c) => !/--from=/.test(c.args) && c.args.split(' ').includes('deploy/node-openssl.cnf'));
+    expect(copies, 'the runtime stage copies deploy/node-openssl.cnf').toHaveLength(1);
+    // No --chown: the file stays root's, so the gate's user cannot rewrite a configuration that
+    // could load shared objects into the gate.
+    expect(copies[0]!.args).not.toMatch(/--chown/);
+    const dest = copies[0]!.args.split(' ').at(-1)!;
+    // The last assignment wins, also inside an ENV line of several KEY=VALUE pairs.
+    const assigned = of(finalStage, 'ENV').flatMap((e) => [...e.args.matchAll(/(?:^|\s)OPENSSL_CONF=(\S+)/g)].map((m) => m[1]!));
+    expect(assigned.at(-1)).toBe(posix.join(workdir, dest, 'node-openssl.cnf'));
   });
 
   it('.dockerignore keeps node_modules, dist, pki/, .tmp and secrets out of the build context, and src/pki in', () => {

@@ -5,6 +5,7 @@
  * client that uses each ticket only once resumes half as often: HARDENING.md).
  */
 import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
@@ -23,7 +24,8 @@ beforeAll(async () => {
   const env = (conf: string) => testEnv(fx, { GATE_UPSTREAM_URL: 'http://127.0.0.1:9', OPENSSL_CONF: conf });
   [withConf, withoutConf] = await Promise.all([
     spawnServe(env(CONF)),
-    // An empty configuration: what a gate run outside the image gets.
+    // An empty configuration: OpenSSL's defaults (what a gate outside the image gets from a
+    // system openssl.cnf without a nodejs_conf section).
     spawnServe(env('/dev/null')),
   ]);
 }, 60_000);
@@ -48,6 +50,32 @@ async function connection(gate: ServeProcess, session?: Buffer): Promise<{ ticke
   await new Promise<void>((resolve) => socket.once('close', () => resolve()));
   return { tickets, reused, status: answer.slice(0, answer.indexOf('\r\n')) };
 }
+
+it('deploy/node-openssl.cnf holds the ticket count and nothing else (no providers, engines or other TLS settings)', () => {
+  // Every setting here applies to every TLS context of the gate, over what the gate sets in
+  // code where OpenSSL lets it; a config file can also load shared objects. So the whole file is pinned.
+  const sections: Record<string, Record<string, string>> = { '': {} };
+  let current = '';
+  for (const raw of readFileSync(CONF, 'utf8').split('\n')) {
+    const line = raw.replace(/#.*/, '').trim();
+    if (line === '') continue;
+    const section = /^\[\s*(\S+)\s*\]$/.exec(line);
+    if (section) {
+      current = section[1]!;
+      sections[current] = {};
+      continue;
+    }
+    const kv = /^([^=\s]+)\s*=\s*(.*)$/.exec(line);
+    expect(kv, `a key = value line: ${line}`).not.toBeNull();
+    sections[current]![kv![1]!] = kv![2]!;
+  }
+  expect(sections).toEqual({
+    '': { nodejs_conf: 'agent_gate_node' },
+    agent_gate_node: { ssl_conf: 'agent_gate_ssl' },
+    agent_gate_ssl: { system_default: 'agent_gate_tls_defaults' },
+    agent_gate_tls_defaults: { NumTickets: '1' },
+  });
+});
 
 it('with deploy/node-openssl.cnf a full handshake is sent one ticket; without it, two', async () => {
   const one = await connection(withConf);
