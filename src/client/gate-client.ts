@@ -3,9 +3,9 @@
  * challenge → proof → token flow (PROTOCOL.md sections 3 and 4) with token caching and
  * proactive refresh, and gated requests with `Authorization: Bearer` (section 5).
  *
- * One undici `Pool` per client keeps connections alive and resumes TLS sessions (undici's
- * per-connector session cache), because a new mTLS handshake costs more CPU than a whole
- * token flow (see load/RESULTS.md once benchmarks exist, and the shared PERFORMANCE figures).
+ * One undici `Pool` per client keeps connections alive and resumes TLS sessions with the newest
+ * session it was sent (./connector.ts), because a new mTLS handshake costs the gate more CPU
+ * than a whole token flow (load/RESULTS.md, row 2c).
  *
  * Hardening: https only; redirects never followed; optional public-key pinning of the gate
  * (./pin.ts); retries with jitter on 429/503 only where they are safe (./retry.ts).
@@ -15,6 +15,7 @@ import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'n
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import { GateClientError } from './client-error.js';
+import { sessionKeepingConnector } from './connector.js';
 import { parsePins, pinnedServerIdentity } from './pin.js';
 import { solvePowAsync } from './pow.js';
 import { createProof, proofAlgFor, type ProofAlg, type ProofOverrides } from './proof.js';
@@ -204,20 +205,19 @@ export class GateClient {
     this.#refreshExplicit = opts.refreshBeforeExpiryS !== undefined;
 
     this.#pool = new Pool(this.origin, {
-      connect: {
+      // Resumes with the newest session, held by the client (./connector.ts).
+      connect: sessionKeepingConnector({
         cert: toPem(opts.cert),
         key: opts.key,
         ...(opts.ca !== undefined ? { ca: toPem(opts.ca) } : {}),
         ...(opts.servername !== undefined ? { servername: opts.servername } : {}),
         rejectUnauthorized: true,
-        // Runs only after the chain verified; host name check, then the pins.
+        // Runs only after the chain verified (also on a resumed session); host name check, then the pins.
         ...(pins ? { checkServerIdentity: pinnedServerIdentity(pins) } : {}),
         minVersion: 'TLSv1.2',
-        // undici resumes TLS sessions through this cache (default 100); one origin needs few.
-        maxCachedSessions: 16,
         timeout: Math.min(this.#timeoutMs, 10_000),
         keepAlive: true,
-      },
+      }),
       // Idle keep-alive when the server sends no Keep-Alive hint; a hint wins.
       keepAliveTimeout: 10_000,
       headersTimeout: this.#timeoutMs,

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { registerAgentCommands } from '../../src/cli/agent.js';
 import { GateClientError, ResponseTooLargeError } from '../../src/client/index.js';
 import { createCa } from '../../src/pki/index.js';
+import { collectGarbage } from '../helpers/gc.js';
 import { clientSuite, holdTheOnlySlot, P, startImpostor, type ClientGate } from './harness.js';
 
 /** The shared gate (memory store, limits off); tests needing other settings start their own. */
@@ -177,6 +178,21 @@ describe('request', () => {
     h.proxy!.mode = 'pass';
     await vi.waitFor(() => expect(h.proxy!.open).toBe(0));
     expect((await c.request('/after')).status).toBe(200);
+    expect(h.tls.connections).toBe(2);
+    expect(h.tls.resumed).toBe(1);
+  });
+
+  it('still resumes after a garbage collection: the client holds its last TLS session itself', async () => {
+    // undici's session cache holds sessions weakly; a returning agent whose session was
+    // collected would pay a full mTLS handshake, and the gate its CPU.
+    const h = await suite.gateWith({ proxy: true });
+    const c = client({}, h);
+    expect((await c.request('/before-gc')).status).toBe(200);
+    h.proxy!.mode = 'reset';
+    h.proxy!.mode = 'pass';
+    await vi.waitFor(() => expect(h.proxy!.open).toBe(0));
+    await collectGarbage();
+    expect((await c.request('/after-gc')).status).toBe(200);
     expect(h.tls.connections).toBe(2);
     expect(h.tls.resumed).toBe(1);
   });
@@ -480,3 +496,4 @@ describe('proactive refresh', () => {
     expect(errors).toHaveLength(1);
   });
 });
+
