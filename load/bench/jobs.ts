@@ -43,6 +43,8 @@ export interface FlowJob {
   durationMs: number;
   /** One kept-alive connection per agent, reused for all its flows. */
   keepAlive?: boolean;
+  /** New connections resume the newest TLS session, as the SDK's do (returning agents); else each is a full handshake. */
+  resume?: boolean;
 }
 
 /** Open loop: full flows started at a constant rate; each counted on time or late/failed. */

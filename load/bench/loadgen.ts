@@ -19,6 +19,7 @@
 import { createPrivateKey, sign, type KeyObject } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Client, Pool } from 'undici';
+import { sessionKeepingConnector } from '../../src/client/connector.js';
 import type { ClientTls, FlowJob, FlowResult, FromLoadgen, Job, JobResult, KeepAliveJob, KeepAliveResult, OpenFlowJob, OpenFlowResult, Outcomes, ToLoadgen } from './jobs.js';
 import { Samples } from './stats.js';
 
@@ -132,10 +133,15 @@ interface FlowOutcome {
   example?: string;
 }
 
-/** A one-connection client; `noSessionCache` makes every connection a full handshake. */
-function flowClient(origin: string, noSessionCache: boolean): Client {
+let resuming: ReturnType<typeof sessionKeepingConnector> | undefined;
+
+/**
+ * A one-connection client; `noSessionCache` makes every connection a full handshake, `resume`
+ * resumes the newest session of any earlier one (the SDK's connector).
+ */
+function flowClient(origin: string, noSessionCache: boolean, resume = false): Client {
   return new Client(origin, {
-    connect: connectOptions(noSessionCache),
+    connect: resume ? (resuming ??= sessionKeepingConnector(connectOptions(false))) : connectOptions(noSessionCache),
     pipelining: 1,
     connectTimeout: 10_000,
     headersTimeout: 15_000,
@@ -148,8 +154,8 @@ function flowClient(origin: string, noSessionCache: boolean): Client {
  * One flow on a new connection. `gate`: challenge → proof → token. `tls`: one GET.
  * Resolves (never rejects) when the connection is closed.
  */
-async function flowOnce(origin: string, prefix: string, mode: 'gate' | 'tls'): Promise<FlowOutcome> {
-  const client = flowClient(origin, true);
+async function flowOnce(origin: string, prefix: string, mode: 'gate' | 'tls', resume = false): Promise<FlowOutcome> {
+  const client = flowClient(origin, true, resume);
   try {
     return await flowOn(client, prefix, mode);
   } finally {
@@ -303,7 +309,7 @@ async function flowClosed(id: number, job: FlowJob): Promise<FlowResult> {
         const client = clients[agent];
         while (performance.now() < t1) {
           const s = performance.now();
-          const r = client ? await flowOn(client, job.prefix, job.mode) : await flowOnce(job.origin, job.prefix, job.mode);
+          const r = client ? await flowOn(client, job.prefix, job.mode) : await flowOnce(job.origin, job.prefix, job.mode, job.resume);
           const e = performance.now();
           if (e < t0 || e >= t1) continue;
           if (r.result === 'ok') {
