@@ -4,6 +4,7 @@
  * see the same commands, options and examples.
  * @module
  */
+import cluster from 'node:cluster';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { generateSigningJwk } from '../tokens/index.js';
@@ -13,7 +14,7 @@ import { registerAuditCommands } from './audit.js';
 import { registerNginxCommands } from './nginx.js';
 import { registerDemoCommands } from './demo.js';
 import { runDev } from './dev.js';
-import { configCheck, configOrExit, runGate } from './gate.js';
+import { configCheck, configOrExit, opensslConfWarning, runGate } from './gate.js';
 import { registerPkiCommands } from './pki.js';
 import { OneLineCommand } from './command.js';
 
@@ -80,6 +81,9 @@ export function buildProgram(): Command {
     .description('run the gate from GATE_* environment variables alone')
     .action(async () => {
       const config = configOrExit(process.env);
+      // Once per gate: workers run this action too.
+      const warning = cluster.isPrimary ? opensslConfWarning(process.env) : undefined;
+      if (warning) process.stderr.write(warning + '\n');
       await runGate(config);
     });
 

@@ -17,21 +17,24 @@ const CONF = fileURLToPath(new URL('../../deploy/node-openssl.cnf', import.meta.
 let fx: Fixtures;
 let withConf: ServeProcess;
 let withoutConf: ServeProcess;
+let missingConf: ServeProcess;
 
 beforeAll(async () => {
   fx = await makeFixtures();
   // The upstream is never asked: the connections below ask the gate's own health endpoint.
   const env = (conf: string) => testEnv(fx, { GATE_UPSTREAM_URL: 'http://127.0.0.1:9', OPENSSL_CONF: conf });
-  [withConf, withoutConf] = await Promise.all([
+  [withConf, withoutConf, missingConf] = await Promise.all([
     spawnServe(env(CONF)),
     // An empty configuration: OpenSSL's defaults (what a gate outside the image gets from a
     // system openssl.cnf without a nodejs_conf section).
     spawnServe(env('/dev/null')),
+    // Node ignores a file it cannot read; the gate says so.
+    spawnServe(env('/nonexistent/node-openssl.cnf')),
   ]);
 }, 60_000);
 
 afterAll(async () => {
-  await Promise.all([withConf?.stop(), withoutConf?.stop()]);
+  await Promise.all([withConf?.stop(), withoutConf?.stop(), missingConf?.stop()]);
 });
 
 /** One mTLS connection with one request, optionally resuming `session`: the tickets it was sent and whether it resumed. */
@@ -100,4 +103,12 @@ it('the one ticket resumes, more than once; a resumed handshake is sent no new t
       expect(again.tickets).toHaveLength(0);
     }
   }
+});
+
+it('an OPENSSL_CONF that cannot be read gets one warning line at start (Node would ignore it silently); a readable one none', async () => {
+  expect(missingConf.output()).toContain('agent-gate: OPENSSL_CONF=/nonexistent/node-openssl.cnf cannot be read (ENOENT)');
+  const two = await connection(missingConf);
+  expect(two.status).toBe('HTTP/1.1 200 OK');
+  expect(two.tickets).toHaveLength(2);
+  for (const gate of [withConf, withoutConf]) expect(gate.output()).not.toContain('OPENSSL_CONF');
 });
