@@ -94,6 +94,8 @@ export interface FlowResult extends Outcomes {
   first: LatencySummary;
   /** `gate` mode: the token request alone (proof already signed). */
   token: LatencySummary;
+  /** With `resume`: TLS connections the job made (warm-up included), and how many resumed a session. */
+  tls?: { connections: number; resumed: number };
 }
 
 export interface OpenFlowResult extends Outcomes {

@@ -134,6 +134,22 @@ interface FlowOutcome {
 }
 
 let resuming: ReturnType<typeof sessionKeepingConnector> | undefined;
+/** Connections made through {@link resuming}, and how many resumed: what `resume` jobs report. */
+const resumeCount = { connections: 0, resumed: 0 };
+
+/** The SDK's connector, counting the connections that resumed a session. */
+function resumingConnector(): ReturnType<typeof sessionKeepingConnector> {
+  const inner = (resuming ??= sessionKeepingConnector(connectOptions(false)));
+  return (options, callback) =>
+    inner(options, (...args) => {
+      const socket = args[1];
+      if (socket && 'isSessionReused' in socket) {
+        resumeCount.connections++;
+        if (socket.isSessionReused()) resumeCount.resumed++;
+      }
+      callback(...args);
+    });
+}
 
 /**
  * A one-connection client; `noSessionCache` makes every connection a full handshake, `resume`
@@ -141,7 +157,7 @@ let resuming: ReturnType<typeof sessionKeepingConnector> | undefined;
  */
 function flowClient(origin: string, noSessionCache: boolean, resume = false): Client {
   return new Client(origin, {
-    connect: resume ? (resuming ??= sessionKeepingConnector(connectOptions(false))) : connectOptions(noSessionCache),
+    connect: resume ? resumingConnector() : connectOptions(noSessionCache),
     pipelining: 1,
     connectTimeout: 10_000,
     headersTimeout: 15_000,
@@ -301,6 +317,8 @@ async function flowClosed(id: number, job: FlowJob): Promise<FlowResult> {
   const t0 = start + job.warmupMs;
   const t1 = t0 + job.durationMs;
   const finishMarks = scheduleMarks(id, t0, t1);
+  resumeCount.connections = 0;
+  resumeCount.resumed = 0;
   // keepAlive: one connection per agent for the whole run (undici reconnects it if the server closes it).
   const clients = job.keepAlive ? Array.from({ length: job.concurrency }, () => flowClient(job.origin, false)) : [];
   try {
@@ -336,6 +354,7 @@ async function flowClosed(id: number, job: FlowJob): Promise<FlowResult> {
     flow: flow.summary(),
     first: first.summary(),
     token: token.summary(),
+    ...(job.resume ? { tls: { ...resumeCount } } : {}),
     ...o,
   };
 }

@@ -1,5 +1,5 @@
 import cluster from 'node:cluster';
-import { accessSync, constants } from 'node:fs';
+import { statSync } from 'node:fs';
 import { buildGate, loadMaterials, StartupError, type Gate } from '../app.js';
 import { runPrimary } from '../cluster/primary.js';
 import { rotateTicketKeys, ticketServer } from '../cluster/tickets.js';
@@ -63,18 +63,21 @@ export async function configCheck(env: Record<string, string | undefined>): Prom
 }
 
 /**
- * The warning line for an `OPENSSL_CONF` that cannot be read, which Node ignores silently: the
- * gate then runs on OpenSSL's defaults, without the image's deploy/node-openssl.cnf saving.
+ * The warning line for an `OPENSSL_CONF` that is missing or a directory, which Node ignores
+ * silently (one it may not read stops it at start instead): the gate then runs on OpenSSL's
+ * defaults, without the image's deploy/node-openssl.cnf saving.
  */
 export function opensslConfWarning(env: Record<string, string | undefined>): string | undefined {
   const file = env.OPENSSL_CONF;
   if (!file) return undefined;
+  let why: string;
   try {
-    accessSync(file, constants.R_OK);
-    return undefined;
+    if (!statSync(file).isDirectory()) return undefined;
+    why = 'a directory';
   } catch (err) {
-    return `agent-gate: OPENSSL_CONF=${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'}): Node ignores it and runs on OpenSSL's defaults (two TLS 1.3 session tickets per handshake; deploy/node-openssl.cnf)`;
+    why = (err as NodeJS.ErrnoException).code ?? 'error';
   }
+  return `agent-gate: OPENSSL_CONF=${file} cannot be read (${why}): Node ignores it and runs on OpenSSL's defaults (two TLS 1.3 session tickets per handshake; deploy/node-openssl.cnf)`;
 }
 
 /**

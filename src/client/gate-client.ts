@@ -212,7 +212,8 @@ export class GateClient {
         ...(opts.ca !== undefined ? { ca: toPem(opts.ca) } : {}),
         ...(opts.servername !== undefined ? { servername: opts.servername } : {}),
         rejectUnauthorized: true,
-        // Runs only after the chain verified (also on a resumed session); host name check, then the pins.
+        // Fresh handshakes only, after the chain verified: host name check, then the pins. A
+        // resumed session skips it; sessions come only from connections that passed it.
         ...(pins ? { checkServerIdentity: pinnedServerIdentity(pins) } : {}),
         minVersion: 'TLSv1.2',
         timeout: Math.min(this.#timeoutMs, 10_000),

@@ -157,9 +157,9 @@ export function checkPins(peer: PeerCertificate, pins: ReadonlySet<string>): Gat
 /**
  * A `checkServerIdentity` for `tls.connect` (and undici's `connect` options): Node's host name
  * check first, then {@link checkPins}. Node calls it only after the chain verified, and only
- * for fresh handshakes; a resumed session skips it, which is sound because Node hands a
- * session to the cache (undici's, one per client, so one pin set) only after this check
- * passed on the connection that produced it.
+ * for fresh handshakes; a resumed session skips it, which is sound because the client keeps a
+ * session (./connector.ts: one per client and server name, so one pin set) only from a
+ * connection on which this check passed.
  */
 export function pinnedServerIdentity(
   pins: ReadonlySet<string>,

@@ -29,10 +29,10 @@ afterAll(async () => {
 });
 
 /** One connection through `connect` to the `version` server, read to its end: whether it resumed. */
-async function once(connect: buildConnector.connector, version: 'TLSv1.2' | 'TLSv1.3'): Promise<boolean> {
+async function once(connect: buildConnector.connector, version: 'TLSv1.2' | 'TLSv1.3', servername = 'localhost'): Promise<boolean> {
   const port = (servers[version].address() as AddressInfo).port;
   const socket = await new Promise<TLSSocket>((resolve, reject) =>
-    connect({ hostname: '127.0.0.1', host: `127.0.0.1:${port}`, protocol: 'https:', port: String(port), servername: 'localhost' }, (err, s) => (err ? reject(err) : resolve(s as TLSSocket))),
+    connect({ hostname: '127.0.0.1', host: `127.0.0.1:${port}`, protocol: 'https:', port: String(port), servername }, (err, s) => (err ? reject(err) : resolve(s as TLSSocket))),
   );
   expect(socket.getProtocol()).toBe(version);
   const reused = socket.isSessionReused();
@@ -49,6 +49,28 @@ describe.each(['TLSv1.3', 'TLSv1.2'] as const)('%s', (version) => {
     expect(await once(connect, version)).toBe(false);
     await collectGarbage();
     expect(await once(connect, version)).toBe(true);
+    expect(await once(connect, version)).toBe(true);
+  });
+
+  it('remembers no session from a connection that failed the server check (a pin mismatch), so every connection runs it', async () => {
+    let checks = 0;
+    const connect = sessionKeepingConnector({
+      ...tls(),
+      checkServerIdentity: () => {
+        checks++;
+        return new Error('pin mismatch');
+      },
+    });
+    for (let i = 0; i < 3; i++) await expect(once(connect, version)).rejects.toThrow('pin mismatch');
+    expect(checks).toBe(3);
+  });
+
+  it('keeps sessions by server name: a session never resumes for another name, which is checked afresh', async () => {
+    const connect = sessionKeepingConnector(tls());
+    expect(await once(connect, version)).toBe(false);
+    expect(await once(connect, version)).toBe(true);
+    // The server's certificate does not name evil.example: a full handshake, and its check fails.
+    await expect(once(connect, version, 'evil.example')).rejects.toThrow(/does not match|altnames/i);
     expect(await once(connect, version)).toBe(true);
   });
 

@@ -7,7 +7,8 @@
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
 import { connect, type TLSSocket } from 'node:tls';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, inject, it } from 'vitest';
+import { generateSigningJwk } from '../../src/tokens/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { testEnv } from '../helpers/gate.js';
 import { spawnServe, type ServeProcess } from '../helpers/serve.js';
@@ -18,23 +19,32 @@ let fx: Fixtures;
 let withConf: ServeProcess;
 let withoutConf: ServeProcess;
 let missingConf: ServeProcess;
+let missingConfWorkers: ServeProcess;
 
 beforeAll(async () => {
   fx = await makeFixtures();
   // The upstream is never asked: the connections below ask the gate's own health endpoint.
   const env = (conf: string) => testEnv(fx, { GATE_UPSTREAM_URL: 'http://127.0.0.1:9', OPENSSL_CONF: conf });
-  [withConf, withoutConf, missingConf] = await Promise.all([
+  [withConf, withoutConf, missingConf, missingConfWorkers] = await Promise.all([
     spawnServe(env(CONF)),
     // An empty configuration: OpenSSL's defaults (what a gate outside the image gets from a
     // system openssl.cnf without a nodejs_conf section).
     spawnServe(env('/dev/null')),
     // Node ignores a file it cannot read; the gate says so.
     spawnServe(env('/nonexistent/node-openssl.cnf')),
+    // Workers run `serve` too: still one warning per gate.
+    spawnServe({
+      ...env('/nonexistent/node-openssl.cnf'),
+      GATE_WORKERS: '2',
+      GATE_STORE: 'redis',
+      GATE_REDIS_URL: inject('redisUrl'),
+      GATE_SIGNING_JWK: JSON.stringify(await generateSigningJwk()),
+    }),
   ]);
 }, 60_000);
 
 afterAll(async () => {
-  await Promise.all([withConf?.stop(), withoutConf?.stop(), missingConf?.stop()]);
+  await Promise.all([withConf?.stop(), withoutConf?.stop(), missingConf?.stop(), missingConfWorkers?.stop()]);
 });
 
 /** One mTLS connection with one request, optionally resuming `session`: the tickets it was sent and whether it resumed. */
@@ -111,4 +121,12 @@ it('an OPENSSL_CONF that cannot be read gets one warning line at start (Node wou
   expect(two.status).toBe('HTTP/1.1 200 OK');
   expect(two.tickets).toHaveLength(2);
   for (const gate of [withConf, withoutConf]) expect(gate.output()).not.toContain('OPENSSL_CONF');
+  expect(missingConfWorkers.output().split('\n').filter((l) => l.includes('OPENSSL_CONF='))).toHaveLength(1);
+});
+
+it('a directory as OPENSSL_CONF is warned about too (Node ignores it as silently)', async () => {
+  const { opensslConfWarning } = await import('../../src/cli/gate.js');
+  expect(opensslConfWarning({ OPENSSL_CONF: '/tmp' })).toMatch(/OPENSSL_CONF=\/tmp cannot be read \(a directory\)/);
+  expect(opensslConfWarning({ OPENSSL_CONF: CONF })).toBeUndefined();
+  expect(opensslConfWarning({})).toBeUndefined();
 });

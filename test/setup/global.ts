@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { startRedis } from '../helpers/redis.js';
 import { buildCliBundle } from './cli-bundle.js';
 import { resetLogs, scanLogs } from './log-scan.js';
-import { ensureOptionalTools, ensureSystemPackages } from './system.js';
+import { ensureOptionalTools, ensureSystemPackages, missingInCi } from './system.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -25,7 +25,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
     process.stderr.write(`\n${(err as Error).message}\n`);
     process.exit(1);
   }
-  for (const line of ensureOptionalTools()) process.stderr.write(`${line}\n`);
+  const missing = ensureOptionalTools();
+  for (const line of missing) process.stderr.write(`${line}\n`);
+  // CI always ran these checks (.ci/run installed docker-compose or failed): it still must.
+  const required = process.env.CI ? missingInCi(missing) : [];
+  if (required.length > 0) {
+    process.stderr.write(`\nCI: missing ${required.join(', ')}, which CI must not skip\n`);
+    process.exit(1);
+  }
   // One directory per run, so concurrent runs on one machine do not judge each other's logs.
   const logDir = join(process.cwd(), '.tmp', 'test-logs', `run-${process.pid}`);
   resetLogs(logDir);

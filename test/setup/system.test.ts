@@ -3,11 +3,11 @@
  * what is skipped for each that still is.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
-import { ensureOptionalTools } from './system.js';
+import { assertTrustedPath, ensureOptionalTools, missingInCi } from './system.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'agent-gate-tools-'));
 const path = process.env.PATH;
@@ -44,6 +44,30 @@ it('installs a missing tool, leaves one that is there, and names what a missing 
   expect(installed).toEqual(root ? ['a', 'b'] : []);
   expect(lines).toEqual([
     ...(root ? [] : ['optional tool missing: ag-test-tool-a (install it as root): skipping the a checks']),
-    `optional tool missing: ag-test-tool-b (${root ? 'could not install it' : 'install it as root'}): skipping the b checks`,
+    `optional tool missing: ag-test-tool-b (${root ? 'could not install it: no such package' : 'install it as root'}): skipping the b checks`,
   ]);
+  // Under CI only the tools marked requiredInCi stop the run.
+  expect(missingInCi(lines, [{ bin: 'ag-test-tool-b', skips: '', requiredInCi: true, install: () => {} }, { bin: 'ag-test-tool-a', skips: '', install: () => {} }])).toEqual(['ag-test-tool-b']);
+});
+
+it('runs an installer as root only from a tree nobody else can write (a shared/ planted beside a checkout in /tmp is refused)', () => {
+  const tree = mkdtempSync(join(tmpdir(), 'agent-gate-trust-'));
+  try {
+    const shared = join(tree, 'shared');
+    mkdirSync(join(shared, 'tools', 'k6'), { recursive: true, mode: 0o755 });
+    const installer = join(shared, 'tools', 'k6', 'install');
+    writeFileSync(installer, '#!/bin/sh\n', { mode: 0o755 });
+    chmodSync(shared, 0o755);
+    expect(() => assertTrustedPath(installer, shared)).not.toThrow();
+    // Writable by others anywhere on the way: refused.
+    chmodSync(join(shared, 'tools'), 0o777);
+    expect(() => assertTrustedPath(installer, shared)).toThrow(/writable by others/);
+    chmodSync(join(shared, 'tools'), 0o755);
+    chmodSync(installer, 0o775);
+    expect(() => assertTrustedPath(installer, shared)).toThrow(/writable by others/);
+    // Outside the tree it was asked about: refused.
+    expect(() => assertTrustedPath(installer, join(tree, 'elsewhere-does-not-exist'))).toThrow();
+  } finally {
+    rmSync(tree, { recursive: true, force: true });
+  }
 });

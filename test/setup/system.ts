@@ -5,9 +5,10 @@
  * one line each.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /** binary -> Debian package that provides it */
 export const REQUIRED: Record<string, string> = {
@@ -32,15 +33,18 @@ function has(bin: string): boolean {
 
 let updated = false;
 
+/** Another apt-get or dpkg (a second test run, unattended upgrades) waits instead of failing. */
+const LOCK_WAIT = 'DPkg::Lock::Timeout=300';
+
 /** `apt-get update`, once per run. */
 function aptUpdate(): void {
-  if (!updated) execFileSync('apt-get', ['update', '-qq'], { stdio: 'ignore', timeout: 300_000 });
+  if (!updated) execFileSync('apt-get', ['-o', LOCK_WAIT, 'update', '-qq'], { stdio: 'ignore', timeout: 300_000 });
   updated = true;
 }
 
 function aptInstall(pkgs: string[]): void {
   aptUpdate();
-  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...pkgs], {
+  execFileSync('apt-get', ['-o', LOCK_WAIT, 'install', '-y', '-qq', '--no-install-recommends', ...pkgs], {
     stdio: 'ignore',
     timeout: 600_000,
     env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
@@ -86,13 +90,36 @@ export interface OptionalTool {
   bin: string;
   /** What is skipped without it. */
   skips: string;
+  /** Under CI (`CI` set) a missing one fails the run, as `.ci/run` used to. */
+  requiredInCi?: boolean;
   install(): void;
+}
+
+/** The repository root: test/setup/ is two levels below. */
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/**
+ * Throws unless `file` (symlinks resolved) and every directory from it up to `top` belong to
+ * root or to us and are not writable by group or others: the k6 installer runs as root, and a
+ * `shared` directory beside a checkout under /tmp could be anyone's.
+ */
+export function assertTrustedPath(file: string, top: string): void {
+  const uid = process.getuid?.() ?? 0;
+  let p = realpathSync(file);
+  const stop = realpathSync(top);
+  for (;;) {
+    const st = statSync(p);
+    if ((st.uid !== 0 && st.uid !== uid) || (st.mode & 0o022) !== 0) throw new Error(`${p} is writable by others or not ours: not run as root`);
+    if (p === stop || p === dirname(p)) break;
+    p = dirname(p);
+  }
+  if (p !== stop) throw new Error(`${file} is not under ${top}`);
 }
 
 /** The optional tools, in the order they are looked for. */
 export const OPTIONAL_TOOLS: OptionalTool[] = [
   // Offline validation of docker-compose.yml (test/deploy/compose.test.ts); there is no engine here.
-  { bin: 'docker-compose', skips: "docker-compose's own check of docker-compose.yml", install: () => aptInstall(['docker-compose']) },
+  { bin: 'docker-compose', skips: "docker-compose's own check of docker-compose.yml", requiredInCi: true, install: () => aptInstall(['docker-compose']) },
   {
     // promtool checks and unit-tests the alert rules (test/deploy/monitoring.test.ts). Only the
     // binary is taken from Debian's prometheus package: installing the package would start a
@@ -113,7 +140,9 @@ export const OPTIONAL_TOOLS: OptionalTool[] = [
         const deb = readdirSync(dir).find((f) => f.startsWith('prometheus_') && f.endsWith('.deb'));
         if (!deb) throw new Error('no prometheus .deb');
         execFileSync('dpkg', ['-x', deb, 'x'], { cwd: dir, stdio: 'ignore', timeout: 120_000 });
-        execFileSync('install', ['-m', '0755', join(dir, 'x', 'usr', 'bin', 'promtool'), '/usr/local/bin/promtool'], { stdio: 'ignore' });
+        // Beside the target, then renamed: a run stopped halfway leaves no half-written promtool.
+        execFileSync('install', ['-m', '0755', join(dir, 'x', 'usr', 'bin', 'promtool'), '/usr/local/bin/.promtool.tmp'], { stdio: 'ignore' });
+        renameSync('/usr/local/bin/.promtool.tmp', '/usr/local/bin/promtool');
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
@@ -121,12 +150,14 @@ export const OPTIONAL_TOOLS: OptionalTool[] = [
   },
   {
     // The k6 smoke of the load scripts (test/load). No registry ships k6: ../shared/tools/k6
-    // holds a checked binary, when this checkout has it beside it.
+    // beside the repository holds a checked binary, when this checkout has it.
     bin: 'k6',
     skips: 'the k6 smoke of load/k6 (test/load)',
     install: () => {
-      const installer = join(process.cwd(), '..', 'shared', 'tools', 'k6', 'install');
+      const shared = join(ROOT, '..', 'shared');
+      const installer = join(shared, 'tools', 'k6', 'install');
       if (!existsSync(installer)) throw new Error(`no ${installer}`);
+      assertTrustedPath(installer, shared);
       if (!has('xz')) aptInstall(['xz-utils']);
       execFileSync(installer, ['/usr/local/bin'], { stdio: 'ignore', timeout: 120_000 });
     },
@@ -135,21 +166,28 @@ export const OPTIONAL_TOOLS: OptionalTool[] = [
 
 /**
  * Installs (as root with apt-get) the optional tools that are missing; returns one line for each
- * that is still missing, naming what the run skips without it.
+ * that is still missing, naming what the run skips without it and why.
  */
 export function ensureOptionalTools(tools: OptionalTool[] = OPTIONAL_TOOLS): string[] {
-  const canInstall = process.getuid?.() === 0 && has('apt-get');
+  const root = process.getuid?.() === 0;
+  const canInstall = root && has('apt-get');
   const lines: string[] = [];
   for (const tool of tools) {
     if (has(tool.bin)) continue;
+    let why = root ? 'no apt-get here' : 'install it as root';
     if (canInstall) {
       try {
         tool.install();
-      } catch {
-        // Reported below.
+      } catch (err) {
+        why = `could not install it: ${(err as Error).message.split('\n')[0]}`;
       }
     }
-    if (!has(tool.bin)) lines.push(`optional tool missing: ${tool.bin} (${canInstall ? 'could not install it' : 'install it as root'}): skipping ${tool.skips}`);
+    if (!has(tool.bin)) lines.push(`optional tool missing: ${tool.bin} (${why}): skipping ${tool.skips}`);
   }
   return lines;
+}
+
+/** The tools of `tools` that CI must have (`requiredInCi`) among those `lines` report missing. */
+export function missingInCi(lines: string[], tools: OptionalTool[] = OPTIONAL_TOOLS): string[] {
+  return tools.filter((t) => t.requiredInCi && lines.some((l) => l.startsWith(`optional tool missing: ${t.bin} `))).map((t) => t.bin);
 }
