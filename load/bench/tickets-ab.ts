@@ -6,8 +6,8 @@
  * gate CPU per flow for each and the median of the paired ratios. About a minute per 3 rounds.
  * @module
  */
-import type { Job } from './jobs.js';
-import { median } from './stats.js';
+import type { FlowJob } from './jobs.js';
+import { pairedFlowRounds } from './paired.js';
 import { gateEnv, startBase, type StartedGate, startGate, startLoadgen } from './setup.js';
 
 const RUNS = Number(process.argv.find((a) => a.startsWith('--runs='))?.slice('--runs='.length) ?? 5);
@@ -17,25 +17,8 @@ const env = { ...gateEnv(pki, redisUrl, upstreamUrl), GATE_RATE_LIMITS: 'on' };
 const two = await startGate('gate-two-tickets', work, { ...env, OPENSSL_CONF: '/dev/null' });
 const one = await startGate('gate-one-ticket', work, env);
 const lg = await startLoadgen(pki.clientTls);
-const job = (g: StartedGate): Job => ({ kind: 'flow', mode: 'gate', origin: `https://127.0.0.1:${g.port}`, prefix: '/.agent-gate', concurrency: 16, warmupMs: 1000, durationMs: 4000, keepAlive: false });
-const per = { two: [] as number[], one: [] as number[] };
-const rates = { two: [] as number[], one: [] as number[] };
-for (let i = 0; i < RUNS; i++) {
-  const order = i % 2 === 0 ? ([['two', two], ['one', one]] as const) : ([['one', one], ['two', two]] as const);
-  for (const [k, g] of order) {
-    const r = await lg.run(job(g), { gate: g.pids, redis: redis.pids });
-    if (r.result.kind !== 'flow') throw new Error('unexpected result');
-    const cpu = ((r.cpuSeconds.gate ?? 0) * 1e6) / (r.result.rate * r.windowS);
-    per[k].push(cpu);
-    rates[k].push(r.result.rate);
-    console.log(`round ${i + 1} ${k === 'two' ? 'two tickets' : 'one ticket '}: ${r.result.rate.toFixed(0)} flows/s, gate ${cpu.toFixed(0)} µs/flow, errors ${r.result.errors}`);
-  }
-}
-const ratios = per.one.map((v, i) => v / per.two[i]!);
-console.log(
-  `gate CPU per new-connection flow, median of ${RUNS}: two tickets ${median(per.two).toFixed(0)} µs (${median(rates.two).toFixed(0)}/s), ` +
-    `one ticket ${median(per.one).toFixed(0)} µs (${median(rates.one).toFixed(0)}/s); one/two paired ${median(ratios).toFixed(3)}`,
-);
+const job = (g: StartedGate): FlowJob => ({ kind: 'flow', mode: 'gate', origin: `https://127.0.0.1:${g.port}`, prefix: '/.agent-gate', concurrency: 16, warmupMs: 1000, durationMs: 4000, keepAlive: false });
+await pairedFlowRounds(lg, RUNS, { label: 'two tickets', job: job(two), pids: two.pids }, { label: 'one ticket', job: job(one), pids: one.pids });
 await lg.stop();
 await one.stop();
 await two.stop();

@@ -51,6 +51,11 @@ function aptInstall(pkgs: string[]): void {
   });
 }
 
+/** Root with apt-get: what installing anything here takes. */
+function canInstall(): boolean {
+  return process.getuid?.() === 0 && has('apt-get');
+}
+
 /**
  * Ensures every binary of `required` is on PATH and every file of `files` exists; throws one
  * clear line naming the missing packages.
@@ -67,8 +72,7 @@ export function ensureSystemPackages(required: Record<string, string> = REQUIRED
   const missing = missingNow();
   if (missing.length === 0) return;
   const pkgs = [...new Set(missing)];
-  const canInstall = process.getuid?.() === 0 && has('apt-get');
-  if (canInstall) {
+  if (canInstall()) {
     try {
       aptInstall(pkgs);
     } catch {
@@ -169,13 +173,12 @@ export const OPTIONAL_TOOLS: OptionalTool[] = [
  * that is still missing, naming what the run skips without it and why.
  */
 export function ensureOptionalTools(tools: OptionalTool[] = OPTIONAL_TOOLS): string[] {
-  const root = process.getuid?.() === 0;
-  const canInstall = root && has('apt-get');
+  const installing = canInstall();
   const lines: string[] = [];
   for (const tool of tools) {
     if (has(tool.bin)) continue;
-    let why = root ? 'no apt-get here' : 'install it as root';
-    if (canInstall) {
+    let why = process.getuid?.() === 0 ? 'no apt-get here' : 'install it as root';
+    if (installing) {
       try {
         tool.install();
       } catch (err) {
