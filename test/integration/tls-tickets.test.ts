@@ -21,19 +21,27 @@ let withoutConf: ServeProcess;
 let missingConf: ServeProcess;
 let missingConfWorkers: ServeProcess;
 
+/** Every gate that started, also when another failed to: all are stopped after the file. */
+const started: ServeProcess[] = [];
+async function serve(env: Record<string, string>): Promise<ServeProcess> {
+  const gate = await spawnServe(env);
+  started.push(gate);
+  return gate;
+}
+
 beforeAll(async () => {
   fx = await makeFixtures();
   // The upstream is never asked: the connections below ask the gate's own health endpoint.
   const env = (conf: string) => testEnv(fx, { GATE_UPSTREAM_URL: 'http://127.0.0.1:9', OPENSSL_CONF: conf });
   [withConf, withoutConf, missingConf, missingConfWorkers] = await Promise.all([
-    spawnServe(env(CONF)),
+    serve(env(CONF)),
     // An empty configuration: OpenSSL's defaults (what a gate outside the image gets from a
     // system openssl.cnf without a nodejs_conf section).
-    spawnServe(env('/dev/null')),
-    // Node ignores a file it cannot read; the gate says so.
-    spawnServe(env('/nonexistent/node-openssl.cnf')),
+    serve(env('/dev/null')),
+    // Node ignores a missing file; the gate says so.
+    serve(env('/nonexistent/node-openssl.cnf')),
     // Workers run `serve` too: still one warning per gate.
-    spawnServe({
+    serve({
       ...env('/nonexistent/node-openssl.cnf'),
       GATE_WORKERS: '2',
       GATE_STORE: 'redis',
@@ -44,7 +52,7 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  await Promise.all([withConf?.stop(), withoutConf?.stop(), missingConf?.stop(), missingConfWorkers?.stop()]);
+  await Promise.all(started.map((gate) => gate.stop()));
 });
 
 /** One mTLS connection with one request, optionally resuming `session`: the tickets it was sent and whether it resumed. */
