@@ -15,7 +15,7 @@ import { GateClient } from '../../src/client/index.js';
 import { generateSigningJwk } from '../../src/tokens/index.js';
 import { makeFixtures, type Fixtures } from '../helpers/fixtures.js';
 import { testEnv } from '../helpers/gate.js';
-import { freePort, waitFor } from '../helpers/ports.js';
+import { freePort, GiveUp, waitFor } from '../helpers/ports.js';
 import { cliArgv } from '../helpers/serve.js';
 import { startUpstream, type RecordingUpstream } from '../helpers/upstream.js';
 
@@ -206,7 +206,18 @@ it('SIGTERM while a restarted worker is starting still exits 0', async () => {
   const [port, adminPort] = [await freePort(), await freePort()];
   const g = serve({ ...env, GATE_LISTEN: `127.0.0.1:${port}`, GATE_ADMIN_LISTEN: `127.0.0.1:${adminPort}`, GATE_AUDIT_FILE: join(fx.dir, 'audit-restart.log'), GATE_DRAIN_TIMEOUT_MS: '3000' });
   try {
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, 40_000, `cluster ready (stderr: ${g.err()})`, 200);
+    await waitFor(
+      async () => {
+        // A primary that exits (a listener it could not bind, say) fails the test at once, with its words.
+        if (g.child.exitCode !== null) throw new GiveUp(`primary exited with ${g.child.exitCode}; stderr: ${g.err()}; stdout tail: ${g.out().slice(-2000)}`);
+        return (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200;
+      },
+      40_000,
+      'cluster ready',
+      200,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; stderr: ${g.err()}; stdout tail: ${g.out().slice(-2000)}`);
+    });
     const before = childrenOf(g.child.pid!);
     const victim = before[0]!;
     process.kill(victim, 'SIGKILL');
