@@ -143,6 +143,20 @@ export function statusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
   }
 }
 
+/**
+ * Times a process went to sleep of its own accord (`voluntary_ctxt_switches` of
+ * /proc/<pid>/status, main thread): for an event loop, how often it ran out of work and waited
+ * in epoll. NaN when the process is gone.
+ */
+export function voluntarySwitches(pid: number): number {
+  try {
+    const m = /^voluntary_ctxt_switches:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 /** Pids whose parent is `ppid` (nginx workers of a master). */
 export function childPids(ppid: number): number[] {
   const out: number[] = [];
