@@ -380,8 +380,11 @@ describe('nginx in front of the gate: forwarded headers (stand-in gate over veri
     // None of the client's values, and no underscore variant, got through.
     for (let i = 0; i < seen.rawHeaders.length; i += 2) expect(seen.rawHeaders[i]!.toLowerCase()).not.toMatch(/^x_gate_fwd_/);
     expect(seen.rawHeaders.join('\n')).not.toMatch(/evil|forged|underscore-variant|10\.0\.0\.1/);
-    // The id is nginx's $request_id, as the access log shows.
-    const log = nginx.accessLog().find((l) => l.request_id === fwd['x-gate-fwd-id']);
+    // The id is nginx's $request_id, as the access log shows. nginx writes the line after the
+    // answer has gone out, so the client can read the answer before the line is there.
+    const line = () => nginx.accessLog().find((l) => l.request_id === fwd['x-gate-fwd-id']);
+    await waitFor(() => line() !== undefined, 10_000, `access log line with request_id ${fwd['x-gate-fwd-id']}`);
+    const log = line();
     expect(log).toMatchObject({ status: '200', request_uri: '/api/items?limit=10', thumbprint, ssl_client_verify: 'SUCCESS' });
   });
 
