@@ -2,7 +2,8 @@
  * `npm run bench -- --workers`: one gate process (`GATE_WORKERS=1`) beside a gate of two worker
  * processes (`GATE_WORKERS=2`, same Redis, same upstream), rounds interleaved, short enough for a
  * shared 2-core machine (about 2 minutes): gated keep-alive requests (req/s, p99, gate CPU per
- * request summed over primary and workers), full flows/s over new mTLS connections, and the
+ * request summed over primary and workers, and the gate's voluntary context switches per request
+ * at one open-loop rate), full flows/s over new mTLS connections, and the
  * open-loop window (`/v1/token` p99 seen by the probe, and on-time share) at 70 % of the one-worker gate's maximum
  * flow rate for both gates, plus peak RSS per process. Prints the rows and writes
  * `load/results/<date>-workers.json`.
@@ -36,9 +37,9 @@ export async function workersMain(args: string[]): Promise<void> {
   const base = { upstream: upstream.pids, redis: redis.pids, loadgen: [lg.pid, probe.pid] };
   const groups: Record<string, CpuGroups> = { w1: { gate: [w1.pid], ...base }, w2: { gate: w2pids(), ...base } };
   const all: Record<string, RunRecord[]> = {};
-  /** One measurement; `probeJob`, if any, runs on the probe in the same window (its record under `key.probe`). */
   /** Per key, the gate processes' voluntary sleeps per completed operation in each window. */
   const sleeps: Record<string, number[]> = {};
+  /** One measurement; `probeJob`, if any, runs on the probe in the same window (its record under `key.probe`). */
   const record = async (key: string, job: Job, g: CpuGroups, probeJob?: Job) => {
     const gatePids = g.gate ?? [];
     const switches = () => gatePids.reduce((s, pid) => s + voluntarySwitches(pid), 0);
