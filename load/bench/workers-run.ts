@@ -2,8 +2,8 @@
  * `npm run bench -- --workers`: one gate process (`GATE_WORKERS=1`) beside a gate of two worker
  * processes (`GATE_WORKERS=2`, same Redis, same upstream), rounds interleaved, short enough for a
  * shared 2-core machine (about 2 minutes): gated keep-alive requests (req/s, p99, gate CPU per
- * request summed over primary and workers, and the gate's voluntary context switches per request
- * at one open-loop rate), full flows/s over new mTLS connections, and the
+ * request summed over primary and workers, and the voluntary context switches of the gate
+ * processes' main threads per request at one open-loop rate), full flows/s over new mTLS connections, and the
  * open-loop window (`/v1/token` p99 seen by the probe, and on-time share) at 70 % of the one-worker gate's maximum
  * flow rate for both gates, plus peak RSS per process. Prints the rows and writes
  * `load/results/<date>-workers.json`.
@@ -89,7 +89,7 @@ export async function workersMain(args: string[]): Promise<void> {
   const m = (k: string) => medianMetrics(all[k] ?? []);
   // Gate CPU (the gate group alone: primary + workers) per completed operation, µs, median over rounds.
   const cpuPer = (k: string) => Math.round(median((all[k] ?? []).map((r) => ((r.cpuSeconds.gate ?? 0) / Math.max(1, r.result.kind === 'flow-open' ? r.result.ok : r.result.completed)) * 1e6)));
-  const sleepsPer = (k: string) => median(sleeps[k] ?? []).toFixed(2);
+  const sleepsPer = (k: string) => median(sleeps[k] ?? []);
   const ratio = (a: number, b: number) => (b > 0 ? Math.round((a / b) * 100) / 100 : NaN);
   const mb = (kb: number) => Math.round(kb / 102.4) / 10;
   const rss = { w1: mb(statusKb(w1.pid, 'VmHWM')), w2Primary: mb(statusKb(w2.pid, 'VmHWM')), w2Workers: childPids(w2.pid).map((p) => mb(statusKb(p, 'VmHWM'))) };
@@ -98,9 +98,9 @@ export async function workersMain(args: string[]): Promise<void> {
     ['gated keep-alive p99', `${m('ka.w1').p99} ms`, `${m('ka.w2').p99} ms`, ratio(m('ka.w2').p99!, m('ka.w1').p99!), '–'],
     ['gate CPU per gated request (primary + workers), closed loop', `${cpuPer('ka.w1')} µs`, `${cpuPer('ka.w2')} µs`, ratio(cpuPer('ka.w2'), cpuPer('ka.w1')), '(≤ 1.1)'],
     [`gate CPU per gated request (primary + workers), open loop at ${kaRate} req/s each`, `${cpuPer('kaopen.w1')} µs`, `${cpuPer('kaopen.w2')} µs`, ratio(cpuPer('kaopen.w2'), cpuPer('kaopen.w1')), '≤ 1.1'],
-    // Why two workers cost more per request at the same rate: each has half the work, so its
-    // loop runs dry and sleeps in epoll more often, and every sleep and wake-up costs CPU.
-    [`the gate's sleeps (voluntary context switches) per gated request, same open loop`, sleepsPer('kaopen.w1'), sleepsPer('kaopen.w2'), ratio(Number(sleepsPer('kaopen.w2')), Number(sleepsPer('kaopen.w1'))), '–'],
+    // What goes with two workers' extra CPU per request at the same rate: each has half the
+    // work, so its loop runs dry and sleeps in epoll more often (load/RESULTS.md, workers).
+    [`the gate's sleeps (voluntary context switches of its processes' main threads) per gated request, same open loop`, sleepsPer('kaopen.w1').toFixed(2), sleepsPer('kaopen.w2').toFixed(2), ratio(sleepsPer('kaopen.w2'), sleepsPer('kaopen.w1')), '–'],
     ['full flows/s, new mTLS conns (16 in flight)', fmt(m('flow.w1').rate, 1), fmt(m('flow.w2').rate, 1), ratio(m('flow.w2').rate!, m('flow.w1').rate!), 'as measured'],
     ['gate CPU per full flow', `${cpuPer('flow.w1')} µs`, `${cpuPer('flow.w2')} µs`, ratio(cpuPer('flow.w2'), cpuPer('flow.w1')), '–'],
     [
