@@ -133,14 +133,19 @@ export function machineBusySeconds(): number {
   return busy / CLK_TCK;
 }
 
-/** A field of /proc/<pid>/status in kB (VmHWM = peak RSS, VmRSS = current), NaN when unknown. */
-export function statusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
+/** A numeric field of /proc/<pid>/status (its first number), NaN when unknown or the process is gone. */
+function statusNumber(pid: number, field: string): number {
   try {
-    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const m = new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : Number.NaN;
   } catch {
     return Number.NaN;
   }
+}
+
+/** A field of /proc/<pid>/status in kB (VmHWM = peak RSS, VmRSS = current), NaN when unknown. */
+export function statusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
+  return statusNumber(pid, field);
 }
 
 /**
@@ -149,12 +154,7 @@ export function statusKb(pid: number, field: 'VmHWM' | 'VmRSS'): number {
  * in epoll. NaN when the process is gone.
  */
 export function voluntarySwitches(pid: number): number {
-  try {
-    const m = /^voluntary_ctxt_switches:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) : Number.NaN;
-  } catch {
-    return Number.NaN;
-  }
+  return statusNumber(pid, 'voluntary_ctxt_switches');
 }
 
 /** Pids whose parent is `ppid` (nginx workers of a master). */

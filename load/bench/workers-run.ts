@@ -21,6 +21,11 @@ import { type CpuGroups, gateEnv, openFlowJob, probeSplit, PROBE_TEXT, ROOT, sta
 const PREFIX = '/.agent-gate';
 const GATED_PATH = '/api/items/42?view=full';
 
+/** Operations a window completed (flows on time for the open loop), at least 1: the divisor of every per-operation row. */
+function opsOf(r: RunRecord): number {
+  return Math.max(1, r.result.kind === 'flow-open' ? r.result.ok : r.result.completed);
+}
+
 export async function workersMain(args: string[]): Promise<void> {
   const runs = Number(args.find((a) => a.startsWith('--runs='))?.slice('--runs='.length) ?? 2);
   const win = { warm: 500, ka: 2000, flow: 2000, open: 3000 };
@@ -50,8 +55,7 @@ export async function workersMain(args: string[]): Promise<void> {
       else atEnd = switches();
     };
     const [r, p] = await Promise.all([lg.run(job, g, onMark), probeJob ? probe.run(probeJob, {}) : undefined]);
-    const done = r.result.kind === 'flow-open' ? r.result.ok : r.result.completed;
-    (sleeps[key] ??= []).push((atEnd - atStart) / Math.max(1, done));
+    (sleeps[key] ??= []).push((atEnd - atStart) / opsOf(r));
     (all[key] ??= []).push(r);
     if (p) (all[`${key}.probe`] ??= []).push(p);
     addProbeCounts(r, p);
@@ -88,7 +92,7 @@ export async function workersMain(args: string[]): Promise<void> {
   }
   const m = (k: string) => medianMetrics(all[k] ?? []);
   // Gate CPU (the gate group alone: primary + workers) per completed operation, µs, median over rounds.
-  const cpuPer = (k: string) => Math.round(median((all[k] ?? []).map((r) => ((r.cpuSeconds.gate ?? 0) / Math.max(1, r.result.kind === 'flow-open' ? r.result.ok : r.result.completed)) * 1e6)));
+  const cpuPer = (k: string) => Math.round(median((all[k] ?? []).map((r) => ((r.cpuSeconds.gate ?? 0) / opsOf(r)) * 1e6)));
   const sleepsPer = (k: string) => median(sleeps[k] ?? []);
   const ratio = (a: number, b: number) => (b > 0 ? Math.round((a / b) * 100) / 100 : NaN);
   const mb = (kb: number) => Math.round(kb / 102.4) / 10;
