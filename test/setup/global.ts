@@ -26,7 +26,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     process.exit(1);
   }
   const missing = ensureOptionalTools();
-  for (const line of missing) process.stderr.write(`${line}\n`);
+  for (const m of missing) process.stderr.write(`${m.line}\n`);
   // CI always ran these checks (.ci/run installed docker-compose or failed): it still must.
   const ci = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false';
   const required = ci ? missingInCi(missing) : [];

@@ -168,13 +168,17 @@ export const OPTIONAL_TOOLS: OptionalTool[] = [
   },
 ];
 
-/**
- * Installs (as root with apt-get) the optional tools that are missing; returns one line for each
- * that is still missing, naming what the run skips without it and why.
- */
-export function ensureOptionalTools(tools: OptionalTool[] = OPTIONAL_TOOLS): string[] {
+/** An optional tool still missing after {@link ensureOptionalTools}, with its one report line. */
+export interface MissingTool {
+  tool: OptionalTool;
+  /** Names what the run skips without it and why. */
+  line: string;
+}
+
+/** Installs (as root with apt-get) the optional tools that are missing; returns those still missing. */
+export function ensureOptionalTools(tools: OptionalTool[] = OPTIONAL_TOOLS): MissingTool[] {
   const installing = canInstall();
-  const lines: string[] = [];
+  const missing: MissingTool[] = [];
   for (const tool of tools) {
     if (has(tool.bin)) continue;
     let why = process.getuid?.() === 0 ? 'no apt-get here' : 'install it as root';
@@ -185,12 +189,12 @@ export function ensureOptionalTools(tools: OptionalTool[] = OPTIONAL_TOOLS): str
         why = `could not install it: ${(err as Error).message.split('\n')[0]}`;
       }
     }
-    if (!has(tool.bin)) lines.push(`optional tool missing: ${tool.bin} (${why}): skipping ${tool.skips}`);
+    if (!has(tool.bin)) missing.push({ tool, line: `optional tool missing: ${tool.bin} (${why}): skipping ${tool.skips}` });
   }
-  return lines;
+  return missing;
 }
 
-/** The tools of `tools` that CI must have (`requiredInCi`) among those `lines` report missing. */
-export function missingInCi(lines: string[], tools: OptionalTool[] = OPTIONAL_TOOLS): string[] {
-  return tools.filter((t) => t.requiredInCi && lines.some((l) => l.startsWith(`optional tool missing: ${t.bin} `))).map((t) => t.bin);
+/** The binaries among `missing` that CI must have (`requiredInCi`). */
+export function missingInCi(missing: MissingTool[]): string[] {
+  return missing.filter((m) => m.tool.requiredInCi).map((m) => m.tool.bin);
 }
