@@ -782,9 +782,18 @@ async function progress(loop: { ok: () => number }, n: number, what: string): Pr
   await waitFor(() => loop.ok() >= from + n, 20_000, `${n} more requests ${what}`);
 }
 
-/** Every answer nginx logged was a success (a refusal cured by the SDK's retries would show here). */
-function expectOnlySuccesses(n: RunningNginx): void {
-  const bad = n.accessLog().filter((l) => l.status !== '200' && l.status !== '201');
+const succeeded = (l: Record<string, string>) => l.status === '200' || l.status === '201';
+
+/**
+ * Every answer nginx logged was a success (a refusal cured by the SDK's retries would show here).
+ * nginx writes a line after its answer has gone out, so this first waits for the lines of the
+ * `ok` gated requests the loop counted since the log held `from` lines; whatever the loop sent
+ * before its last request is then in the log too.
+ */
+async function expectOnlySuccesses(n: RunningNginx, from: number, ok: number): Promise<void> {
+  const gated = () => n.accessLog().slice(from).filter((l) => succeeded(l) && l.request_uri?.startsWith('/loop/')).length;
+  await waitFor(() => gated() >= ok, 10_000, `the ${ok} gated requests in the access log`);
+  const bad = n.accessLog().filter((l) => !succeeded(l));
   expect(bad.map((l) => `${l.status} ${l.method} ${l.request_uri}`)).toEqual([]);
 }
 
@@ -812,6 +821,7 @@ describe('HMAC key rotation and reloads under a running client loop (unedited co
   });
 
   it('nginx reloaded during traffic: no request fails', async () => {
+    const logged = rot.accessLog().length;
     const loop = clientLoop(rot.url);
     let result: LoopResult;
     try {
@@ -825,10 +835,11 @@ describe('HMAC key rotation and reloads under a running client loop (unedited co
     }
     expect(result.failures).toEqual([]);
     expect(result.ok).toBeGreaterThanOrEqual(80);
-    expectOnlySuccesses(rot);
+    await expectOnlySuccesses(rot, logged, result.ok);
   });
 
   it('rotation: nginx k1 -> k2 while the gate accepts both, then a gate with k2 only; no request fails', async () => {
+    const logged = rot.accessLog().length;
     const loop = clientLoop(rot.url);
     let result: LoopResult;
     let g2: RunningGate;
@@ -861,7 +872,7 @@ describe('HMAC key rotation and reloads under a running client loop (unedited co
     }
     expect(result.failures).toEqual([]);
     expect(result.ok).toBeGreaterThanOrEqual(80);
-    expectOnlySuccesses(rot);
+    await expectOnlySuccesses(rot, logged, result.ok);
     expect(r2.captured.every((r) => kidOf(r) === 'k2')).toBe(true);
 
     // k1 is retired: a request nginx signed with it, straight to the new gate, is refused.
