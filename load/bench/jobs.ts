@@ -45,6 +45,8 @@ export interface FlowJob {
   keepAlive?: boolean;
   /** New connections resume the newest TLS session, as the SDK's do (returning agents); else each is a full handshake. */
   resume?: boolean;
+  /** `tls` mode: the path of the one GET (default `/`). */
+  getPath?: string;
 }
 
 /** Open loop: full flows started at a constant rate; each counted on time or late/failed. */

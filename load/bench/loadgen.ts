@@ -177,22 +177,22 @@ function flowClient(origin: string, noSessionCache: boolean, resume = false): Cl
  * One flow on a new connection. `gate`: challenge → proof → token. `tls`: one GET.
  * Resolves (never rejects) when the connection is closed.
  */
-async function flowOnce(origin: string, prefix: string, mode: 'gate' | 'tls', resume = false): Promise<FlowOutcome> {
+async function flowOnce(origin: string, prefix: string, mode: 'gate' | 'tls', resume = false, getPath = '/'): Promise<FlowOutcome> {
   const client = flowClient(origin, true, resume);
   try {
-    return await flowOn(client, prefix, mode);
+    return await flowOn(client, prefix, mode, getPath);
   } finally {
     await client.close().catch(() => client.destroy().catch(() => {}));
   }
 }
 
 /** One flow on `client` (a new or a kept-alive connection); resolves, never rejects. */
-async function flowOn(client: Client, prefix: string, mode: 'gate' | 'tls'): Promise<FlowOutcome> {
+async function flowOn(client: Client, prefix: string, mode: 'gate' | 'tls', getPath = '/'): Promise<FlowOutcome> {
   const out: FlowOutcome = { result: 'ok', firstMs: 0, tokenMs: 0 };
   try {
     const s = performance.now();
     if (mode === 'tls') {
-      const r = await client.request({ path: '/', method: 'GET' });
+      const r = await client.request({ path: getPath, method: 'GET' });
       await r.body.text();
       out.firstMs = performance.now() - s;
       if (r.statusCode !== 200) out.result = String(r.statusCode);
@@ -334,7 +334,7 @@ async function flowClosed(id: number, job: FlowJob): Promise<FlowResult> {
         const client = clients[agent];
         while (performance.now() < t1) {
           const s = performance.now();
-          const r = client ? await flowOn(client, job.prefix, job.mode) : await flowOnce(job.origin, job.prefix, job.mode, job.resume);
+          const r = client ? await flowOn(client, job.prefix, job.mode, job.getPath) : await flowOnce(job.origin, job.prefix, job.mode, job.resume, job.getPath);
           const e = performance.now();
           if (e < t0 || e >= t1) continue;
           if (r.result === 'ok') {
