@@ -15,6 +15,7 @@ import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'n
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { Pool } from 'undici';
+import { pemCertificates } from '../lib/pem.js';
 import { GateClientError } from './client-error.js';
 import { sessionKeepingConnector } from './connector.js';
 import { parsePins, pinnedServerIdentity } from './pin.js';
@@ -52,7 +53,7 @@ export interface GateClientOptions {
   cert: string | Buffer;
   /** Agent private key, PEM (PKCS#8 or traditional), unencrypted. */
   key: string | Buffer;
-  /** CA bundle (PEM) to verify the gate's server certificate; the system roots when absent. */
+  /** CA bundle (PEM) to verify the gate's server certificate; the system roots when absent. One without a certificate is refused. */
   ca?: string | Buffer;
   /** The gate's path prefix, default `/.agent-gate`. */
   pathPrefix?: string;
@@ -208,11 +209,25 @@ export class GateClient {
     // One TLS context for every connection of this client. Given the PEMs instead, tls.connect
     // parses them into a new context per connection: ~0.9 ms of CPU each with Node 20's
     // OpenSSL 3.0, paid on every reconnect.
+    let ca: string | undefined;
+    if (opts.ca !== undefined) {
+      ca = toPem(opts.ca);
+      // Node's TLS skips a ca it cannot read and trusts the system roots when none is left: an
+      // empty or broken --ca file would widen the trust it was meant to narrow.
+      let anchors: number;
+      try {
+        anchors = pemCertificates(ca).length;
+      } catch (err) {
+        throw new TypeError('GateClient: ca holds a PEM block that is not a certificate', { cause: err });
+      }
+      if (anchors === 0) fail('ca holds no PEM certificate');
+    }
     let secureContext: SecureContext;
     try {
-      secureContext = createSecureContext({ cert: toPem(opts.cert), key: opts.key, ...(opts.ca !== undefined ? { ca: toPem(opts.ca) } : {}), minVersion: 'TLSv1.2' });
+      secureContext = createSecureContext({ cert: toPem(opts.cert), key: opts.key, ...(ca !== undefined ? { ca } : {}), minVersion: 'TLSv1.2' });
     } catch (err) {
-      throw new TypeError('GateClient: cert, key or ca cannot make a TLS context', { cause: err });
+      // The leaf and key were checked above: what is left is the rest of the cert chain.
+      throw new TypeError('GateClient: cert chain cannot be loaded for TLS', { cause: err });
     }
     this.#pool = new Pool(this.origin, {
       // Resumes with the newest session, held by the client (./connector.ts).

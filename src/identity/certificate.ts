@@ -9,6 +9,7 @@
  * @module
  */
 import { createHash, X509Certificate, type KeyObject } from 'node:crypto';
+import { pemCertificates } from '../lib/pem.js';
 import { x509 } from '../lib/x509.js';
 import { GateError } from '../errors.js';
 import { proofAlgOf, type ProofAlg } from '../lib/proof-alg.js';
@@ -76,10 +77,10 @@ export class TrustBundle {
 
   /** Parses every certificate of a PEM bundle; throws TypeError when there is none. */
   constructor(pem: string) {
-    const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-    if (blocks.length === 0) throw new TypeError('no certificate in the trust bundle');
+    const anchors = pemCertificates(pem);
+    if (anchors.length === 0) throw new TypeError('no certificate in the trust bundle');
     this.pem = pem;
-    this.anchors = blocks.map((b) => new X509Certificate(b));
+    this.anchors = anchors;
     this.prints = new Set(this.anchors.map((a) => thumbprintOf(a.raw)));
   }
 

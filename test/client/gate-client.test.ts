@@ -144,6 +144,20 @@ describe('token flow', () => {
     await expect(client({}, imp).challenge()).rejects.toBeInstanceOf(ResponseTooLargeError);
   });
 
+  it('refuses a ca without a certificate when constructed: Node would trust the system roots instead', () => {
+    // Node's TLS skips what it cannot read in `ca`, and an empty one means the system roots.
+    for (const ca of ['', Buffer.alloc(0), suite.fx.agents.p256.keyPem, 'not a PEM at all']) {
+      expect(() => client({ ca })).toThrow('GateClient: ca holds no PEM certificate');
+    }
+    const broken = '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n';
+    expect(() => client({ ca: `${suite.fx.ca.certPem}${broken}` })).toThrow('GateClient: ca holds a PEM block that is not a certificate');
+  });
+
+  it('refuses a cert chain whose certificates after the leaf cannot be loaded', () => {
+    const broken = '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n';
+    expect(() => client({ cert: `${suite.fx.agents.p256.certPem}${broken}` })).toThrow('GateClient: cert chain cannot be loaded for TLS');
+  });
+
   it('refuses a gate certificate not issued by the configured CA', async () => {
     const other = await createCa({ commonName: 'some other CA' });
     const c = client({ ca: other.certPem });
@@ -325,6 +339,14 @@ describe('agent CLI', () => {
   }
 
   const tls = (who = 'agent') => ['--cert', join(dir, `${who}.crt`), '--key', join(dir, `${who}.key`), '--ca', join(dir, 'ca.crt')];
+
+  it('an empty --ca file is an error, not the system roots', async () => {
+    writeFileSync(join(dir, 'empty.crt'), '');
+    const r = await run('token', '--cert', join(dir, 'agent.crt'), '--key', join(dir, 'agent.key'), '--ca', join(dir, 'empty.crt'), suite.g.url);
+    expect(r.code).toBe(1);
+    expect(r.err).toBe('error: GateClient: ca holds no PEM certificate\n');
+    expect(r.out).toBe('');
+  });
 
   it('token prints the token response', async () => {
     const r = await run('token', ...tls(), suite.g.url);
