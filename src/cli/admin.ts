@@ -22,6 +22,7 @@ import { isIP } from 'node:net';
 import { Argument, Command, InvalidArgumentError, Option, type ErrorOptions } from 'commander';
 import { Agent, request } from 'undici';
 import { readBounded } from '../client/response.js';
+import { pemCertificates } from '../lib/pem.js';
 
 const EXIT_FAILED = 1;
 const EXIT_USAGE = 2;
@@ -104,6 +105,19 @@ function readFor(flag: string, path: string): Buffer {
   }
 }
 
+/** A --ca file that holds at least one certificate: Node's TLS would trust the system roots for an empty or unreadable one. */
+function readCa(path: string): string {
+  const pem = readFor('--ca', path).toString('utf8');
+  let certificates: number;
+  try {
+    certificates = pemCertificates(pem).length;
+  } catch {
+    throw new UsageError(`--ca ${path}: holds a PEM block that is not a certificate`);
+  }
+  if (certificates === 0) throw new UsageError(`--ca ${path}: holds no PEM certificate`);
+  return pem;
+}
+
 function isLoopback(hostname: string): boolean {
   const h = hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
   if (h === 'localhost' || h.endsWith('.localhost')) return true;
@@ -145,7 +159,7 @@ class AdminApi {
     const connect = https
       ? {
           rejectUnauthorized: true,
-          ...(flags.ca !== undefined ? { ca: readFor('--ca', flags.ca) } : {}),
+          ...(flags.ca !== undefined ? { ca: readCa(flags.ca) } : {}),
           ...(flags.cert !== undefined ? { cert: readFor('--cert', flags.cert), key: readFor('--key', flags.key!) } : {}),
           ...(flags.servername !== undefined ? { servername: flags.servername } : {}),
         }

@@ -220,6 +220,10 @@ describe('agent-gate admin', () => {
 
   it('usage errors exit 2 with one line and send nothing', async () => {
     const tp = 'A'.repeat(43);
+    const emptyCa = join(fx.dir, 'empty.crt');
+    writeFileSync(emptyCa, '');
+    const brokenCa = join(fx.dir, 'broken.crt');
+    writeFileSync(brokenCa, '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n');
     const cases: [string[], RegExp][] = [
       [['deny', '--reason', 'x'], /^error: give --thumbprint or --agent-id$/],
       [['deny', '--thumbprint', tp, '--agent-id', 'a', '--reason', 'x'], /^error: option '--thumbprint <thumbprint>' cannot be used with option '--agent-id <id>'$/],
@@ -239,6 +243,10 @@ describe('agent-gate admin', () => {
       [['denylist', '--url', 'http://192.0.2.1:9464'], /^error: refusing to send the admin secret over http:\/\/ to 192\.0\.2\.1; use https:\/\/$/],
       [['denylist', '--cert', operator.cert, '--key', operator.key], /^error: --cert, --key, --ca and --servername need an https:\/\/ --url$/],
       [['denylist', '--url', 'https://127.0.0.1:1', '--cert', operator.cert], /^error: --cert and --key go together$/],
+      // Node would trust the system roots for a ca without a certificate, and send the secret there.
+      [['denylist', '--url', 'https://127.0.0.1:1', '--token-file', tokenFile, '--ca', emptyCa], /^error: --ca .*empty\.crt: holds no PEM certificate$/],
+      [['denylist', '--url', 'https://127.0.0.1:1', '--token-file', tokenFile, '--ca', tokenFile], /^error: --ca .*admin\.token: holds no PEM certificate$/],
+      [['denylist', '--url', 'https://127.0.0.1:1', '--token-file', tokenFile, '--ca', brokenCa], /^error: --ca .*broken\.crt: holds a PEM block that is not a certificate$/],
     ];
     // The default URL is a listener that only counts connections: usage errors must send nothing.
     let connections = 0;
