@@ -10,6 +10,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions
 import type { GateConfig } from '../config/index.js';
 import { GateError } from '../errors.js';
 import { makeErrorHandler } from '../http/errors.js';
+import { pemCertificates } from '../lib/pem.js';
 import { registerInfoRoutes } from '../gate/index.js';
 import { readFileFor, StartupError, type GateServices } from '../services.js';
 import { adminRoutes } from './routes.js';
@@ -30,8 +31,25 @@ function adminHttps(config: GateConfig): HttpsServerOptions | undefined {
   if (!tlsCertFile || !tlsKeyFile) return undefined;
   const https: HttpsServerOptions = { cert: readFileFor('GATE_ADMIN_TLS_CERT', tlsCertFile), key: readFileFor('GATE_ADMIN_TLS_KEY', tlsKeyFile) };
   // With a client CA, only holders of an admin certificate get past the handshake.
-  if (clientCaFile) Object.assign(https, { ca: readFileFor('GATE_ADMIN_CLIENT_CA', clientCaFile), requestCert: true, rejectUnauthorized: true });
+  if (clientCaFile) Object.assign(https, { ca: adminClientCa(clientCaFile), requestCert: true, rejectUnauthorized: true });
   return https;
+}
+
+/**
+ * GATE_ADMIN_CLIENT_CA's bundle, refused unless it holds certificates only, and at least one.
+ * Node trusts its root store for client certificates when `ca` is empty (an empty secret mount,
+ * say): every publicly issued client certificate would then authorize the admin API.
+ */
+function adminClientCa(file: string): string {
+  const pem = readFileFor('GATE_ADMIN_CLIENT_CA', file);
+  let certificates: number;
+  try {
+    certificates = pemCertificates(pem).length;
+  } catch {
+    throw new StartupError([{ variable: 'GATE_ADMIN_CLIENT_CA', why: `${file} holds a PEM block that is not a certificate` }]);
+  }
+  if (certificates === 0) throw new StartupError([{ variable: 'GATE_ADMIN_CLIENT_CA', why: `${file} holds no PEM certificate` }]);
+  return pem;
 }
 
 /** Builds the admin app (not listening). */

@@ -163,7 +163,7 @@ export const OPTIONS = {
   GATE_CLIENT_CA: option({ schema: path, doc: 'PEM bundle of the CAs trusted to issue agent certificates (required in both modes); prod refuses the dev CA in it' }),
   GATE_ADMIN_TLS_CERT: option({ schema: path, doc: 'admin listener certificate chain (PEM file): HTTPS on the admin listener; required off loopback' }),
   GATE_ADMIN_TLS_KEY: option({ schema: path, doc: 'admin listener private key (PEM file), with `GATE_ADMIN_TLS_CERT`' }),
-  GATE_ADMIN_CLIENT_CA: option({ schema: path, doc: 'with admin TLS: admin client certificates from this CA are required in the handshake and authorize the admin API' }),
+  GATE_ADMIN_CLIENT_CA: option({ schema: path, doc: 'with admin TLS: admin client certificates from this CA are required in the handshake and authorize the admin API; a file without a certificate is refused at start' }),
   GATE_ADMIN_PUBLIC: option({ schema: bool, default: 'false', doc: 'must be `true` for an admin listener off loopback' }),
   GATE_ADMIN_TOKEN_FILE: option({ schema: path, doc: 'file holding the admin API bearer secret (at least 16 characters)' }),
   GATE_STORE: option({

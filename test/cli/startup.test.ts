@@ -102,6 +102,9 @@ describe('agent-gate serve: every startup failure exits 2 with `config violation
     ['unreadable server certificate (materials)', () => ({ GATE_TLS_CERT: join(dir, 'missing.crt') }), 'GATE_TLS_CERT', /cannot read .*ENOENT/],
     ['a trust bundle without a certificate (materials)', () => ({ GATE_CLIENT_CA: file('empty-ca.pem', 'not a certificate\n') }), 'GATE_CLIENT_CA', /\S/],
     ['unreadable admin TLS key (admin listener)', () => ({ GATE_ADMIN_TLS_CERT: fx.serverCertFile, GATE_ADMIN_TLS_KEY: join(dir, 'missing-admin.key') }), 'GATE_ADMIN_TLS_KEY', /cannot read .*ENOENT/],
+    // Node would trust its root store for admin client certificates: any public one would authorize the admin API.
+    ['an empty admin client CA (admin listener)', () => ({ GATE_ADMIN_TLS_CERT: fx.serverCertFile, GATE_ADMIN_TLS_KEY: fx.serverKeyFile, GATE_ADMIN_CLIENT_CA: file('empty-admin-ca.pem', '') }), 'GATE_ADMIN_CLIENT_CA', /^\S+empty-admin-ca\.pem holds no PEM certificate$/],
+    ['an admin client CA with a block that is not a certificate', () => ({ GATE_ADMIN_TLS_CERT: fx.serverCertFile, GATE_ADMIN_TLS_KEY: fx.serverKeyFile, GATE_ADMIN_CLIENT_CA: file('bad-admin-ca.pem', '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n') }), 'GATE_ADMIN_CLIENT_CA', /holds a PEM block that is not a certificate$/],
     ['an admin token shorter than 16 characters', () => ({ GATE_ADMIN_TOKEN_FILE: file('short-token', 'short\n') }), 'GATE_ADMIN_TOKEN_FILE', /at least 16 characters/],
     ['an unreadable admin token file', () => ({ GATE_ADMIN_TOKEN_FILE: join(dir, 'missing-token') }), 'GATE_ADMIN_TOKEN_FILE', /cannot read .*ENOENT/],
     ['a CRL file that is not a CRL', () => ({ GATE_REVOCATION: 'crl', GATE_CRL_FILES: file('bad.crl', 'garbage') }), 'GATE_CRL_FILES', /cannot load a CRL/],
