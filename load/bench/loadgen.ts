@@ -458,6 +458,7 @@ process.on('message', (raw) => {
   const msg = raw as ToLoadgen;
   if (msg.type === 'init') {
     tls = msg.tls;
+    context = undefined;
     agentKey = createPrivateKey(msg.tls.key);
     send({ type: 'ready' });
     return;
