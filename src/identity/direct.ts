@@ -75,7 +75,10 @@ export class DirectIdentityResolver {
     // reads as authorized in Node, with no peer certificate.
     // A returning agent (a verified leaf) costs only the leaf's DER and a hash: the chain view
     // (getPeerCertificate(true)) and an X509Certificate parse cost ~20x more per connection.
-    const der = (socket.getPeerCertificate(false) as PeerCert | undefined)?.raw;
+    // On a resumed session the leaf comes from getPeerX509Certificate, a fifth of the cost of
+    // getPeerCertificate(false)'s object: the chain it would empty holds only the leaf there.
+    const resumed = typeof socket.isSessionReused === 'function' && socket.isSessionReused();
+    const der = resumed && typeof socket.getPeerX509Certificate === 'function' ? socket.getPeerX509Certificate()?.raw : (socket.getPeerCertificate(false) as PeerCert | undefined)?.raw;
     if (!der) return new GateError('client_cert_required', { detail: 'no client certificate presented' });
     if (der.length > CERT_LIMITS.maxDerBytes) return new GateError('client_cert_invalid', { detail: `certificate is ${der.length} bytes, over ${CERT_LIMITS.maxDerBytes}` });
     const leafPrint = thumbprintOf(der);
@@ -85,7 +88,6 @@ export class DirectIdentityResolver {
     const peer = socket.getPeerCertificate(true) as PeerCert | undefined;
     if (!peer?.raw) return new GateError('client_cert_required', { detail: 'no client certificate presented' });
     const leaf = new X509Certificate(peer.raw);
-    const resumed = typeof socket.isSessionReused === 'function' && socket.isSessionReused();
     let above = peerChain(peer);
     if (above === undefined) return new GateError('client_cert_invalid', { detail: `chain longer than ${CERT_LIMITS.maxDepth}` });
     const last = above.at(-1);
