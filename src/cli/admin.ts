@@ -105,7 +105,7 @@ function readFor(flag: string, path: string): Buffer {
   }
 }
 
-/** A --ca file that holds at least one certificate: Node's TLS would trust the system roots for an empty or unreadable one. */
+/** A --ca file that holds certificates only, and at least one: Node's TLS would trust the system roots for an empty one. */
 function readCa(path: string): string {
   const pem = readFor('--ca', path).toString('utf8');
   let certificates: number;

@@ -212,8 +212,8 @@ export class GateClient {
     let ca: string | undefined;
     if (opts.ca !== undefined) {
       ca = toPem(opts.ca);
-      // Node's TLS skips a ca it cannot read and trusts the system roots when none is left: an
-      // empty or broken --ca file would widen the trust it was meant to narrow.
+      // Node's TLS takes an empty ca to mean the system roots (an empty --ca file would widen the
+      // trust it was meant to narrow) and skips what it cannot read, failing only at connect.
       let anchors: number;
       try {
         anchors = pemCertificates(ca).length;

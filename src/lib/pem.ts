@@ -1,7 +1,7 @@
 /**
  * PEM certificate bundles. node:crypto's `X509Certificate` reads one certificate, and Node's TLS
- * `ca` option skips what it cannot read and, when nothing is left, falls back to the system
- * roots; a bundle is therefore checked here before it is trusted.
+ * takes an empty `ca` to mean the system roots and silently skips what it cannot read in one, so
+ * a bundle is checked here before it is trusted.
  * @module
  */
 import { X509Certificate } from 'node:crypto';
