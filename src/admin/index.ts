@@ -10,7 +10,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions
 import type { GateConfig } from '../config/index.js';
 import { GateError } from '../errors.js';
 import { makeErrorHandler } from '../http/errors.js';
-import { pemCertificates } from '../lib/pem.js';
+import { checkCaBundle } from '../lib/pem.js';
 import { registerInfoRoutes } from '../gate/index.js';
 import { readFileFor, StartupError, type GateServices } from '../services.js';
 import { adminRoutes } from './routes.js';
@@ -42,13 +42,11 @@ function adminHttps(config: GateConfig): HttpsServerOptions | undefined {
  */
 function adminClientCa(file: string): string {
   const pem = readFileFor('GATE_ADMIN_CLIENT_CA', file);
-  let certificates: number;
   try {
-    certificates = pemCertificates(pem).length;
-  } catch {
-    throw new StartupError([{ variable: 'GATE_ADMIN_CLIENT_CA', why: `${file} holds a PEM block that is not a certificate` }]);
+    checkCaBundle(pem);
+  } catch (err) {
+    throw new StartupError([{ variable: 'GATE_ADMIN_CLIENT_CA', why: `${file} ${(err as Error).message}` }]);
   }
-  if (certificates === 0) throw new StartupError([{ variable: 'GATE_ADMIN_CLIENT_CA', why: `${file} holds no PEM certificate` }]);
   return pem;
 }
 

@@ -22,7 +22,7 @@ import { isIP } from 'node:net';
 import { Argument, Command, InvalidArgumentError, Option, type ErrorOptions } from 'commander';
 import { Agent, request } from 'undici';
 import { readBounded } from '../client/response.js';
-import { pemCertificates } from '../lib/pem.js';
+import { checkCaBundle } from '../lib/pem.js';
 
 const EXIT_FAILED = 1;
 const EXIT_USAGE = 2;
@@ -108,13 +108,11 @@ function readFor(flag: string, path: string): Buffer {
 /** A --ca file that holds certificates only, and at least one: Node's TLS would trust the system roots for an empty one. */
 function readCa(path: string): string {
   const pem = readFor('--ca', path).toString('utf8');
-  let certificates: number;
   try {
-    certificates = pemCertificates(pem).length;
-  } catch {
-    throw new UsageError(`--ca ${path}: holds a PEM block that is not a certificate`);
+    checkCaBundle(pem);
+  } catch (err) {
+    throw new UsageError(`--ca ${path}: ${(err as Error).message}`);
   }
-  if (certificates === 0) throw new UsageError(`--ca ${path}: holds no PEM certificate`);
   return pem;
 }
 

@@ -15,7 +15,7 @@ import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'n
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { Pool } from 'undici';
-import { pemCertificates } from '../lib/pem.js';
+import { checkCaBundle } from '../lib/pem.js';
 import { GateClientError } from './client-error.js';
 import { sessionKeepingConnector } from './connector.js';
 import { parsePins, pinnedServerIdentity } from './pin.js';
@@ -214,13 +214,12 @@ export class GateClient {
       ca = toPem(opts.ca);
       // Node's TLS takes an empty ca to mean the system roots (an empty --ca file would widen the
       // trust it was meant to narrow) and skips what it cannot read, failing only at connect.
-      let anchors: number;
       try {
-        anchors = pemCertificates(ca).length;
+        checkCaBundle(ca);
       } catch (err) {
-        throw new TypeError('GateClient: ca holds a PEM block that is not a certificate', { cause: err });
+        const { message, cause } = err as Error;
+        throw new TypeError(`GateClient: ca ${message}`, cause === undefined ? undefined : { cause });
       }
-      if (anchors === 0) fail('ca holds no PEM certificate');
     }
     let secureContext: SecureContext;
     try {
