@@ -96,12 +96,14 @@ export async function workersMain(args: string[]): Promise<void> {
   // primary, the upstream and the load generator fight for 2 cores and every context switch
   // counts as gate CPU.
   const kaRate = Math.max(100, Math.round((medianMetrics(all['ka.w1'] ?? []).rps ?? 0) * 0.5));
+  // Each of the two workers' share of kaRate.
+  const half = Math.round(kaRate / 2);
   for (let i = 0; i < runs; i++) {
     await record('open.w1', open(w1, split70.main), groups.w1!, open(w1, split70.probe));
     await record('open.w2', open(w2, split70.main), groups.w2!, open(w2, split70.probe));
     await record('kaopen.w1', ka(w1, kaRate), groups.w1!);
     await record('kaopen.w2', ka(w2, kaRate), groups.w2!);
-    await record('kaquarter.w1', ka(w1, Math.round(kaRate / 2)), groups.w1!);
+    await record('kaquarter.w1', ka(w1, half), groups.w1!);
   }
   const m = (k: string) => medianMetrics(all[k] ?? []);
   // Gate CPU (the gate group alone: primary + workers) per completed operation, µs, median over rounds.
@@ -120,7 +122,7 @@ export async function workersMain(args: string[]): Promise<void> {
     [`the gate's sleeps (voluntary context switches of its processes' main threads) per gated request, same open loop`, sleepsPer('kaopen.w1').toFixed(2), sleepsPer('kaopen.w2').toFixed(2), ratio(sleepsPer('kaopen.w2'), sleepsPer('kaopen.w1')), '–'],
     // One worker at half that rate sees what each of the two workers sees above: if it pays what
     // they pay, the extra is the cost of a less busy event loop, not of running two processes.
-    [`gate CPU per gated request, one worker at ${Math.round(kaRate / 2)} req/s (each of the 2 workers' share above) vs 2 workers at ${kaRate} req/s`, `${cpuPer('kaquarter.w1')} µs`, `${cpuPer('kaopen.w2')} µs`, ratio(cpuPer('kaopen.w2'), cpuPer('kaquarter.w1')), '–'],
+    [`gate CPU per gated request, one worker at ${half} req/s (each of the 2 workers' share above) vs 2 workers at ${kaRate} req/s`, `${cpuPer('kaquarter.w1')} µs`, `${cpuPer('kaopen.w2')} µs`, ratio(cpuPer('kaopen.w2'), cpuPer('kaquarter.w1')), '–'],
     [`the gate's sleeps per gated request, the same two`, sleepsPer('kaquarter.w1').toFixed(2), sleepsPer('kaopen.w2').toFixed(2), ratio(sleepsPer('kaopen.w2'), sleepsPer('kaquarter.w1')), '–'],
     ['full flows/s, new mTLS conns (16 in flight)', fmt(m('flow.w1').rate, 1), fmt(m('flow.w2').rate, 1), ratio(m('flow.w2').rate!, m('flow.w1').rate!), 'as measured'],
     ['gate CPU per full flow', `${cpuPer('flow.w1')} µs`, `${cpuPer('flow.w2')} µs`, ratio(cpuPer('flow.w2'), cpuPer('flow.w1')), '–'],
@@ -137,7 +139,6 @@ export async function workersMain(args: string[]): Promise<void> {
   const table = ['| measurement | GATE_WORKERS=1 | GATE_WORKERS=2 | 2 / 1 (medians) | goal |', '|---|---|---|---|---|', ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
   // The same effect without the gate in it: the upstream is one plain node:http process, and it
   // carries every request of both windows.
-  const half = Math.round(kaRate / 2);
   const density = [
     '| one-worker gate, open loop | gate CPU per request | upstream CPU per request (one plain node:http process) | gate sleeps per request |',
     '|---|---:|---:|---:|',
